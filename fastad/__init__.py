@@ -1,0 +1,14 @@
+"""fastad: fast operators and models for unsupervised visual anomaly localization.
+
+    import fastad
+    fastad.info()                      # what was built and loaded
+    dist, index = fastad.ops.knn(query, bank, k=1)
+    fastad.set_backend("reference")    # pure-PyTorch ops, e.g. when the extension is missing
+"""
+__version__ = "0.1.0"
+
+from fastad.backend import get_backend, set_backend, use_backend
+from fastad.info import info
+from fastad import nn, ops
+
+__all__ = ["__version__", "info", "get_backend", "set_backend", "use_backend", "nn", "ops"]

@@ -1,0 +1,61 @@
+"""fastad.info(): what this installation built, loaded and can run."""
+from __future__ import annotations
+
+import torch
+
+from fastad import _extension
+from fastad.backend import get_backend
+
+
+def _op_backends() -> dict[str, list[str]]:
+    names = sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("fastad::"))
+    return {
+        name.split("::", 1)[1]: [
+            key.lower()
+            for key in ("CPU", "CUDA")
+            if torch._C._dispatch_has_kernel_for_dispatch_key(name, key)
+        ]
+        for name in names
+    }
+
+
+def info() -> dict:
+    """Facts about this installation, as a dict:
+
+    fastad and torch versions, whether fastad._C loaded (and why not), the backends (cpu, cuda)
+    each compiled op has, the CUDA architectures compiled, OpenMP, the threads torch uses, whether
+    a CUDA device is visible, and the backend selected with fastad.set_backend.
+    """
+    import fastad
+
+    facts = _extension.compiled.build_facts() if _extension.loaded() else {}
+    return {
+        "fastad": fastad.__version__,
+        "torch": torch.__version__,
+        "extension_loaded": _extension.loaded(),
+        "extension_error": _extension.load_error,
+        "ops": _op_backends(),
+        "cuda_archs": facts.get("cuda_archs"),
+        "openmp": facts.get("openmp"),
+        "threads": torch.get_num_threads(),
+        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "backend": get_backend(),
+    }
+
+
+def format_info(facts: dict) -> str:
+    lines = [
+        f"fastad {facts['fastad']} (torch {facts['torch']})",
+        f"compiled extension: {'loaded' if facts['extension_loaded'] else 'NOT loaded'}",
+    ]
+    if facts["extension_error"]:
+        lines.append(f"  reason: {facts['extension_error']}")
+    for op, backends in facts["ops"].items():
+        lines.append(f"  op {op}: {', '.join(backends) or 'no kernels'}")
+    lines += [
+        f"CUDA archs compiled: {facts['cuda_archs'] or 'none (CPU-only build)'}",
+        f"OpenMP: {facts['openmp'] or 'no'}, threads: {facts['threads']}",
+        f"CUDA device: {facts['cuda_device'] or 'none'}",
+        f"backend: {facts['backend']}",
+    ]
+    return "\n".join(lines)

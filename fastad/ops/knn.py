@@ -1,0 +1,134 @@
+"""k-nearest-neighbour scoring and greedy k-center coreset selection (fastad::knn,
+fastad::kcenter_coreset): argument checks, autograd, fake kernels and backend dispatch."""
+from __future__ import annotations
+
+import torch
+
+from fastad import _extension
+from fastad.backend import use_reference
+from fastad.ops import reference
+from fastad.ops._checks import check_finite, check_float, check_int, check_same_device, check_tensor
+
+CUDA_MAX_K = 64
+
+
+def knn(query: torch.Tensor, bank: torch.Tensor, k: int = 1, *, check_values: bool = True):
+    """Exact k nearest bank rows of each query row, by Euclidean distance.
+
+    Args:
+        query: [N, D] float32 (float64 on CPU).
+        bank: [M, D], same dtype and device as query, M >= 1.
+        k: 1 <= k <= M (at most 64 on CUDA).
+        check_values: reject NaN/Inf in query and bank (one pass over each; on CUDA it waits
+            for the device). Pass False only for data you have checked.
+
+    Returns:
+        dist [N, k] ascending, the exact distances |q - b| of the returned rows, and
+        index [N, k] int64. Ties go to the lower bank index.
+
+    Never materialises the N x M distance matrix. Both tensors are centred on the bank mean
+    first (distances are translation invariant) so that the |q|² − 2 q·b + |b|² ranking does
+    not lose the neighbours of large-norm embeddings to cancellation; the returned distances
+    are recomputed directly, so they carry no cancellation error. An index can differ from the
+    float64 nearest only between rows whose squared distances differ by less than fp32
+    rounding of |q − c|² + |b − c|² (c the bank mean). Differentiable in query and bank.
+    """
+    _check_knn(query, bank, k, check_values)
+    centre = bank.mean(0, dtype=torch.float64).to(bank.dtype)
+    return knn_prepared(query - centre, bank - centre, k)
+
+
+def knn_prepared(query: torch.Tensor, bank: torch.Tensor, k: int, bank_sq_norms: torch.Tensor | None = None):
+    """knn() without checks or centring, for callers that did both (NearestNeighborScorer).
+
+    bank_sq_norms: optional [M] precomputed (bank * bank).sum(1).
+    """
+    if use_reference():
+        return reference.knn(query, bank, k)
+    _extension.require("knn")
+    return torch.ops.fastad.knn(query, bank, k, bank_sq_norms)
+
+
+def kcenter_coreset(features: torch.Tensor, n: int, start: int = 0, *, check_values: bool = True) -> torch.Tensor:
+    """Greedy k-center selection (PatchCore's coreset): starting from row `start`, repeatedly
+    add the row farthest (Euclidean) from the rows chosen so far.
+
+    Args:
+        features: [M, D] float32 (float64 on CPU).
+        n: rows to choose, 1 <= n <= M.
+        start: the first row.
+
+    Returns:
+        index [n] int64, in selection order. Ties go to the lower index; chosen rows are never
+        chosen twice, even among duplicates. One fused pass over features per chosen row; on
+        CUDA the whole selection runs without a host round trip.
+    """
+    check_tensor("features", features, 2, "[M, D]")
+    check_float("features", features)
+    if features.shape[0] < 1 or features.shape[1] < 1:
+        raise ValueError(f"features must be a non-empty [M, D], got {tuple(features.shape)}")
+    check_int("n", n, 1, features.shape[0])
+    check_int("start", start, 0, features.shape[0] - 1)
+    if check_values:
+        check_finite("features", features)
+    if use_reference():
+        return reference.kcenter_coreset(features, n, start)
+    _extension.require("kcenter_coreset")
+    return torch.ops.fastad.kcenter_coreset(features, n, start)
+
+
+def _check_knn(query, bank, k, check_values: bool) -> None:
+    check_tensor("query", query, 2, "[N, D]")
+    check_tensor("bank", bank, 2, "[M, D]")
+    check_float("query", query)
+    check_float("bank", bank)
+    if query.dtype != bank.dtype:
+        raise TypeError(f"query and bank must have the same dtype, got {query.dtype} and {bank.dtype}")
+    check_same_device(("query", "bank"), query, bank)
+    if bank.shape[0] == 0:
+        raise ValueError("bank must hold at least one row, got an empty [0, D] bank")
+    if bank.shape[1] == 0:
+        raise ValueError("bank must have D >= 1 features, got D = 0")
+    if query.shape[1] != bank.shape[1]:
+        raise ValueError(f"query must have D = {bank.shape[1]} features like bank, got D = {query.shape[1]}")
+    check_int("k", k, 1, bank.shape[0])
+    if bank.is_cuda and k > CUDA_MAX_K:
+        raise ValueError(f"k must be at most {CUDA_MAX_K} on CUDA, got {k}")
+    if check_values:
+        check_finite("bank", bank)
+        check_finite("query", query)
+
+
+def _knn_fake(query, bank, k, bank_sq_norms=None):
+    n = query.shape[0]
+    return query.new_empty((n, k)), query.new_empty((n, k), dtype=torch.long)
+
+
+def _kcenter_coreset_fake(features, n, start):
+    return features.new_empty((n,), dtype=torch.long)
+
+
+def _knn_setup_context(ctx, inputs, output):
+    query, bank, _, _ = inputs
+    dist, index = output
+    ctx.save_for_backward(query, bank, dist, index)
+
+
+def _knn_backward(ctx, grad_dist, grad_index):
+    """d|q − b|/dq = (q − b)/|q − b| (0 where the distance is 0); bank rows get the opposite."""
+    query, bank, dist, index = ctx.saved_tensors
+    neighbours = bank[index]  # [N, k, D]
+    diff = query.unsqueeze(1) - neighbours
+    scale = torch.where(dist > 0, grad_dist / dist.clamp_min(torch.finfo(dist.dtype).tiny), 0.0)
+    per_pair = diff * scale.unsqueeze(-1)
+    grad_query = per_pair.sum(1) if ctx.needs_input_grad[0] else None
+    grad_bank = None
+    if ctx.needs_input_grad[1]:
+        grad_bank = torch.zeros_like(bank).index_add_(0, index.reshape(-1), -per_pair.reshape(-1, bank.shape[1]))
+    return grad_query, grad_bank, None, None
+
+
+if _extension.loaded():
+    torch.library.register_fake("fastad::knn", _knn_fake)
+    torch.library.register_fake("fastad::kcenter_coreset", _kcenter_coreset_fake)
+    torch.library.register_autograd("fastad::knn", _knn_backward, setup_context=_knn_setup_context)
