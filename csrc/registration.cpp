@@ -1,5 +1,6 @@
-// Operator schemas of the fastad library and the build facts fastad.info() reports.
-// Kernels register themselves per dispatch key next to their implementation.
+// Declares the fastad operator library and the build facts fastad.info() reports.
+// Each operator folder adds its schemas (TORCH_LIBRARY_FRAGMENT, <op>_schema.cpp) and its
+// kernels per dispatch key (TORCH_LIBRARY_IMPL) next to their implementation.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -7,11 +8,7 @@
 #include <omp.h>
 #endif
 
-TORCH_LIBRARY(fastad, m) {
-  m.def(
-      "knn(Tensor query, Tensor bank, int k, Tensor? bank_sq_norms=None) -> (Tensor dist, Tensor index)");
-  m.def("kcenter_coreset(Tensor features, int n, int start) -> Tensor");
-}
+TORCH_LIBRARY(fastad, m) {}
 
 namespace {
 

@@ -23,7 +23,7 @@ namespace fastad::knn {
 namespace {
 
 constexpr int64_t kQueryBlock = 256;
-constexpr int64_t kBankTile = 512;
+constexpr int64_t kBankTile = 1024;
 constexpr int64_t kScanChunk = 64;
 
 // row[j] <- norms[j] - 2 row[j]; returns the minimum of the new row.
@@ -208,6 +208,8 @@ at::Tensor kcenter_coreset_cpu(const at::Tensor& features_in, int64_t n, int64_t
     const int threads = at::get_num_threads();
     std::vector<double> part_best(threads);
     std::vector<int64_t> part_index(threads);
+    // a thread gets at least ~256K multiply-adds per step, or the step runs on one thread
+    const int64_t grain = std::max<int64_t>(256, (int64_t(1) << 18) / d);
     int64_t centre = start;
     for (int64_t step = 0; step < n; ++step) {
       sel[step] = centre;
@@ -216,7 +218,7 @@ at::Tensor kcenter_coreset_cpu(const at::Tensor& features_in, int64_t n, int64_t
       std::fill(part_best.begin(), part_best.end(), -2.0);
       std::fill(part_index.begin(), part_index.end(), m);
       const scalar_t* c = x + centre * d;
-      at::parallel_for(0, m, 2048, [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, m, grain, [&](int64_t begin, int64_t end) {
         const int tid = at::get_thread_num();
         double best = -2.0;
         int64_t best_index = m;

@@ -1,0 +1,41 @@
+# Set-up from nothing: a virtual environment with torch, then fastad built in place.
+#   make test    build everything, run the test suite
+#   make demo    build everything, run the demo
+#   make bench   build everything, run the pytest-benchmark suites (ratios side by side)
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.14.1
+MAX_JOBS ?= 2
+export MAX_JOBS
+
+BIN := $(VENV)/bin
+SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h') setup.py pyproject.toml
+
+.PHONY: test demo bench install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.torch-installed: | $(BIN)/python
+	$(BIN)/pip install --quiet setuptools wheel ninja
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	touch $@
+
+# --no-build-isolation: build against the torch installed above, not a freshly downloaded one.
+$(VENV)/.fastad-installed: $(VENV)/.torch-installed $(SOURCES)
+	$(BIN)/pip install --no-build-isolation -e ".[test,bench]"
+	touch $@
+
+install: $(VENV)/.fastad-installed
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+demo: install
+	$(BIN)/fastad demo
+
+bench: install
+	$(BIN)/python -m pytest benchmarks --benchmark-group-by=group --benchmark-columns=min,median,mean,rounds
+
+clean:
+	rm -rf $(VENV) build fastad/*.so *.egg-info

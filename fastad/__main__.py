@@ -1,0 +1,5 @@
+import sys
+
+from fastad.cli import main
+
+sys.exit(main())

@@ -1,0 +1,15 @@
+"""Shared test helpers: the devices to run on and a float64 brute-force k-NN oracle."""
+import pytest
+import torch
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, requires_cuda])]
+
+
+def brute_force_knn(query: torch.Tensor, bank: torch.Tensor, k: int):
+    """float64 exact k-NN on the CPU: (dist [N, k], index [N, k]), ties to the lower index."""
+    q, b = query.double().cpu(), bank.double().cpu()
+    d = (q[:, None, :] - b[None, :, :]).pow(2).sum(-1).sqrt()
+    d, i = torch.sort(d, dim=1, stable=True)
+    return d[:, :k], i[:, :k]

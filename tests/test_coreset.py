@@ -1,0 +1,116 @@
+"""fastad.ops.kcenter_coreset against the reference greedy k-center, and NearestNeighborScorer."""
+import pytest
+import torch
+
+import fastad
+from conftest import DEVICES, brute_force_knn
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("m,d,n,start", [(1, 1, 1, 0), (50, 3, 10, 7), (3000, 32, 200, 0), (1100, 130, 1100, 1034)])
+def test_matches_reference_greedy_selection(device, m, d, n, start):
+    g = torch.Generator().manual_seed(m + d + n)
+    dtype = torch.float64 if device == "cpu" else torch.float32
+    features = torch.randn(m, d, generator=g, dtype=dtype).to(device)
+    got = fastad.ops.kcenter_coreset(features, n, start)
+    want = fastad.ops.reference.kcenter_coreset(features.cpu().double(), n, start)
+    assert got.dtype == torch.int64 and got.device == features.device
+    assert torch.equal(got.cpu(), want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_duplicates_are_never_chosen_twice(device):
+    rows = torch.tensor([[0.0, 0.0], [5.0, 0.0], [0.0, 0.0], [5.0, 0.0]], device=device)
+    chosen = fastad.ops.kcenter_coreset(rows, 4, 0)
+    assert torch.equal(chosen.cpu(), torch.tensor([0, 1, 2, 3]))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_covering_radius_shrinks_as_the_coreset_grows(device):
+    g = torch.Generator().manual_seed(11)
+    features = torch.randn(2000, 16, generator=g).to(device)
+    chosen = fastad.ops.kcenter_coreset(features, 400, 0)
+    radii = [brute_force_knn(features, features[chosen[:n]], 1)[0].max().item() for n in (25, 100, 400)]
+    assert radii[0] > radii[1] > radii[2] > 0
+
+
+def test_opcheck_kcenter_coreset():
+    features = torch.randn(100, 5, generator=torch.Generator().manual_seed(12))
+    torch.library.opcheck(torch.ops.fastad.kcenter_coreset.default, (features, 10, 3))
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,message",
+    [
+        (dict(features=torch.randn(5), n=1), ValueError, "features must have shape"),
+        (dict(features=torch.randn(5, 2), n=0), ValueError, "n must be in"),
+        (dict(features=torch.randn(5, 2), n=6), ValueError, "n must be in"),
+        (dict(features=torch.randn(5, 2), n=2, start=5), ValueError, "start must be in"),
+        (dict(features=torch.ones(5, 2, dtype=torch.int32), n=2), TypeError, "features must be float32"),
+        (dict(features=torch.tensor([[float("nan"), 0.0]]), n=1), ValueError, "features contains NaN"),
+        (dict(features=torch.empty(0, 2), n=1), ValueError, "non-empty"),
+    ],
+)
+def test_bad_input_names_the_argument(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        fastad.ops.kcenter_coreset(**kwargs)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_scorer_scores_are_mean_knn_distances(device):
+    g = torch.Generator().manual_seed(13)
+    bank = (300.0 + torch.randn(1500, 24, generator=g)).to(device)
+    query = (300.0 + torch.randn(100, 24, generator=g)).to(device)
+    scorer = fastad.nn.NearestNeighborScorer(bank, k=3)
+    want, want_index = brute_force_knn(query, bank, 3)
+    torch.testing.assert_close(scorer.score(query).double().cpu(), want.mean(1), rtol=1e-4, atol=1e-5)
+    assert torch.equal(scorer.knn(query)[1].cpu(), want_index)
+    torch.testing.assert_close(scorer.memory_bank, bank, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("projection_dim", [None, 8])
+def test_scorer_subsample_keeps_a_coreset(device, projection_dim):
+    g = torch.Generator().manual_seed(14)
+    far_cluster = 50.0 + torch.randn(10, 24, generator=g)  # a rare mode that random sampling misses
+    bank = torch.cat([torch.randn(990, 24, generator=g), far_cluster]).to(device)
+    scorer = fastad.nn.NearestNeighborScorer(bank, k=1)
+    index = scorer.subsample(0.1, seed=3, projection_dim=projection_dim)
+    assert index.shape == (100,) and len(set(index.tolist())) == 100
+    torch.testing.assert_close(scorer.memory_bank, bank[index], rtol=0, atol=1e-5)
+    assert scorer.score(bank[index]).max() < 1e-3
+    assert (index >= 990).any()
+    assert scorer.score(bank).max() < 0.5 * brute_force_knn(bank, bank[:100], 1)[0].max()
+
+
+def test_scorer_subsample_is_deterministic_under_a_seed():
+    bank = torch.randn(500, 8, generator=torch.Generator().manual_seed(15))
+    first = fastad.nn.NearestNeighborScorer(bank).subsample(50, seed=7)
+    second = fastad.nn.NearestNeighborScorer(bank).subsample(50, seed=7)
+    assert torch.equal(first, second)
+
+
+def test_scorer_state_dict_round_trip():
+    bank = torch.randn(200, 8, generator=torch.Generator().manual_seed(16))
+    scorer = fastad.nn.NearestNeighborScorer(bank, k=2)
+    scorer.subsample(20, seed=1)
+    restored = fastad.nn.NearestNeighborScorer(torch.zeros(20, 8), k=2)
+    restored.load_state_dict(scorer.state_dict())
+    query = torch.randn(10, 8)
+    assert torch.equal(restored.score(query), scorer.score(query))
+
+
+@pytest.mark.parametrize(
+    "make,error,message",
+    [
+        (lambda: fastad.nn.NearestNeighborScorer(torch.randn(10)), ValueError, "bank must have shape"),
+        (lambda: fastad.nn.NearestNeighborScorer(torch.randn(10, 3), k=11), ValueError, "k must be in"),
+        (lambda: fastad.nn.NearestNeighborScorer(torch.full((4, 3), float("inf"))), ValueError, "bank contains"),
+        (lambda: fastad.nn.NearestNeighborScorer(torch.randn(10, 3)).score(torch.randn(2, 4)), ValueError, "D = 3"),
+        (lambda: fastad.nn.NearestNeighborScorer(torch.randn(10, 3)).subsample(1.5), ValueError, "fraction"),
+        (lambda: fastad.nn.NearestNeighborScorer(torch.randn(10, 3)).subsample(0), ValueError, "size must be in"),
+    ],
+)
+def test_scorer_bad_input(make, error, message):
+    with pytest.raises(error, match=message):
+        make()

@@ -1,0 +1,83 @@
+"""The package around the ops: info(), backends, a missing extension, the command line."""
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import fastad
+
+
+def test_info_reports_the_build():
+    facts = fastad.info()
+    assert facts["fastad"] == fastad.__version__ and facts["torch"] == torch.__version__
+    assert facts["extension_loaded"] is True and facts["extension_error"] is None
+    assert set(facts["ops"]) >= {"knn", "kcenter_coreset"}
+    assert all("cpu" in backends for backends in facts["ops"].values())
+    if facts["cuda_archs"] is not None:
+        assert all("cuda" in backends for backends in facts["ops"].values())
+    assert facts["threads"] >= 1 and facts["backend"] == "native"
+
+
+def test_set_backend_rejects_unknown_names():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        fastad.set_backend("fast")
+    assert fastad.get_backend() == "native"
+
+
+def test_use_backend_restores_the_previous_one():
+    with fastad.use_backend("reference"):
+        assert fastad.get_backend() == "reference"
+    assert fastad.get_backend() == "native"
+
+
+WITHOUT_EXTENSION = textwrap.dedent(
+    """
+    import importlib.abc, sys
+
+    class HideCompiledExtension(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "fastad._C":
+                raise ImportError("simulated: extension not built")
+
+    sys.meta_path.insert(0, HideCompiledExtension())
+    import torch, fastad
+    facts = fastad.info()
+    assert facts["extension_loaded"] is False
+    assert "simulated: extension not built" in facts["extension_error"]
+    query, bank = torch.randn(5, 3), torch.randn(20, 3)
+    try:
+        fastad.ops.knn(query, bank, 2)
+    except fastad._extension.ExtensionNotLoadedError as error:
+        assert "fastad.ops.knn" in str(error) and 'set_backend("reference")' in str(error)
+    else:
+        raise AssertionError("knn ran without its extension")
+    fastad.set_backend("reference")
+    dist, index = fastad.ops.knn(query, bank, 2)
+    assert dist.shape == (5, 2)
+    print("ok")
+    """
+)
+
+
+def test_missing_extension_is_reported_and_ops_raise_unless_reference():
+    result = subprocess.run([sys.executable, "-c", WITHOUT_EXTENSION], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_cli_info_json():
+    result = subprocess.run([sys.executable, "-m", "fastad", "info", "--json"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["extension_loaded"] is True
+
+
+def test_demo_finds_the_painted_defects():
+    from fastad import demo
+
+    result = demo.run("brick", seed=0)
+    assert result["patch_auroc"] > 0.95
+    assert result["top10_hits"] >= 8
+    assert result["coreset_patches"] == round(0.25 * result["bank_patches"])
