@@ -26,16 +26,26 @@ def knn(query: torch.Tensor, bank: torch.Tensor, k: int = 1, *, check_values: bo
         dist [N, k] ascending, the exact distances |q - b| of the returned rows, and
         index [N, k] int64. Ties go to the lower bank index.
 
-    Never materialises the N x M distance matrix. Both tensors are centred on the bank mean
-    first (distances are translation invariant) so that the |q|² − 2 q·b + |b|² ranking does
-    not lose the neighbours of large-norm embeddings to cancellation; the returned distances
-    are recomputed directly, so they carry no cancellation error. An index can differ from the
-    float64 nearest only between rows whose squared distances differ by less than fp32
-    rounding of |q − c|² + |b − c|² (c the bank mean). Differentiable in query and bank.
+    Never materialises the N x M distance matrix. Candidates are ranked by |b|² − 2 q·b; when
+    the bank's mean c is far from the origin compared with the bank's spread, both tensors are
+    first centred on c (distances are translation invariant) so that large-norm embeddings do
+    not lose their neighbours to cancellation. The returned distances are recomputed directly,
+    so they carry no cancellation error. An index can differ from the float64 nearest only
+    between rows whose squared distances differ by less than about 2x the fp32 rounding of
+    |q − c|² + |b − c|². Differentiable in query and bank.
     """
-    _check_knn(query, bank, k, check_values)
-    centre = bank.mean(0, dtype=torch.float64).to(bank.dtype)
-    return knn_prepared(query - centre, bank - centre, k)
+    _check_knn(query, bank, k, check_values=False)
+    norms = torch.linalg.vector_norm(bank, dim=1).square()
+    if check_values:
+        if not bool(torch.isfinite(norms).all()):  # one pass: a NaN/Inf entry spoils its row's norm
+            raise ValueError(f"bank contains NaN or Inf values, or rows whose squared norm overflows {bank.dtype}")
+        check_finite("query", query)
+    centre = bank.mean(0, dtype=torch.float64)
+    offset = centre.square().sum()
+    if offset > norms.mean(dtype=torch.float64) - offset:  # |c|² > mean |b − c|²
+        centre = centre.to(bank.dtype)
+        return knn_prepared(query - centre, bank - centre, k)
+    return knn_prepared(query, bank, k, norms)
 
 
 def knn_prepared(query: torch.Tensor, bank: torch.Tensor, k: int, bank_sq_norms: torch.Tensor | None = None):
