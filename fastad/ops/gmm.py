@@ -196,8 +196,7 @@ def _gmm_log_prob_fake(z, log_phi, mu, scale_tril, per_component=False):
 
 
 def _gmm_log_prob_backward_fake(grad, z, log_phi, mu, scale_tril, result, per_component):
-    return (torch.empty_like(z), torch.empty_like(log_phi), torch.empty_like(mu),
-            torch.empty_like(scale_tril))
+    return tuple(t.new_empty(t.shape) for t in (z, log_phi, mu, scale_tril))  # contiguous, like the kernels
 
 
 def _gmm_log_prob_setup_context(ctx, inputs, output):
