@@ -39,6 +39,7 @@ namespace {
 constexpr int kBlock = 32;         // samples solved together
 constexpr int64_t kChunk = 1024;   // samples per backward accumulation chunk
 constexpr int kRowChunk = 16;      // columns of a ∂L row kept in registers
+static_assert(kBlock % 4 == 0, "accumulate_outer unrolls the block by 4");
 
 // The mixture's tensors as raw pointers (all contiguous).
 template <typename T>
@@ -66,13 +67,25 @@ FASTAD_ALWAYS_INLINE void solve_lower(const T* zt, const T* mu, const T* tril, c
                                       int64_t d, T* y, T* sq) {
   T m[kBlock] = {};
   for (int64_t i = 0; i < d; ++i) {
-    T acc[kBlock];
+    // two partial sums (even and odd j) halve the FMA dependency chains
+    T acc[kBlock], odd[kBlock] = {};
     const T* zi = zt + i * kBlock;
     const T mi = mu[i];
 #pragma omp simd
     for (int b = 0; b < kBlock; ++b) acc[b] = zi[b] - mi;
     const T* row = tril + i * d;
-    for (int64_t j = 0; j < i; ++j) {
+    int64_t j = 0;
+    for (; j + 1 < i; j += 2) {
+      const T l0 = row[j], l1 = row[j + 1];
+      const T* y0 = y + j * kBlock;
+      const T* y1 = y0 + kBlock;
+#pragma omp simd
+      for (int b = 0; b < kBlock; ++b) {
+        acc[b] -= l0 * y0[b];
+        odd[b] -= l1 * y1[b];
+      }
+    }
+    if (j < i) {
       const T l = row[j];
       const T* yj = y + j * kBlock;
 #pragma omp simd
@@ -82,7 +95,7 @@ FASTAD_ALWAYS_INLINE void solve_lower(const T* zt, const T* mu, const T* tril, c
     T* yi = y + i * kBlock;
 #pragma omp simd
     for (int b = 0; b < kBlock; ++b) {
-      const T v = acc[b] * inv;
+      const T v = (acc[b] + odd[b]) * inv;
       yi[b] = v;
       m[b] += v * v;
     }
@@ -95,11 +108,22 @@ template <typename T>
 FASTAD_ALWAYS_INLINE void solve_upper_transposed(const T* y, const T* tril, const T* inv_diag,
                                                  int64_t d, T* u) {
   for (int64_t i = d - 1; i >= 0; --i) {
-    T acc[kBlock];
+    T acc[kBlock], odd[kBlock] = {};
     const T* yi = y + i * kBlock;
 #pragma omp simd
     for (int b = 0; b < kBlock; ++b) acc[b] = yi[b];
-    for (int64_t j = i + 1; j < d; ++j) {
+    int64_t j = i + 1;
+    for (; j + 1 < d; j += 2) {
+      const T l0 = tril[j * d + i], l1 = tril[(j + 1) * d + i];
+      const T* u0 = u + j * kBlock;
+      const T* u1 = u0 + kBlock;
+#pragma omp simd
+      for (int b = 0; b < kBlock; ++b) {
+        acc[b] -= l0 * u0[b];
+        odd[b] -= l1 * u1[b];
+      }
+    }
+    if (j < d) {
       const T l = tril[j * d + i];
       const T* uj = u + j * kBlock;
 #pragma omp simd
@@ -108,7 +132,7 @@ FASTAD_ALWAYS_INLINE void solve_upper_transposed(const T* y, const T* tril, cons
     const T inv = inv_diag[i];
     T* ui = u + i * kBlock;
 #pragma omp simd
-    for (int b = 0; b < kBlock; ++b) ui[b] = acc[b] * inv;
+    for (int b = 0; b < kBlock; ++b) ui[b] = (acc[b] + odd[b]) * inv;
   }
 }
 
@@ -153,12 +177,12 @@ FASTAD_VECTOR_CLONES void forward_block(const double* z, int64_t n0, int64_t cou
   forward_block_impl(z, n0, count, mix, per_component, out, zt, y, lp);
 }
 
-// Per-block scratch of the backward: [D][kBlock] zt, y, u; [kBlock][D] y transposed.
+// Per-block scratch of the backward: [D][kBlock] zt, y, u, ∂z; [kBlock][D] y transposed.
 template <typename T>
 struct BackwardScratch {
-  std::vector<T> zt, y, u, yt;
+  std::vector<T> zt, y, u, gz, yt;
   explicit BackwardScratch(int64_t d)
-      : zt(d * kBlock), y(d * kBlock), u(d * kBlock), yt(d * kBlock) {}
+      : zt(d * kBlock), y(d * kBlock), u(d * kBlock), gz(d * kBlock), yt(d * kBlock) {}
 };
 
 // acc_tril[i][j] += Σ_b uw[i][b] · yt[b][j] for j <= i. Columns past the diagonal may be
@@ -170,17 +194,21 @@ FASTAD_ALWAYS_INLINE void accumulate_outer(const T* uw, const T* yt, int64_t d, 
     const T* ui = uw + i * kBlock;
     int64_t j0 = 0;
     for (; j0 <= i && j0 + kRowChunk <= d; j0 += kRowChunk) {
-      T r[kRowChunk];
+      // four partial sums over b: independent FMA chains
+      T r0[kRowChunk] = {}, r1[kRowChunk] = {}, r2[kRowChunk] = {}, r3[kRowChunk] = {};
+      for (int b = 0; b < kBlock; b += 4) {
+        const T a0 = ui[b], a1 = ui[b + 1], a2 = ui[b + 2], a3 = ui[b + 3];
+        const T* y0 = yt + b * d + j0;
 #pragma omp simd
-      for (int jj = 0; jj < kRowChunk; ++jj) r[jj] = row[j0 + jj];
-      for (int b = 0; b < kBlock; ++b) {
-        const T a = ui[b];
-        const T* ytb = yt + b * d + j0;
-#pragma omp simd
-        for (int jj = 0; jj < kRowChunk; ++jj) r[jj] += a * ytb[jj];
+        for (int jj = 0; jj < kRowChunk; ++jj) {
+          r0[jj] += a0 * y0[jj];
+          r1[jj] += a1 * y0[d + jj];
+          r2[jj] += a2 * y0[2 * d + jj];
+          r3[jj] += a3 * y0[3 * d + jj];
+        }
       }
 #pragma omp simd
-      for (int jj = 0; jj < kRowChunk; ++jj) row[j0 + jj] = r[jj];
+      for (int jj = 0; jj < kRowChunk; ++jj) row[j0 + jj] += (r0[jj] + r1[jj]) + (r2[jj] + r3[jj]);
     }
     for (int64_t j = j0; j <= i; ++j) {
       T s = 0;
@@ -199,9 +227,7 @@ FASTAD_ALWAYS_INLINE void backward_block_impl(const T* grad, const T* z, const T
                                               BackwardScratch<T>& s) {
   const int64_t d = mix.d, kk = mix.k, stride = d * d + d + 1;
   load_block(z, n0, count, d, s.zt.data());
-  for (int64_t b = 0; b < count; ++b) {
-    for (int64_t i = 0; i < d; ++i) grad_z[(n0 + b) * d + i] = T(0);
-  }
+  std::fill(s.gz.begin(), s.gz.end(), T(0));
   T sq[kBlock], w[kBlock];
   for (int64_t k = 0; k < kk; ++k) {
     const T* tril = mix.tril + k * d * d;
@@ -226,18 +252,22 @@ FASTAD_ALWAYS_INLINE void backward_block_impl(const T* grad, const T* z, const T
     acc_mu[d] += w_sum;
     for (int64_t i = 0; i < d; ++i) {
       T* ui = s.u.data() + i * kBlock;
+      T* gzi = s.gz.data() + i * kBlock;
       const T* yi = s.y.data() + i * kBlock;
       T mu_sum = 0;
 #pragma omp simd reduction(+ : mu_sum)
       for (int b = 0; b < kBlock; ++b) {
         ui[b] *= w[b];
         mu_sum += ui[b];
+        gzi[b] -= ui[b];
       }
       acc_mu[i] += mu_sum;
-      for (int64_t b = 0; b < count; ++b) grad_z[(n0 + b) * d + i] -= ui[b];
       for (int b = 0; b < kBlock; ++b) s.yt[b * d + i] = yi[b];
     }
     accumulate_outer(s.u.data(), s.yt.data(), d, acc_k);
+  }
+  for (int64_t b = 0; b < count; ++b) {
+    for (int64_t i = 0; i < d; ++i) grad_z[(n0 + b) * d + i] = s.gz[i * kBlock + b];
   }
 }
 

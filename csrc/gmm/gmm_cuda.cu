@@ -6,7 +6,7 @@
 // memory (K·D² values: 256 KB for K = 16, D = 64 in float32), so the block loops over the
 // components and holds ONE factor L_k (with μ_k and 1 / diag L_k) in shared memory at a time;
 // every thread reads it as a broadcast. T is the largest of 128, 64, 32 whose shared memory
-// fits the device.
+// lets two blocks share an SM (else the largest that fits; an error names D if none does).
 //
 // Forward: y = L_k⁻¹ (z − μ_k) by forward substitution, lp_k = c_k − ½|y|², and a running
 // (online, max-shifted) logsumexp over k in registers.
@@ -35,12 +35,15 @@ size_t smem_bytes(int vectors, int threads, int64_t d, size_t elem) {
   return elem * (vectors * d * (threads + 1) + d * d + 2 * d + threads);
 }
 
-// The largest tile size whose shared memory fits, and that size in bytes.
+// The largest tile size whose shared memory lets two blocks share an SM (latency hiding), else
+// the largest that fits at all; and that size in bytes.
 std::pair<int, size_t> pick_tile(int vectors, int64_t d, size_t elem, const char* op) {
   const size_t limit = at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
-  for (int threads = kMaxThreads; threads >= kMinThreads; threads /= 2) {
-    const size_t bytes = smem_bytes(vectors, threads, d, elem);
-    if (bytes <= limit) return {threads, bytes};
+  for (const size_t budget : {limit / 2, limit}) {
+    for (int threads = kMaxThreads; threads >= kMinThreads; threads /= 2) {
+      const size_t bytes = smem_bytes(vectors, threads, d, elem);
+      if (bytes <= budget) return {threads, bytes};
+    }
   }
   TORCH_CHECK(false, op, " (CUDA): D=", d, " needs ", smem_bytes(vectors, kMinThreads, d, elem),
               " bytes of shared memory per block, more than this device's ", limit,
