@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fastad.ops.gmm import gmm_energy, gmm_log_prob, gmm_params, gmm_scale_tril
+from fastad.ops.gmm import energy_from_params, gmm_log_prob, gmm_params, gmm_scale_tril
 
 
 class GaussianMixtureHead(nn.Module):
@@ -54,10 +54,10 @@ class GaussianMixtureHead(nn.Module):
         """z [N, D] -> (energy [N], covariance penalty [], gamma [N, K]), differentiable in z and
         the network; updates the running parameters in training mode."""
         gamma = self(z)
-        energy, penalty = gmm_energy(z, gamma, self.eps)
+        params = gmm_params(z, gamma, self.eps)
+        energy, penalty = energy_from_params(z, *params)
         if self.training:
-            with torch.no_grad():
-                self._update_running(*gmm_params(z.detach(), gamma.detach(), self.eps))
+            self._update_running(*(p.detach() for p in params))
         return energy, penalty, gamma
 
     @torch.no_grad()

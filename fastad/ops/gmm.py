@@ -116,7 +116,12 @@ def gmm_energy(z: torch.Tensor, gamma: torch.Tensor, eps: float = 1e-6):
         DE loss is typically energy.mean(). Raises NotPositiveDefiniteError naming the component
         whose covariance has no Cholesky factor.
     """
-    phi, mu, sigma = gmm_params(z, gamma, eps)
+    return energy_from_params(z, *gmm_params(z, gamma, eps))
+
+
+def energy_from_params(z: torch.Tensor, phi: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor):
+    """gmm_energy's second half: (energy [N], penalty []) of z [N, D] under phi [K], mu [K, D],
+    sigma [K, D, D] (e.g. from gmm_params). Raises NotPositiveDefiniteError like gmm_energy."""
     scale_tril = gmm_scale_tril(sigma)
     energy = -gmm_log_prob(z, phi.log(), mu, scale_tril, check_values=False)
     penalty = sigma.diagonal(dim1=1, dim2=2).reciprocal().sum()
