@@ -1,4 +1,5 @@
 """nn.Modules over fastad's ops."""
 from fastad.nn.nearest_neighbor import NearestNeighborScorer
+from fastad.nn.score_map_upsampler import ScoreMapUpsampler
 
-__all__ = ["NearestNeighborScorer"]
+__all__ = ["NearestNeighborScorer", "ScoreMapUpsampler"]

@@ -2,5 +2,7 @@
 under fastad.set_backend("reference"), the pure-PyTorch reference in fastad.ops.reference."""
 from fastad.ops import reference
 from fastad.ops.knn import kcenter_coreset, knn
+from fastad.ops.upsample import PatchGrid, gaussian_blur, gaussian_upsample, idw_upsample, patch_average
 
-__all__ = ["knn", "kcenter_coreset", "reference"]
+__all__ = ["knn", "kcenter_coreset", "reference", "PatchGrid", "gaussian_upsample", "patch_average",
+           "idw_upsample", "gaussian_blur"]
