@@ -62,10 +62,6 @@ void pass_along_columns(const T* tmp, T* out, int64_t planes, int64_t width, con
   });
 }
 
-at::Tensor to_tensor(const std::vector<int64_t>& values, const at::Device& device) {
-  return at::tensor(at::ArrayRef<int64_t>(values), at::TensorOptions().dtype(at::kLong)).to(device);
-}
-
 }  // namespace
 
 at::Tensor apply_separable(const at::Tensor& x_in, const AxisOperator& rows, const AxisOperator& cols) {
@@ -74,15 +70,22 @@ at::Tensor apply_separable(const at::Tensor& x_in, const AxisOperator& rows, con
   const int64_t planes = x.size(0);
   if (x.is_cuda()) {
 #ifdef FASTAD_WITH_CUDA
-    const auto device = x.device();
-    const auto weights = [&](const AxisOperator& op) {
-      return at::tensor(at::ArrayRef<double>(op.weight), at::TensorOptions().dtype(at::kDouble))
-          .to(device, x.scalar_type());
-    };
-    return apply_separable_cuda(x, to_tensor(rows.lo, device), to_tensor(rows.len, device),
-                                weights(rows), rows.band, to_tensor(cols.lo, device),
-                                to_tensor(cols.len, device), weights(cols), cols.band, rows.n_out,
-                                cols.n_out);
+    // two host-to-device copies: all index tables in one, all weights in the other
+    std::vector<int64_t> index_tables;
+    std::vector<double> weights;
+    for (const AxisOperator* op : {&rows, &cols}) {
+      index_tables.insert(index_tables.end(), op->lo.begin(), op->lo.end());
+      index_tables.insert(index_tables.end(), op->len.begin(), op->len.end());
+      weights.insert(weights.end(), op->weight.begin(), op->weight.end());
+    }
+    const at::Tensor index_dev = at::tensor(at::ArrayRef<int64_t>(index_tables), at::kLong).to(x.device());
+    const at::Tensor weight_dev =
+        at::tensor(at::ArrayRef<double>(weights), at::kDouble).to(x.device(), x.scalar_type());
+    const int64_t nr = rows.n_out, nc = cols.n_out;
+    return apply_separable_cuda(x, index_dev.narrow(0, 0, nr), index_dev.narrow(0, nr, nr),
+                                weight_dev.narrow(0, 0, nr * rows.band), rows.band,
+                                index_dev.narrow(0, 2 * nr, nc), index_dev.narrow(0, 2 * nr + nc, nc),
+                                weight_dev.narrow(0, nr * rows.band, nc * cols.band), cols.band, nr, nc);
 #else
     TORCH_CHECK(false, "fastad was built without CUDA kernels");
 #endif
