@@ -308,6 +308,33 @@ def test_reference_backend_runs_the_references():
         assert_close_to(native, ref, torch.float64)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_batch_gives_empty_maps_and_gradients(device):
+    grid = PatchGrid(4, 2, 10)
+    scores = torch.zeros(0, grid.num_patches, device=device, requires_grad=True)
+    heatmap = torch.zeros(0, 1, 3, 3, device=device, requires_grad=True)
+    outputs = [
+        (fastad.ops.gaussian_upsample(heatmap, 12, 5, 4, 1.5, 2.0), (0, 1, 12, 12)),
+        (fastad.ops.gaussian_blur(heatmap, 0.5, 3), (0, 1, 3, 3)),
+        (fastad.ops.patch_average(scores, grid), (0, 10, 10)),
+        (fastad.ops.idw_upsample(scores, grid), (0, 10, 10)),
+    ]
+    for out, shape in outputs:
+        assert out.shape == shape
+        out.sum().backward()
+    assert heatmap.grad.shape == heatmap.shape and scores.grad.shape == scores.shape
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_nan_spreads_only_over_its_receptive_field(device):
+    heatmap = torch.zeros(1, 1, 5, 5, device=device)
+    heatmap[0, 0, 1, 3] = float("nan")
+    out = fastad.ops.gaussian_upsample(heatmap, 40, 9, 8, 3.0, 2.0)[0, 0].cpu()
+    nan_rows, nan_cols = out.isnan().any(1).nonzero().squeeze(1), out.isnan().any(0).nonzero().squeeze(1)
+    assert torch.equal(nan_rows, torch.arange(7, 16)) and torch.equal(nan_cols, torch.arange(23, 32))
+    assert int(out.isnan().sum()) == 81
+
+
 def test_torch_compile_fullgraph():
     grid = PatchGrid(4, 2, 10)
     scores, heatmap = random((2, grid.num_patches), 20), random((2, 1, 3, 3), 21)
