@@ -130,6 +130,14 @@ def test_score_map_upsampler_from_network():
     assert "receptive_field=42" in repr(upsampler)
 
 
+def test_receptive_field_of_same_padding_and_upsampler_without_size():
+    field = receptive_field(nn.Sequential(nn.Conv2d(1, 2, 5, padding="same"), nn.Conv2d(2, 1, 3, stride=2)))
+    assert (field.extent, field.stride, field.start) == (7, 2, 1.0)
+    upsampler = fastad.nn.ScoreMapUpsampler(field.extent, field.stride, field.start, sigma=2.0)
+    with pytest.raises(ValueError, match="out_size must be given"):
+        upsampler(torch.zeros(1, 1, 3, 3))
+    assert upsampler(torch.zeros(1, 1, 3, 3), out_size=(8, 6)).shape == (1, 1, 8, 6)
+
 @pytest.mark.parametrize("layer", [nn.ConvTranspose2d(1, 1, 2, stride=2), nn.Upsample(scale_factor=2),
                                    nn.Conv2d(1, 1, (3, 5)), nn.AdaptiveAvgPool2d(4)])
 def test_receptive_field_rejects_resampling_and_non_square_layers(layer):

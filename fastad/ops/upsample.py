@@ -103,7 +103,8 @@ def gaussian_upsample(heatmap: torch.Tensor, out_size, receptive_field: int, str
     Returns:
         [B, C, H, W]: out[y, x] = Σ_{i,j} heatmap[i, j] g(y - c_i) g(x - c_j), c_i = stride*i + start,
         g(d) = exp(-d² / 2σ²) for |d| <= (r - 1)/2, else 0 (unnormalised: a lone 1 peaks at 1 when
-        its centre is a pixel). This is a transposed convolution with a Gaussian kernel, cropped to
+        its centre is a pixel). A unit thus covers r pixels when start - (r - 1)/2 is an integer
+        (always so for the geometry from_network derives), r - 1 otherwise. This is a transposed convolution with a Gaussian kernel, cropped to
         (H, W); it runs as two 1-D passes. Use ScoreMapUpsampler.from_network to get r, j, start.
     """
     check_tensor("heatmap", heatmap, 4, "[B, C, h, w]")
