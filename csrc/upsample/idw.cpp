@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "idw_common.h"
+#include "vector_clones.h"
 
 namespace fastad::upsample {
 namespace {
@@ -17,9 +18,32 @@ constexpr int64_t kPixelGrain = 256;
 
 // acc[b] += w * x[b] for b < n.
 template <typename T>
-void axpy(T* acc, T w, const T* x, int64_t n) {
+inline void axpy(T* acc, T w, const T* x, int64_t n) {
 #pragma omp simd
   for (int64_t b = 0; b < n; ++b) acc[b] += w * x[b];
+}
+
+// out[b, pixel] for the pixels in [begin, end); by_patch [P, B]; acc: B scratch values.
+template <typename T>
+FASTAD_VECTOR_CLONES void forward_chunk(const IdwGrid& grid, const T* by_patch, T* out, T* acc, int64_t batch,
+                                        int64_t width, int64_t pixels, int64_t begin, int64_t end) {
+  for (int64_t pixel = begin; pixel < end; ++pixel) {
+    for (int64_t b = 0; b < batch; ++b) acc[b] = T(0);
+    idw_for_each_contribution<T>(grid, pixel / width, pixel % width,
+                                 [&](int64_t p, T w) { axpy(acc, w, by_patch + p * batch, batch); });
+    for (int64_t b = 0; b < batch; ++b) out[b * pixels + pixel] = acc[b];
+  }
+}
+
+// acc[p, b] += w(pixel, p) grad[b, pixel] for the pixels in [begin, end); column: B scratch values.
+template <typename T>
+FASTAD_VECTOR_CLONES void backward_chunk(const IdwGrid& grid, const T* grad, T* acc, T* column, int64_t batch,
+                                         int64_t width, int64_t pixels, int64_t begin, int64_t end) {
+  for (int64_t pixel = begin; pixel < end; ++pixel) {
+    for (int64_t b = 0; b < batch; ++b) column[b] = grad[b * pixels + pixel];
+    idw_for_each_contribution<T>(grid, pixel / width, pixel % width,
+                                 [&](int64_t p, T w) { axpy(acc + p * batch, w, column, batch); });
+  }
 }
 
 void check_float(const char* op, const char* name, const at::Tensor& t, int64_t dim, const char* shape) {
@@ -48,13 +72,7 @@ at::Tensor idw_upsample_cpu(const at::Tensor& scores, at::IntArrayRef patch_size
     const int64_t pixels = height * width;
     at::parallel_for(0, pixels, kPixelGrain, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> acc(batch);
-      for (int64_t pixel = begin; pixel < end; ++pixel) {
-        std::fill(acc.begin(), acc.end(), scalar_t(0));
-        idw_for_each_contribution<scalar_t>(grid, pixel / width, pixel % width, [&](int64_t p, scalar_t w) {
-          axpy(acc.data(), w, s + p * batch, batch);
-        });
-        for (int64_t b = 0; b < batch; ++b) o[b * pixels + pixel] = acc[b];
-      }
+      forward_chunk<scalar_t>(grid, s, o, acc.data(), batch, width, pixels, begin, end);
     });
   });
   return out;
@@ -72,21 +90,16 @@ at::Tensor idw_upsample_backward_cpu(const at::Tensor& grad_in, at::IntArrayRef 
   const int64_t batch = grad.size(0), height = grad.size(1), width = grad.size(2);
   const int64_t patches = grid.rows * grid.cols, pixels = height * width;
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), pixels / kPixelGrain));
-  at::Tensor partial = at::zeros({parts, patches, batch}, grad.options());
   if (batch == 0 || pixels == 0) return at::zeros({batch, patches}, grad.options());
+  at::Tensor partial = at::zeros({parts, patches, batch}, grad.options());
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "idw_upsample_backward_cpu", [&] {
     const scalar_t* g = grad.data_ptr<scalar_t>();
     scalar_t* part_data = partial.data_ptr<scalar_t>();
     at::parallel_for(0, parts, 1, [&](int64_t part_begin, int64_t part_end) {
       std::vector<scalar_t> column(batch);
       for (int64_t part = part_begin; part < part_end; ++part) {
-        scalar_t* acc = part_data + part * patches * batch;
-        for (int64_t pixel = part * pixels / parts; pixel < (part + 1) * pixels / parts; ++pixel) {
-          for (int64_t b = 0; b < batch; ++b) column[b] = g[b * pixels + pixel];
-          idw_for_each_contribution<scalar_t>(grid, pixel / width, pixel % width, [&](int64_t p, scalar_t w) {
-            axpy(acc + p * batch, w, column.data(), batch);
-          });
-        }
+        backward_chunk<scalar_t>(grid, g, part_data + part * patches * batch, column.data(), batch, width,
+                                 pixels, part * pixels / parts, (part + 1) * pixels / parts);
       }
     });
   });
