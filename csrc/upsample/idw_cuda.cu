@@ -103,6 +103,7 @@ at::Tensor idw_upsample_backward_cuda(const at::Tensor& grad_in, at::IntArrayRef
   check_float(op, "grad", grad_in, 3, "[B, H, W]");
   const IdwGrid grid = make_idw_grid(op, patch_size, stride, image_size, power, radius);
   TORCH_CHECK(grad_in.size(0) <= 65535LL * kBatchChunk, op, ": batch must be at most ", 65535 * kBatchChunk);
+  at::globalContext().alertNotDeterministic("fastad::idw_upsample_backward (CUDA)");
   const c10::cuda::CUDAGuard guard(grad_in.device());
   const at::Tensor grad = grad_in.contiguous();
   const int64_t batch = grad.size(0), height = grad.size(1), width = grad.size(2);

@@ -163,7 +163,8 @@ def idw_upsample(patch_scores: torch.Tensor, grid: PatchGrid, out_size=None, pow
         no contributing centre takes its nearest centre's score (ties to the lower patch index).
         The kernels find the contributing centres arithmetically from the grid (per-axis ranges),
         never by scanning all P. Differentiable in patch_scores (the weights depend only on
-        geometry).
+        geometry); on CUDA the backward sums with atomics, so its last bits can vary between runs
+        (it raises under torch.use_deterministic_algorithms(True)).
     """
     size = _check_patch_scores("patch_scores", patch_scores, grid, out_size)
     power = _real("power", power, 0.0)
