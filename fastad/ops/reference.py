@@ -71,3 +71,111 @@ def gmm_params(z: torch.Tensor, gamma: torch.Tensor, eps: float = 1e-6):
     sigma = torch.einsum("nk,nkd,nke->kde", gamma, diff, diff) / denom[:, None, None]
     eye = torch.eye(z.shape[1], dtype=z.dtype, device=z.device)
     return weight / z.shape[0], mu, sigma + eps * eye
+
+
+# --- score-map upsampling: gaussian_upsample, patch_average, idw_upsample, gaussian_blur -------
+# Grids are duck-typed: anything with (height, width) pairs patch_size, stride and image_size.
+
+
+def gaussian_upsample(heatmap: torch.Tensor, out_size, receptive_field: int, stride: int, start: float,
+                      sigma: float) -> torch.Tensor:
+    """heatmap [B, C, h, w] -> [B, C, H, W]: the full 2-D transposed convolution with the Gaussian
+    kernel g ⊗ g, placed so that unit i's taps land on the pixels within (r - 1)/2 of
+    stride*i + start, then cropped (or zero-extended) to out_size."""
+    b, c, h, w = heatmap.shape
+    first = math.ceil(start - (receptive_field - 1) / 2)  # pixel of unit 0's first tap
+    last = math.floor(start + (receptive_field - 1) / 2)
+    offsets = torch.arange(first, last + 1, dtype=torch.float64) - start
+    taps = torch.exp(-offsets.pow(2) / (2 * sigma * sigma)).to(heatmap.dtype).to(heatmap.device)
+    kernel = torch.outer(taps, taps)[None, None]
+    full = torch.nn.functional.conv_transpose2d(heatmap.reshape(b * c, 1, h, w), kernel, stride=stride)
+    out = heatmap.new_zeros((b * c, 1, out_size[0], out_size[1]))
+    # out[y] = full[y - first] where both exist
+    ys, yf = max(0, first), max(0, -first)
+    xs, xf = ys, yf
+    hn = min(out_size[0] - ys, full.shape[2] - yf)
+    wn = min(out_size[1] - xs, full.shape[3] - xf)
+    if hn > 0 and wn > 0:
+        out[:, :, ys:ys + hn, xs:xs + wn] = full[:, :, yf:yf + hn, xf:xf + wn]
+    return out.reshape(b, c, out_size[0], out_size[1])
+
+
+def _patch_spans(grid) -> list[tuple[int, int, int, int]]:
+    """(y0, y1, x0, x1) pixel spans of the grid's patches in raster order."""
+    (ph, pw), (sh, sw), (ih, iw) = grid.patch_size, grid.stride, grid.image_size
+    rows, cols = (ih - ph) // sh + 1, (iw - pw) // sw + 1
+    return [(r * sh, r * sh + ph, c * sw, c * sw + pw) for r in range(rows) for c in range(cols)]
+
+
+def _fill_from_nearest(values: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """values [B, H, W]; every pixel where known [H, W] is False takes the value of the nearest
+    known pixel (squared Euclidean distance, ties to the first in raster order)."""
+    if bool(known.all()):
+        return values
+    yy, xx = torch.meshgrid(torch.arange(known.shape[0]), torch.arange(known.shape[1]), indexing="ij")
+    pixels = torch.stack([yy.reshape(-1), xx.reshape(-1)], 1)
+    known_pixels = pixels[known.reshape(-1)]
+    unknown = (~known).reshape(-1).nonzero().squeeze(1)
+    sq = (pixels[unknown, None, :] - known_pixels[None, :, :]).pow(2).sum(-1)
+    source = known_pixels[sq.argmin(1)]
+    flat = values.reshape(values.shape[0], -1).clone()
+    flat[:, unknown] = flat[:, source[:, 0] * known.shape[1] + source[:, 1]]
+    return flat.reshape(values.shape)
+
+
+def patch_average(patch_scores: torch.Tensor, grid, out_size) -> torch.Tensor:
+    """patch_scores [B, P] -> [B, H, W]: an explicit loop over the patches accumulating sums and
+    counts; uncovered pixels then take their nearest covered pixel's value."""
+    b = patch_scores.shape[0]
+    sums = patch_scores.new_zeros((b, out_size[0], out_size[1]))
+    counts = torch.zeros(out_size, dtype=torch.long)
+    for p, (y0, y1, x0, x1) in enumerate(_patch_spans(grid)):
+        sums[:, y0:y1, x0:x1] += patch_scores[:, p, None, None]
+        counts[y0:y1, x0:x1] += 1
+    known = counts > 0
+    mean = sums / counts.clamp_min(1).to(sums.device, sums.dtype)
+    return _fill_from_nearest(mean, known)
+
+
+def idw_upsample(patch_scores: torch.Tensor, grid, out_size, power: float, radius: float | None) -> torch.Tensor:
+    """patch_scores [B, P] -> [B, H, W]: brute-force inverse-distance weighting over all P centres.
+    Contributing centres: those whose patch covers the pixel (radius None) or within radius;
+    w = 1/d^power; a pixel on a contributing centre takes its score; a pixel with no
+    contributing centre takes its nearest centre's score (ties to the lower patch index)."""
+    (ph, pw), (sh, sw), (ih, iw) = grid.patch_size, grid.stride, grid.image_size
+    rows, cols = (ih - ph) // sh + 1, (iw - pw) // sw + 1
+    dtype, device = patch_scores.dtype, patch_scores.device
+    cy = torch.arange(rows, dtype=dtype, device=device) * sh + (ph - 1) / 2
+    cx = torch.arange(cols, dtype=dtype, device=device) * sw + (pw - 1) / 2
+    centres = torch.stack(torch.meshgrid(cy, cx, indexing="ij"), -1).reshape(-1, 2)  # [P, 2]
+    yy, xx = torch.meshgrid(torch.arange(out_size[0], dtype=dtype, device=device),
+                            torch.arange(out_size[1], dtype=dtype, device=device), indexing="ij")
+    pixels = torch.stack([yy.reshape(-1), xx.reshape(-1)], 1)  # [N, 2]
+    diff = pixels[:, None, :] - centres[None, :, :]
+    sq = diff.pow(2).sum(-1)  # [N, P]
+    if radius is None:
+        half = torch.tensor([(ph - 1) / 2, (pw - 1) / 2], dtype=dtype, device=device)
+        mask = (diff.abs() <= half).all(-1)
+    else:
+        mask = sq <= radius * radius
+    weights = torch.where(mask, sq.clamp_min(torch.finfo(dtype).tiny).pow(-power / 2), 0.0)
+    hit = mask & (sq == 0)
+    weights = torch.where(hit.any(1, keepdim=True), hit.to(dtype), weights)
+    none = ~mask.any(1)
+    nearest = torch.nn.functional.one_hot(sq.argmin(1), centres.shape[0]).to(dtype)
+    weights = torch.where(none[:, None], nearest, weights)
+    weights = weights / weights.sum(1, keepdim=True)
+    return (patch_scores @ weights.T).reshape(-1, out_size[0], out_size[1])
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float, kernel_size: int) -> torch.Tensor:
+    """maps [B, C, H, W] -> [B, C, H, W]: reflect padding, then one 2-D convolution with the
+    normalised kernel_size x kernel_size Gaussian."""
+    radius = kernel_size // 2
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    taps = torch.exp(-offsets.pow(2) / (2 * sigma * sigma))
+    kernel = torch.outer(taps, taps)
+    kernel = (kernel / kernel.sum()).to(maps.dtype).to(maps.device)[None, None]
+    b, c, h, w = maps.shape
+    padded = torch.nn.functional.pad(maps.reshape(b * c, 1, h, w), (radius,) * 4, mode="reflect")
+    return torch.nn.functional.conv2d(padded, kernel).reshape(b, c, h, w)

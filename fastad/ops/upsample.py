@@ -1,0 +1,349 @@
+"""Score-map upsampling operators: FCDD's Gaussian receptive-field upsampling, patch averaging
+(PEDENet, Patch-SVDD), inverse-distance weighting (GlanceNet) and a separable Gaussian blur.
+
+Each op is linear in its tensor input and differentiable: its backward is the adjoint, run by
+its own compiled op (fastad::<op>_backward, CPU and CUDA), which is differentiable in turn.
+
+Pixel coordinates: pixel (y, x) sits at (y, x); a patch grid's patch (r, c) covers pixels
+[r*stride, r*stride + patch) x [c*stride, c*stride + patch) and is centred at
+(r*stride + (patch-1)/2, c*stride + (patch-1)/2). Patches are numbered in raster order,
+p = r * cols + c. NaN and Inf are not checked (these ops run in training loops): they spread
+to every output they touch, as in any linear map.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from numbers import Real
+
+import torch
+
+from fastad import _extension
+from fastad.backend import use_reference
+from fastad.ops import reference
+from fastad.ops._checks import check_float, check_int, check_tensor
+
+
+def _pair(name: str, value, low: int = 1) -> tuple[int, int]:
+    """An int or a pair of ints, each >= low, as (height, width)."""
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        check_int(name, value[0], low)
+        check_int(name, value[1], low)
+        return int(value[0]), int(value[1])
+    if isinstance(value, (tuple, list)):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {len(value)} values")
+    check_int(name, value, low)
+    return int(value), int(value)
+
+
+def _real(name: str, value, low: float | None = None, strict: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if low is not None and (value < low or (strict and value == low)):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {low}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class PatchGrid:
+    """The raster grid of patches a patch-scoring method scores.
+
+    patch_size, stride, image_size: an int or an (height, width) pair each, normalised to pairs.
+    rows = (image_h - patch_h) // stride_h + 1 patches per column, cols likewise; P = rows * cols
+    in raster order. Patches at stride > patch leave gaps; a grid that does not reach the last
+    pixels leaves them uncovered (see patch_average and idw_upsample for what those get).
+    """
+
+    patch_size: tuple[int, int]
+    stride: tuple[int, int]
+    image_size: tuple[int, int]
+
+    def __init__(self, patch_size, stride, image_size):
+        patch, step, image = _pair("patch_size", patch_size), _pair("stride", stride), _pair("image_size", image_size)
+        if patch[0] > image[0] or patch[1] > image[1]:
+            raise ValueError(f"patch_size {patch} must fit in image_size {image}")
+        object.__setattr__(self, "patch_size", patch)
+        object.__setattr__(self, "stride", step)
+        object.__setattr__(self, "image_size", image)
+
+    @property
+    def rows(self) -> int:
+        return (self.image_size[0] - self.patch_size[0]) // self.stride[0] + 1
+
+    @property
+    def cols(self) -> int:
+        return (self.image_size[1] - self.patch_size[1]) // self.stride[1] + 1
+
+    @property
+    def num_patches(self) -> int:
+        return self.rows * self.cols
+
+    def centres(self, dtype=torch.float64, device=None) -> torch.Tensor:
+        """[P, 2] patch centres (y, x) in pixel coordinates, raster order."""
+        cy = torch.arange(self.rows, dtype=dtype, device=device) * self.stride[0] + (self.patch_size[0] - 1) / 2
+        cx = torch.arange(self.cols, dtype=dtype, device=device) * self.stride[1] + (self.patch_size[1] - 1) / 2
+        return torch.stack(torch.meshgrid(cy, cx, indexing="ij"), -1).reshape(-1, 2)
+
+
+def gaussian_upsample(heatmap: torch.Tensor, out_size, receptive_field: int, stride: int, start: float,
+                      sigma: float = 12.0) -> torch.Tensor:
+    """FCDD's receptive-field upsampling (Liznerski et al., ICLR 2021).
+
+    Args:
+        heatmap: [B, C, h, w] float32/float64 low-resolution scores (C is 1 for FCDD).
+        out_size: int or (H, W), the output (network input) size.
+        receptive_field: the receptive-field extent r of one low-resolution unit, in pixels.
+        stride: the network's total stride j.
+        start: the receptive-field centre of unit 0, in pixels (may be a half-integer).
+        sigma: standard deviation of the Gaussian, in pixels (FCDD uses 12 on MVTec-AD).
+
+    Returns:
+        [B, C, H, W]: out[y, x] = Σ_{i,j} heatmap[i, j] g(y - c_i) g(x - c_j), c_i = stride*i + start,
+        g(d) = exp(-d² / 2σ²) for |d| <= (r - 1)/2, else 0 (unnormalised: a lone 1 peaks at 1 when
+        its centre is a pixel). A unit thus covers r pixels when start - (r - 1)/2 is an integer
+        (always so for the geometry from_network derives), r - 1 otherwise. This is a transposed convolution with a Gaussian kernel, cropped to
+        (H, W); it runs as two 1-D passes. Use ScoreMapUpsampler.from_network to get r, j, start.
+    """
+    check_tensor("heatmap", heatmap, 4, "[B, C, h, w]")
+    check_float("heatmap", heatmap, cuda_float64=True)
+    if heatmap.shape[2] < 1 or heatmap.shape[3] < 1:
+        raise ValueError(f"heatmap must have h, w >= 1, got {tuple(heatmap.shape)}")
+    size = _pair("out_size", out_size)
+    check_int("receptive_field", receptive_field, 1)
+    check_int("stride", stride, 1)
+    start = _real("start", start)
+    sigma = _real("sigma", sigma, 0.0, strict=True)
+    if use_reference():
+        return reference.gaussian_upsample(heatmap, size, receptive_field, stride, start, sigma)
+    _extension.require("gaussian_upsample")
+    return torch.ops.fastad.gaussian_upsample(heatmap, list(size), receptive_field, stride, start, sigma)
+
+
+def patch_average(patch_scores: torch.Tensor, grid: PatchGrid, out_size=None) -> torch.Tensor:
+    """Pixel score = mean score of the patches covering the pixel (PEDENet sec. 3.3, Patch-SVDD).
+
+    Args:
+        patch_scores: [B, P] float32/float64, P = grid.num_patches in raster order.
+        grid: the PatchGrid the scores belong to.
+        out_size: int or (H, W), default grid.image_size. The map covers pixels [0, H) x [0, W)
+            of the grid's pixel coordinates (no rescaling).
+
+    Returns:
+        [B, H, W]. A pixel no patch covers (in a gap at stride > patch, past the grid's last patch,
+        or beyond the image) takes the value of its nearest covered pixel of the map (Euclidean;
+        the covered pixels form a product set, so per axis; ties to the lower coordinate). A pixel
+        in no gap on either axis is therefore exactly the score of its nearest patch.
+    """
+    size = _check_patch_scores("patch_scores", patch_scores, grid, out_size)
+    if use_reference():
+        return reference.patch_average(patch_scores, grid, size)
+    _extension.require("patch_average")
+    return torch.ops.fastad.patch_average(patch_scores, *_grid_args(grid), list(size))
+
+
+def idw_upsample(patch_scores: torch.Tensor, grid: PatchGrid, out_size=None, power: float = 2.0,
+                 radius: float | None = None) -> torch.Tensor:
+    """Inverse-distance-weighted score map ("Glancing at the Patch", sec. 3.3).
+
+    Args:
+        patch_scores: [B, P] float32/float64, P = grid.num_patches in raster order.
+        grid: the PatchGrid the scores belong to.
+        out_size: int or (H, W), default grid.image_size; pixels [0, H) x [0, W) of the grid's
+            pixel coordinates (no rescaling).
+        power: the distance exponent, >= 0.
+        radius: centres within this Euclidean distance (pixels, >= 0) contribute; None (default):
+            the centres of the patches covering the pixel.
+
+    Returns:
+        [B, H, W], pixel value Σ w_p s_p / Σ w_p with w_p = 1/|x - c_p|^power over the contributing
+        centres. A pixel on a contributing centre takes that centre's score exactly; a pixel with
+        no contributing centre takes its nearest centre's score (ties to the lower patch index).
+        The kernels find the contributing centres arithmetically from the grid (per-axis ranges),
+        never by scanning all P. Differentiable in patch_scores (the weights depend only on
+        geometry); on CUDA the backward sums with atomics, so its last bits can vary between runs
+        (it raises under torch.use_deterministic_algorithms(True)).
+    """
+    size = _check_patch_scores("patch_scores", patch_scores, grid, out_size)
+    power = _real("power", power, 0.0)
+    if radius is not None:
+        radius = _real("radius", radius, 0.0)
+    if use_reference():
+        return reference.idw_upsample(patch_scores, grid, size, power, radius)
+    _extension.require("idw_upsample")
+    return torch.ops.fastad.idw_upsample(patch_scores, *_grid_args(grid), list(size), power, radius)
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float, kernel_size: int | None = None) -> torch.Tensor:
+    """Separable Gaussian blur with reflect padding (what anomalib applies to its maps, σ = 4).
+
+    Args:
+        maps: [B, C, H, W] float32/float64.
+        sigma: standard deviation in pixels, > 0.
+        kernel_size: odd, default 2*int(4σ + 0.5) + 1; kernel_size // 2 must be below H and W
+            (reflect padding mirrors without repeating the edge pixel, like torch's "reflect").
+
+    Returns:
+        [B, C, H, W], the 2-D convolution with the normalised kernel g ⊗ g.
+    """
+    check_tensor("maps", maps, 4, "[B, C, H, W]")
+    check_float("maps", maps, cuda_float64=True)
+    sigma = _real("sigma", sigma, 0.0, strict=True)
+    if kernel_size is None:
+        kernel_size = 2 * int(4 * sigma + 0.5) + 1
+    check_int("kernel_size", kernel_size, 1)
+    if kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+    if kernel_size // 2 >= min(maps.shape[2], maps.shape[3]):
+        raise ValueError(f"kernel_size // 2 = {kernel_size // 2} must be below H and W for reflect padding, "
+                         f"got maps of shape {tuple(maps.shape)}")
+    if use_reference():
+        return reference.gaussian_blur(maps, sigma, kernel_size)
+    _extension.require("gaussian_blur")
+    return torch.ops.fastad.gaussian_blur(maps, sigma, kernel_size)
+
+
+def _check_patch_scores(name: str, scores, grid, out_size) -> tuple[int, int]:
+    check_tensor(name, scores, 2, "[B, P]")
+    check_float(name, scores, cuda_float64=True)
+    if not isinstance(grid, PatchGrid):
+        raise TypeError(f"grid must be a fastad.ops.PatchGrid, got {type(grid).__name__}")
+    if scores.shape[1] != grid.num_patches:
+        raise ValueError(f"{name} must have P = {grid.num_patches} ({grid.rows} x {grid.cols} patches), "
+                         f"got P = {scores.shape[1]}")
+    return grid.image_size if out_size is None else _pair("out_size", out_size)
+
+
+def _grid_args(grid: PatchGrid) -> tuple[list[int], list[int], list[int]]:
+    return list(grid.patch_size), list(grid.stride), list(grid.image_size)
+
+
+# --- fake kernels and autograd ----------------------------------------------------------------
+
+def _gaussian_upsample_fake(heatmap, out_size, receptive_field, stride, start, sigma):
+    return heatmap.new_empty((heatmap.shape[0], heatmap.shape[1], out_size[0], out_size[1]))
+
+
+def _gaussian_upsample_backward_fake(grad, in_size, receptive_field, stride, start, sigma):
+    return grad.new_empty((grad.shape[0], grad.shape[1], in_size[0], in_size[1]))
+
+
+def _gaussian_upsample_setup(ctx, inputs, output):
+    heatmap, _, ctx.receptive_field, ctx.stride, ctx.start, ctx.sigma = inputs
+    ctx.in_size = [heatmap.shape[2], heatmap.shape[3]]
+
+
+def _gaussian_upsample_grad(ctx, grad):
+    g = torch.ops.fastad.gaussian_upsample_backward(grad, ctx.in_size, ctx.receptive_field, ctx.stride,
+                                                    ctx.start, ctx.sigma)
+    return g, None, None, None, None, None
+
+
+def _gaussian_upsample_backward_setup(ctx, inputs, output):
+    grad, _, ctx.receptive_field, ctx.stride, ctx.start, ctx.sigma = inputs
+    ctx.out_size = [grad.shape[2], grad.shape[3]]
+
+
+def _gaussian_upsample_backward_grad(ctx, grad):
+    g = torch.ops.fastad.gaussian_upsample(grad, ctx.out_size, ctx.receptive_field, ctx.stride, ctx.start,
+                                           ctx.sigma)
+    return g, None, None, None, None, None
+
+
+def _patch_average_fake(scores, patch_size, stride, image_size, out_size):
+    return scores.new_empty((scores.shape[0], out_size[0], out_size[1]))
+
+
+def _patch_average_backward_fake(grad, patch_size, stride, image_size):
+    grid = PatchGrid(patch_size, stride, image_size)
+    return grad.new_empty((grad.shape[0], grid.num_patches))
+
+
+def _patch_average_setup(ctx, inputs, output):
+    _, ctx.patch_size, ctx.stride, ctx.image_size, _ = inputs
+
+
+def _patch_average_grad(ctx, grad):
+    g = torch.ops.fastad.patch_average_backward(grad, ctx.patch_size, ctx.stride, ctx.image_size)
+    return g, None, None, None, None
+
+
+def _patch_average_backward_setup(ctx, inputs, output):
+    grad, ctx.patch_size, ctx.stride, ctx.image_size = inputs
+    ctx.out_size = [grad.shape[1], grad.shape[2]]
+
+
+def _patch_average_backward_grad(ctx, grad):
+    g = torch.ops.fastad.patch_average(grad, ctx.patch_size, ctx.stride, ctx.image_size, ctx.out_size)
+    return g, None, None, None
+
+
+def _idw_fake(scores, patch_size, stride, image_size, out_size, power, radius):
+    return scores.new_empty((scores.shape[0], out_size[0], out_size[1]))
+
+
+def _idw_backward_fake(grad, patch_size, stride, image_size, power, radius):
+    grid = PatchGrid(patch_size, stride, image_size)
+    return grad.new_empty((grad.shape[0], grid.num_patches))
+
+
+def _idw_setup(ctx, inputs, output):
+    _, ctx.patch_size, ctx.stride, ctx.image_size, _, ctx.power, ctx.radius = inputs
+
+
+def _idw_grad(ctx, grad):
+    g = torch.ops.fastad.idw_upsample_backward(grad, ctx.patch_size, ctx.stride, ctx.image_size, ctx.power,
+                                               ctx.radius)
+    return g, None, None, None, None, None, None
+
+
+def _idw_backward_setup(ctx, inputs, output):
+    grad, ctx.patch_size, ctx.stride, ctx.image_size, ctx.power, ctx.radius = inputs
+    ctx.out_size = [grad.shape[1], grad.shape[2]]
+
+
+def _idw_backward_grad(ctx, grad):
+    g = torch.ops.fastad.idw_upsample(grad, ctx.patch_size, ctx.stride, ctx.image_size, ctx.out_size, ctx.power,
+                                      ctx.radius)
+    return g, None, None, None, None, None
+
+
+def _blur_fake(maps, sigma, kernel_size):
+    return torch.empty_like(maps, memory_format=torch.contiguous_format)
+
+
+def _blur_setup(ctx, inputs, output):
+    _, ctx.sigma, ctx.kernel_size = inputs
+
+
+def _blur_grad(ctx, grad):
+    return torch.ops.fastad.gaussian_blur_backward(grad, ctx.sigma, ctx.kernel_size), None, None
+
+
+def _blur_backward_grad(ctx, grad):
+    return torch.ops.fastad.gaussian_blur(grad, ctx.sigma, ctx.kernel_size), None, None
+
+
+if _extension.loaded():
+    torch.library.register_fake("fastad::gaussian_upsample", _gaussian_upsample_fake)
+    torch.library.register_fake("fastad::gaussian_upsample_backward", _gaussian_upsample_backward_fake)
+    torch.library.register_autograd("fastad::gaussian_upsample", _gaussian_upsample_grad,
+                                    setup_context=_gaussian_upsample_setup)
+    torch.library.register_autograd("fastad::gaussian_upsample_backward", _gaussian_upsample_backward_grad,
+                                    setup_context=_gaussian_upsample_backward_setup)
+    torch.library.register_fake("fastad::patch_average", _patch_average_fake)
+    torch.library.register_fake("fastad::patch_average_backward", _patch_average_backward_fake)
+    torch.library.register_autograd("fastad::patch_average", _patch_average_grad, setup_context=_patch_average_setup)
+    torch.library.register_autograd("fastad::patch_average_backward", _patch_average_backward_grad,
+                                    setup_context=_patch_average_backward_setup)
+    torch.library.register_fake("fastad::idw_upsample", _idw_fake)
+    torch.library.register_fake("fastad::idw_upsample_backward", _idw_backward_fake)
+    torch.library.register_autograd("fastad::idw_upsample", _idw_grad, setup_context=_idw_setup)
+    torch.library.register_autograd("fastad::idw_upsample_backward", _idw_backward_grad,
+                                    setup_context=_idw_backward_setup)
+    torch.library.register_fake("fastad::gaussian_blur", _blur_fake)
+    torch.library.register_fake("fastad::gaussian_blur_backward", _blur_fake)
+    torch.library.register_autograd("fastad::gaussian_blur", _blur_grad, setup_context=_blur_setup)
+    torch.library.register_autograd("fastad::gaussian_blur_backward", _blur_backward_grad, setup_context=_blur_setup)
