@@ -19,6 +19,13 @@
 namespace fastad::partial_conv {
 namespace {
 
+// Elementwise work below this many elements runs on one thread: waking the pool costs more.
+constexpr int64_t kElementGrain = 32768;
+
+inline int64_t plane_grain(int64_t plane_elements) {
+  return std::max<int64_t>(1, kElementGrain / std::max<int64_t>(1, plane_elements));
+}
+
 // Window sums along one row: out[o] = Σ_t row[o·stride − padding + t·dilation] (in range).
 void window_sums(const double* row, const Axis& axis, double* out) {
   for (int64_t o = 0; o < axis.out; ++o) out[o] = 0.0;
@@ -45,7 +52,7 @@ void coverage_kernel(const scalar_t* mask, int64_t batch, int64_t channels, int6
   const int64_t plane = ax_h.in * ax_w.in;
   // rows [batch·groups, H, Wo]: horizontal window sums of the group-summed mask rows
   std::vector<double> rows(static_cast<size_t>(batch * groups * ax_h.in * ax_w.out));
-  at::parallel_for(0, batch * groups * ax_h.in, 16, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, batch * groups * ax_h.in, plane_grain(per_group * ax_w.in), [&](int64_t begin, int64_t end) {
     std::vector<double> summed(static_cast<size_t>(ax_w.in));
     for (int64_t item = begin; item < end; ++item) {
       const int64_t bg = item / ax_h.in, h = item % ax_h.in;
@@ -60,7 +67,7 @@ void coverage_kernel(const scalar_t* mask, int64_t batch, int64_t channels, int6
       window_sums(summed.data(), ax_w, rows.data() + item * ax_w.out);
     }
   });
-  at::parallel_for(0, batch * groups * ax_h.out, 16, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, batch * groups * ax_h.out, plane_grain(ax_h.kernel * ax_w.out), [&](int64_t begin, int64_t end) {
     std::vector<double> acc(static_cast<size_t>(ax_w.out));
     for (int64_t item = begin; item < end; ++item) {
       const int64_t bg = item / ax_h.out, o = item % ax_h.out;
@@ -105,57 +112,94 @@ inline void mask_factors(opmath_t coverage, opmath_t slide, opmath_t& ratio, opm
   ratio = (opmath_t(1) / (coverage + opmath_t(kCoverageEps))) * slide * update;
 }
 
+// Per coverage position [Bc·G·HW]: scale[i] and update[i] in opmath, computed once and reused by
+// all Co/G channels of a group. scale = ratio, or ratio·update when `scale_by_update`.
+template <typename scalar_t>
+void factor_planes(const at::Tensor& coverage, double slide_winsize, bool scale_by_update,
+                   at::Tensor& scale, at::Tensor& update) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const auto dtype = c10::CppTypeToScalarType<opmath_t>::value;
+  scale = at::empty({coverage.numel()}, coverage.options().dtype(dtype));
+  update = at::empty({coverage.numel()}, coverage.options().dtype(dtype));
+  const scalar_t* cov = coverage.data_ptr<scalar_t>();
+  opmath_t* sc = scale.data_ptr<opmath_t>();
+  opmath_t* up = update.data_ptr<opmath_t>();
+  const opmath_t slide = static_cast<opmath_t>(slide_winsize);
+  at::parallel_for(0, coverage.numel(), kElementGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      opmath_t ratio, u;
+      mask_factors(static_cast<opmath_t>(cov[i]), slide, ratio, u);
+      sc[i] = scale_by_update ? ratio * u : ratio;
+      up[i] = u;
+    }
+  });
+}
+
+// out = (raw·ratio + bias)·update, or raw·ratio without bias; `out` may be `raw` (in place).
+template <typename scalar_t>
+void renormalize_planes(const scalar_t* raw, const at::Tensor& coverage,
+                        const std::optional<at::Tensor>& bias_in, double slide_winsize,
+                        int64_t batch, int64_t out_channels, int64_t hw, scalar_t* out) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  at::Tensor ratio_t, update_t;
+  factor_planes<scalar_t>(coverage, slide_winsize, false, ratio_t, update_t);
+  const opmath_t* ratio = ratio_t.data_ptr<opmath_t>();
+  const opmath_t* update = update_t.data_ptr<opmath_t>();
+  const at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::Tensor();
+  const scalar_t* b = bias.defined() ? bias.data_ptr<scalar_t>() : nullptr;
+  const int64_t groups = coverage.size(1), per_group = out_channels / groups;
+  const bool cov_batched = coverage.size(0) != 1;
+  at::parallel_for(0, batch * out_channels, plane_grain(hw), [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t n = p / out_channels, c = p % out_channels;
+      const int64_t f = ((cov_batched ? n : 0) * groups + c / per_group) * hw;
+      const opmath_t* rt = ratio + f;
+      const opmath_t* up = update + f;
+      const scalar_t* rp = raw + p * hw;
+      scalar_t* op = out + p * hw;
+      if (b != nullptr) {
+        const opmath_t bv = static_cast<opmath_t>(b[c]);
+        _Pragma("omp simd")
+        for (int64_t i = 0; i < hw; ++i) {
+          op[i] = static_cast<scalar_t>((static_cast<opmath_t>(rp[i]) * rt[i] + bv) * up[i]);
+        }
+      } else {
+        _Pragma("omp simd")
+        for (int64_t i = 0; i < hw; ++i) op[i] = static_cast<scalar_t>(static_cast<opmath_t>(rp[i]) * rt[i]);
+      }
+    }
+  });
+}
+
+at::Tensor update_mask_of(const at::Tensor& coverage) {
+  return at::clamp(coverage, 0, 1).contiguous();
+}
+
 std::tuple<at::Tensor, at::Tensor> partial_conv_renormalize_cpu(
-    const at::Tensor& raw_in, const at::Tensor& coverage_in, const std::optional<at::Tensor>& bias_in,
+    const at::Tensor& raw_in, const at::Tensor& coverage_in, const std::optional<at::Tensor>& bias,
     double slide_winsize) {
-  check_renormalize_args("partial_conv_renormalize", raw_in, coverage_in, bias_in);
+  check_renormalize_args("partial_conv_renormalize", raw_in, coverage_in, bias);
   const at::Tensor raw = raw_in.contiguous(), coverage = coverage_in.contiguous();
   at::Tensor out = at::empty_like(raw, at::MemoryFormat::Contiguous);
-  at::Tensor update = at::empty_like(coverage, at::MemoryFormat::Contiguous);
-  const int64_t batch = raw.size(0), out_channels = raw.size(1), groups = coverage.size(1);
-  const int64_t per_group = out_channels / groups, hw = raw.size(2) * raw.size(3);
-  const bool cov_batched = coverage.size(0) != 1;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, raw.scalar_type(), "partial_conv_renormalize_cpu", [&] {
-    using opmath_t = at::opmath_type<scalar_t>;
-    const scalar_t* r = raw.data_ptr<scalar_t>();
-    const scalar_t* cov = coverage.data_ptr<scalar_t>();
-    const at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::Tensor();
-    const scalar_t* b = bias.defined() ? bias.data_ptr<scalar_t>() : nullptr;
-    scalar_t* o = out.data_ptr<scalar_t>();
-    const opmath_t slide = static_cast<opmath_t>(slide_winsize);
-    at::parallel_for(0, batch * out_channels, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t p = begin; p < end; ++p) {
-        const int64_t n = p / out_channels, c = p % out_channels;
-        const scalar_t* cp = cov + ((cov_batched ? n : 0) * groups + c / per_group) * hw;
-        const scalar_t* rp = r + p * hw;
-        scalar_t* op = o + p * hw;
-        if (b != nullptr) {
-          const opmath_t bv = static_cast<opmath_t>(b[c]);
-          _Pragma("omp simd")
-          for (int64_t i = 0; i < hw; ++i) {
-            opmath_t ratio, update;
-            mask_factors(static_cast<opmath_t>(cp[i]), slide, ratio, update);
-            op[i] = static_cast<scalar_t>((static_cast<opmath_t>(rp[i]) * ratio + bv) * update);
-          }
-        } else {
-          _Pragma("omp simd")
-          for (int64_t i = 0; i < hw; ++i) {
-            opmath_t ratio, update;
-            mask_factors(static_cast<opmath_t>(cp[i]), slide, ratio, update);
-            op[i] = static_cast<scalar_t>(static_cast<opmath_t>(rp[i]) * ratio);
-          }
-        }
-      }
-    });
-    scalar_t* u = update.data_ptr<scalar_t>();
-    at::parallel_for(0, coverage.numel(), 4096, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const opmath_t c = static_cast<opmath_t>(cov[i]);
-        u[i] = static_cast<scalar_t>(std::min(std::max(c, opmath_t(0)), opmath_t(1)));
-      }
-    });
+    renormalize_planes<scalar_t>(raw.data_ptr<scalar_t>(), coverage, bias, slide_winsize, raw.size(0),
+                                 raw.size(1), raw.size(2) * raw.size(3), out.data_ptr<scalar_t>());
   });
-  return {out, update};
+  return {out, update_mask_of(coverage)};
+}
+
+// In-place variant for eager mode: raw (contiguous) becomes out; returns update_mask.
+at::Tensor partial_conv_renormalize_inplace_cpu(at::Tensor& raw, const at::Tensor& coverage_in,
+                                                const std::optional<at::Tensor>& bias,
+                                                double slide_winsize) {
+  check_renormalize_args("partial_conv_renormalize_", raw, coverage_in, bias);
+  TORCH_CHECK(raw.is_contiguous(), "partial_conv_renormalize_: raw must be contiguous");
+  const at::Tensor coverage = coverage_in.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, raw.scalar_type(), "partial_conv_renormalize_inplace_cpu", [&] {
+    renormalize_planes<scalar_t>(raw.data_ptr<scalar_t>(), coverage, bias, slide_winsize, raw.size(0),
+                                 raw.size(1), raw.size(2) * raw.size(3), raw.data_ptr<scalar_t>());
+  });
+  return update_mask_of(coverage);
 }
 
 std::tuple<at::Tensor, at::Tensor> partial_conv_renormalize_backward_cpu(
@@ -170,35 +214,29 @@ std::tuple<at::Tensor, at::Tensor> partial_conv_renormalize_backward_cpu(
   at::Tensor partial = at::zeros({batch, has_bias ? out_channels : 0}, grad.options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "partial_conv_renormalize_backward_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
+    // d out / d raw = ratio·update with a bias, ratio without; d out / d bias = update
+    at::Tensor scale_t, update_t;
+    factor_planes<scalar_t>(coverage, slide_winsize, has_bias, scale_t, update_t);
+    const opmath_t* scale = scale_t.data_ptr<opmath_t>();
+    const opmath_t* update = update_t.data_ptr<opmath_t>();
     const scalar_t* g = grad.data_ptr<scalar_t>();
-    const scalar_t* cov = coverage.data_ptr<scalar_t>();
     scalar_t* gr = grad_raw.data_ptr<scalar_t>();
     double* sums = partial.data_ptr<double>();
-    const opmath_t slide = static_cast<opmath_t>(slide_winsize);
-    at::parallel_for(0, batch * out_channels, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, batch * out_channels, plane_grain(hw), [&](int64_t begin, int64_t end) {
       for (int64_t p = begin; p < end; ++p) {
         const int64_t n = p / out_channels, c = p % out_channels;
-        const scalar_t* cp = cov + ((cov_batched ? n : 0) * groups + c / per_group) * hw;
+        const int64_t f = ((cov_batched ? n : 0) * groups + c / per_group) * hw;
+        const opmath_t* sc = scale + f;
+        const opmath_t* up = update + f;
         const scalar_t* gp = g + p * hw;
         scalar_t* rp = gr + p * hw;
+        _Pragma("omp simd")
+        for (int64_t i = 0; i < hw; ++i) rp[i] = static_cast<scalar_t>(static_cast<opmath_t>(gp[i]) * sc[i]);
         if (has_bias) {
           opmath_t acc = 0;
           _Pragma("omp simd reduction(+ : acc)")
-          for (int64_t i = 0; i < hw; ++i) {
-            opmath_t ratio, update;
-            mask_factors(static_cast<opmath_t>(cp[i]), slide, ratio, update);
-            const opmath_t gu = static_cast<opmath_t>(gp[i]) * update;
-            rp[i] = static_cast<scalar_t>(gu * ratio);
-            acc += gu;
-          }
+          for (int64_t i = 0; i < hw; ++i) acc += static_cast<opmath_t>(gp[i]) * up[i];
           sums[p] = static_cast<double>(acc);
-        } else {
-          _Pragma("omp simd")
-          for (int64_t i = 0; i < hw; ++i) {
-            opmath_t ratio, update;
-            mask_factors(static_cast<opmath_t>(cp[i]), slide, ratio, update);
-            rp[i] = static_cast<scalar_t>(static_cast<opmath_t>(gp[i]) * ratio);
-          }
         }
       }
     });
@@ -212,6 +250,7 @@ std::tuple<at::Tensor, at::Tensor> partial_conv_renormalize_backward_cpu(
 TORCH_LIBRARY_IMPL(fastad, CPU, m) {
   m.impl("partial_conv_coverage", &partial_conv_coverage_cpu);
   m.impl("partial_conv_renormalize", &partial_conv_renormalize_cpu);
+  m.impl("partial_conv_renormalize_", &partial_conv_renormalize_inplace_cpu);
   m.impl("partial_conv_renormalize_backward", &partial_conv_renormalize_backward_cpu);
 }
 

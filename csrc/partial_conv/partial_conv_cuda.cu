@@ -85,7 +85,7 @@ at::Tensor partial_conv_coverage_cuda(const at::Tensor& mask_in, at::IntArrayRef
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
     }
-    // group sums in float (exact for binary masks up to 2^24 channels); double masks keep double
+    // group sums in float (exact for binary masks), in double for double masks
     using sum_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     at::Tensor summed = at::empty({batch, groups, ax_h.in, ax_w.in},
                                   mask.options().dtype(c10::CppTypeToScalarType<sum_t>::value));
@@ -106,12 +106,13 @@ __device__ inline void mask_factors(opmath_t coverage, opmath_t slide, opmath_t&
   ratio = (opmath_t(1) / (coverage + opmath_t(kCoverageEps))) * slide * update;
 }
 
-// One block per (batch, channel) plane of raw [B, Co, HW].
+// One block per (batch, channel) plane of raw [B, Co, HW]; out may be raw (in place), each
+// element is read before it is written by the same thread.
 template <typename scalar_t>
-__global__ void renormalize_kernel(const scalar_t* __restrict__ raw, const scalar_t* __restrict__ coverage,
+__global__ void renormalize_kernel(const scalar_t* raw, const scalar_t* __restrict__ coverage,
                                    const scalar_t* __restrict__ bias, int64_t out_channels,
                                    int64_t groups, bool cov_batched, int64_t hw, double slide_winsize,
-                                   scalar_t* __restrict__ out) {
+                                   scalar_t* out) {
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t p = blockIdx.x;
   const int64_t n = p / out_channels, c = p % out_channels;
@@ -128,44 +129,43 @@ __global__ void renormalize_kernel(const scalar_t* __restrict__ raw, const scala
   }
 }
 
-template <typename scalar_t>
-__global__ void update_mask_kernel(const scalar_t* __restrict__ coverage, int64_t total,
-                                   scalar_t* __restrict__ update) {
-  using opmath_t = at::opmath_type<scalar_t>;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const opmath_t c = static_cast<opmath_t>(coverage[i]);
-    update[i] = static_cast<scalar_t>(c < opmath_t(0) ? opmath_t(0) : (c > opmath_t(1) ? opmath_t(1) : c));
-  }
+// Writes out = renormalised raw (out may alias raw); raw and coverage contiguous.
+void launch_renormalize(const at::Tensor& raw, const at::Tensor& coverage,
+                        const std::optional<at::Tensor>& bias_in, double slide_winsize, at::Tensor& out) {
+  const at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::Tensor();
+  const int64_t planes = raw.size(0) * raw.size(1), hw = raw.size(2) * raw.size(3);
+  TORCH_CHECK(planes < (int64_t(1) << 31), "partial_conv_renormalize (CUDA): B·Co must be below 2^31");
+  if (planes == 0 || hw == 0) return;
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, raw.scalar_type(), "partial_conv_renormalize_cuda", [&] {
+    renormalize_kernel<scalar_t><<<static_cast<unsigned>(planes), kThreads, 0, stream>>>(
+        raw.data_ptr<scalar_t>(), coverage.data_ptr<scalar_t>(),
+        bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, raw.size(1), coverage.size(1),
+        coverage.size(0) != 1, hw, slide_winsize, out.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor> partial_conv_renormalize_cuda(
-    const at::Tensor& raw_in, const at::Tensor& coverage_in, const std::optional<at::Tensor>& bias_in,
+    const at::Tensor& raw_in, const at::Tensor& coverage_in, const std::optional<at::Tensor>& bias,
     double slide_winsize) {
-  check_renormalize_args("partial_conv_renormalize", raw_in, coverage_in, bias_in);
+  check_renormalize_args("partial_conv_renormalize", raw_in, coverage_in, bias);
   const c10::cuda::CUDAGuard guard(raw_in.device());
   const at::Tensor raw = raw_in.contiguous(), coverage = coverage_in.contiguous();
-  const at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::Tensor();
   at::Tensor out = at::empty_like(raw, at::MemoryFormat::Contiguous);
-  at::Tensor update = at::empty_like(coverage, at::MemoryFormat::Contiguous);
-  const int64_t planes = raw.size(0) * raw.size(1), hw = raw.size(2) * raw.size(3);
-  const auto stream = at::cuda::getCurrentCUDAStream();
-  TORCH_CHECK(planes < (int64_t(1) << 31), "partial_conv_renormalize (CUDA): B·Co must be below 2^31");
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, raw.scalar_type(), "partial_conv_renormalize_cuda", [&] {
-    if (planes > 0 && hw > 0) {
-      renormalize_kernel<scalar_t><<<static_cast<unsigned>(planes), kThreads, 0, stream>>>(
-          raw.data_ptr<scalar_t>(), coverage.data_ptr<scalar_t>(),
-          bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, raw.size(1), coverage.size(1),
-          coverage.size(0) != 1, hw, slide_winsize, out.data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-    if (coverage.numel() > 0) {
-      update_mask_kernel<scalar_t><<<blocks_for(coverage.numel()), kThreads, 0, stream>>>(
-          coverage.data_ptr<scalar_t>(), coverage.numel(), update.data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-  });
-  return {out, update};
+  launch_renormalize(raw, coverage, bias, slide_winsize, out);
+  return {out, at::clamp(coverage, 0, 1).contiguous()};
+}
+
+at::Tensor partial_conv_renormalize_inplace_cuda(at::Tensor& raw, const at::Tensor& coverage_in,
+                                                 const std::optional<at::Tensor>& bias,
+                                                 double slide_winsize) {
+  check_renormalize_args("partial_conv_renormalize_", raw, coverage_in, bias);
+  TORCH_CHECK(raw.is_contiguous(), "partial_conv_renormalize_: raw must be contiguous");
+  const c10::cuda::CUDAGuard guard(raw.device());
+  const at::Tensor coverage = coverage_in.contiguous();
+  launch_renormalize(raw, coverage, bias, slide_winsize, raw);
+  return at::clamp(coverage, 0, 1).contiguous();
 }
 
 template <typename opmath_t>
@@ -246,6 +246,7 @@ std::tuple<at::Tensor, at::Tensor> partial_conv_renormalize_backward_cuda(
 TORCH_LIBRARY_IMPL(fastad, CUDA, m) {
   m.impl("partial_conv_coverage", &partial_conv_coverage_cuda);
   m.impl("partial_conv_renormalize", &partial_conv_renormalize_cuda);
+  m.impl("partial_conv_renormalize_", &partial_conv_renormalize_inplace_cuda);
   m.impl("partial_conv_renormalize_backward", &partial_conv_renormalize_backward_cuda);
 }
 

@@ -14,6 +14,10 @@ TORCH_LIBRARY_FRAGMENT(fastad, m) {
   // Returns (out [B, Co, Ho, Wo], update_mask [B or 1, G, Ho, Wo]).
   m.def("partial_conv_renormalize(Tensor raw, Tensor coverage, Tensor? bias, float slide_winsize) "
         "-> (Tensor out, Tensor update_mask)");
+  // In-place form of partial_conv_renormalize for eager mode: raw (contiguous) is overwritten
+  // with out; returns update_mask. Saves allocating and first-touching a second output tensor.
+  m.def("partial_conv_renormalize_(Tensor(a!) raw, Tensor coverage, Tensor? bias, float slide_winsize) "
+        "-> Tensor update_mask");
   // grad_raw [B, Co, Ho, Wo] = grad_out · ratio (· update_mask when has_bias),
   // grad_bias [Co] = Σ_{b,h,w} grad_out · update_mask (zeros [Co] when not has_bias).
   m.def("partial_conv_renormalize_backward(Tensor grad_out, Tensor coverage, float slide_winsize, "

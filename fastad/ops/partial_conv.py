@@ -5,14 +5,19 @@ autograd, fake kernels and backend dispatch.
 How the work is split:
 - conv(input ⊙ mask) runs through torch.nn.functional.conv2d WITHOUT bias (cuDNN / oneDNN), so
   autograd gives the input and weight gradients. torch's convolution takes no mask, so the
-  multiply stays one broadcast torch kernel; it is skipped when the mask is None (all ones).
+  multiply stays one broadcast torch kernel; it is skipped when the mask is None (all ones), and
+  its backward masks the convolution's fresh input gradient in place (_MaskInput).
 - the mask coverage (conv of the mask with a ones kernel) is a box sum in fastad's kernels:
   group channel sum, then separable window sums; never a convolution.
 - one fused kernel turns raw, coverage and bias into the output and the update mask:
   out = (raw·ratio + b)·update. NVIDIA computes ((raw + b) − b)·ratio + b, then ·update: the same
   value up to the rounding of the "+ b − b" round trip. Its backward is its own fused kernel
   (grad_raw = grad·update·ratio and the bias gradient Σ grad·update in one pass): it cannot be
-  the forward op again because with a bias the update factor is applied twice.
+  the forward op again because with a bias the update factor is applied twice. In eager mode
+  partial_conv2d runs the in-place form (fastad::partial_conv_renormalize_) on the fresh conv
+  output, which the convolution's backward does not need: no second output tensor to allocate
+  (on the CPU a fresh 30 MB tensor costs about as much in page faults as the kernel itself).
+  Under torch.compile it runs the functional op.
 
 Groups: NVIDIA's layer counts coverage over all C_in channels (slide_winsize = C_in·kH·kW) even
 when groups > 1; fastad counts each group's own C_in/groups channels. With groups=1, or with
@@ -155,15 +160,19 @@ def partial_conv2d_checked(input, mask, weight, bias, stride, padding, dilation,
                            coverage: Coverage | None = None):
     """partial_conv2d() on arguments that check_partial_conv2d() passed (mask as it returned it),
     on the native backend."""
+    _extension.require("partial_conv2d")
     if coverage is None:
         coverage = mask_coverage(input.shape, mask, weight.shape, stride, padding, dilation, groups, multi_channel,
                                  device=input.device, dtype=input.dtype)
-    masked = input if mask is None else input * mask
+    masked = input if mask is None else _MaskInput.apply(input, mask)
     raw = torch.nn.functional.conv2d(masked, weight, None, stride, padding, dilation, groups)
     counts = coverage.counts.to(raw.dtype)
     if bias is not None:
         bias = bias.to(raw.dtype)
-    out, update = partial_conv_renormalize(raw, counts, bias, coverage.slide_winsize)
+    if raw.is_contiguous() and not torch.compiler.is_compiling():
+        out, update = _RenormalizeInPlace.apply(raw, counts, bias, coverage.slide_winsize)
+    else:
+        out, update = torch.ops.fastad.partial_conv_renormalize(raw, counts, bias, coverage.slide_winsize)
     if multi_channel:
         batch = input.shape[0] if mask is None else mask.shape[0]
         shape = (batch, weight.shape[0], *update.shape[2:])
@@ -251,6 +260,10 @@ def _renormalize_backward_fake(grad_out, coverage, slide_winsize, has_bias):
     return grad_out.new_empty(grad_out.shape), grad_out.new_empty((grad_out.shape[1] if has_bias else 0,))
 
 
+def _renormalize_inplace_fake(raw, coverage, bias, slide_winsize):
+    return coverage.new_empty(coverage.shape)
+
+
 def _renormalize_setup_context(ctx, inputs, output):
     _, coverage, bias, slide_winsize = inputs
     ctx.save_for_backward(coverage)
@@ -266,9 +279,50 @@ def _renormalize_backward(ctx, grad_out, grad_update):
             grad_bias if ctx.has_bias and ctx.needs_input_grad[2] else None, None)
 
 
+class _MaskInput(torch.autograd.Function):
+    """input ⊙ mask (mask broadcast, not differentiable) whose backward masks the incoming
+    gradient in place. That gradient is the fresh grad_input of the convolution, the product's
+    only consumer, so nothing else holds it; under create_graph (grad mode on in backward) or for
+    an odd layout the backward multiplies out of place."""
+
+    @staticmethod
+    def forward(ctx, input, mask):
+        ctx.save_for_backward(mask)
+        return input * mask
+
+    @staticmethod
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None
+        if torch.is_grad_enabled() or not grad.is_contiguous() or grad.dtype != mask.dtype:
+            return grad * mask, None
+        return grad.mul_(mask), None
+
+
+class _RenormalizeInPlace(torch.autograd.Function):
+    """Eager path of partial_conv2d: the fresh, contiguous conv output raw is overwritten with the
+    result (fastad::partial_conv_renormalize_), which saves allocating and first-touching a second
+    [B, Co, Ho, Wo] tensor; the convolution's backward does not need raw. Same backward as the
+    functional op."""
+
+    @staticmethod
+    def forward(ctx, raw, coverage, bias, slide_winsize):
+        update = torch.ops.fastad.partial_conv_renormalize_(raw, coverage, bias, slide_winsize)
+        ctx.mark_dirty(raw)
+        ctx.mark_non_differentiable(update)
+        _renormalize_setup_context(ctx, (raw, coverage, bias, slide_winsize), None)
+        return raw, update
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_update):
+        return _renormalize_backward(ctx, grad_out, grad_update)
+
+
 if _extension.loaded():
     torch.library.register_fake("fastad::partial_conv_coverage", _coverage_fake)
     torch.library.register_fake("fastad::partial_conv_renormalize", _renormalize_fake)
+    torch.library.register_fake("fastad::partial_conv_renormalize_", _renormalize_inplace_fake)
     torch.library.register_fake("fastad::partial_conv_renormalize_backward", _renormalize_backward_fake)
     torch.library.register_autograd("fastad::partial_conv_renormalize", _renormalize_backward,
                                     setup_context=_renormalize_setup_context)
