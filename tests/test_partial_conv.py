@@ -48,6 +48,8 @@ CONFIGS = [
     dict(bias=False, multi_channel=True, stride=2),
     dict(mask_batch=1, padding=1),
     dict(mask_batch=1, multi_channel=True, padding=1, bias=False),
+    dict(mask_none=True, padding=1, stride=2),
+    dict(mask_none=True, multi_channel=True, groups=2, padding=1),
 ]
 
 
@@ -55,7 +57,7 @@ def split(config):
     conv = {k: config[k] for k in ("stride", "padding", "dilation") if k in config}
     conv["groups"] = config.get("groups", 1)
     conv["multi_channel"] = config.get("multi_channel", False)
-    case = {k: v for k, v in config.items() if k not in ("stride", "padding", "dilation")}
+    case = {k: v for k, v in config.items() if k not in ("stride", "padding", "dilation", "mask_none")}
     return case, conv
 
 
@@ -63,7 +65,9 @@ def split(config):
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "plain")
 def test_matches_reference(device, config):
     case, conv = split(config)
-    x, mask, w, b = random_case(len(CONFIGS) + hash(str(config)) % 1000, device=device, dtype=dtype_for(device), **case)
+    x, mask, w, b = random_case(len(str(config)), device=device, dtype=dtype_for(device), **case)
+    if config.get("mask_none"):
+        mask = None
     out, update = fastad.ops.partial_conv2d(x, mask, w, b, **conv)
     want_out, want_update = reference.partial_conv2d(x, mask, w, b, **conv)
     assert out.shape == want_out.shape and update.shape == want_update.shape
@@ -219,6 +223,30 @@ def test_gradients(device, config):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_backward_leaves_the_callers_gradient_alone_and_partial_requires_grad(device):
+    """The eager path writes in place only into tensors it owns (conv output, conv input gradient)."""
+    dtype = dtype_for(device)
+    x, mask, w, b = random_case(21, device=device, dtype=dtype)
+    grad = torch.randn(reference.partial_conv2d(x, mask, w, b, padding=1)[0].shape, dtype=torch.float64).to(device, dtype)
+    kept = grad.clone()
+    xg = x.clone().requires_grad_()
+    out, _ = fastad.ops.partial_conv2d(xg, mask, w, b, padding=1)
+    out.backward(grad)
+    assert torch.equal(grad, kept)
+    xr = x.clone().requires_grad_()
+    reference.partial_conv2d(xr, mask, w, b, padding=1)[0].backward(grad)
+    torch.testing.assert_close(xg.grad, xr.grad, **tolerance(dtype))
+    # only the bias trains (frozen weights, input without grad); and a no-grad forward
+    bias = b.clone().requires_grad_()
+    fastad.ops.partial_conv2d(x, mask, w, bias, padding=1)[0].backward(grad)
+    torch.testing.assert_close(bias.grad, (grad * (reference.partial_conv2d(x, mask, w, b, padding=1)[1])).sum((0, 2, 3)),
+                               **tolerance(dtype))
+    with torch.no_grad():
+        torch.testing.assert_close(fastad.ops.partial_conv2d(x, mask, w, b, padding=1)[0],
+                                   reference.partial_conv2d(x, mask, w, b, padding=1)[0], **tolerance(dtype))
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_renormalize_gradcheck_with_non_binary_coverage(device):
     dtype = torch.float64 if device == "cpu" else torch.float32
     g = torch.Generator().manual_seed(10)
@@ -231,6 +259,9 @@ def test_renormalize_gradcheck_with_non_binary_coverage(device):
         want_out, want_update = reference.partial_conv_renormalize(raw, coverage, b, 9.0)
         torch.testing.assert_close(out, want_out, **tolerance(dtype))
         torch.testing.assert_close(update, want_update)
+        in_place = raw.detach().clone()
+        assert torch.equal(torch.ops.fastad.partial_conv_renormalize_(in_place, coverage, b, 9.0), update)
+        assert torch.equal(in_place, out.detach())
         if dtype == torch.float64:
             leaves = (raw, b) if b is not None else (raw,)
             fn = lambda r, *rest: fastad.ops.partial_conv_renormalize(r, coverage, rest[0] if rest else None, 9.0)[0]  # noqa: E731
@@ -268,6 +299,7 @@ def test_opcheck(device):
     bias = torch.randn(6, generator=g).to(device).requires_grad_()
     torch.library.opcheck(torch.ops.fastad.partial_conv_renormalize.default, (raw, coverage, bias, 9.0))
     torch.library.opcheck(torch.ops.fastad.partial_conv_renormalize.default, (raw, coverage[:1], None, 9.0))
+    torch.library.opcheck(torch.ops.fastad.partial_conv_renormalize_.default, (raw.detach().clone(), coverage, bias.detach(), 9.0))
     grad = torch.randn(2, 6, 7, 5, generator=g).to(device)
     torch.library.opcheck(torch.ops.fastad.partial_conv_renormalize_backward.default, (grad, coverage, 9.0, True))
     torch.library.opcheck(torch.ops.fastad.partial_conv_renormalize_backward.default, (grad, coverage, 9.0, False))

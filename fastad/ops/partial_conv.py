@@ -164,7 +164,12 @@ def partial_conv2d_checked(input, mask, weight, bias, stride, padding, dilation,
     if coverage is None:
         coverage = mask_coverage(input.shape, mask, weight.shape, stride, padding, dilation, groups, multi_channel,
                                  device=input.device, dtype=input.dtype)
-    masked = input if mask is None else _MaskInput.apply(input, mask)
+    if mask is None:
+        masked = input
+    elif torch.compiler.is_compiling():
+        masked = input * mask
+    else:
+        masked = _MaskInput.apply(input, mask)
     raw = torch.nn.functional.conv2d(masked, weight, None, stride, padding, dilation, groups)
     counts = coverage.counts.to(raw.dtype)
     if bias is not None:
