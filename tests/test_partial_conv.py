@@ -459,3 +459,33 @@ def test_device_mismatch():
     x, mask, w, b = random_case(20, dtype=torch.float32)
     with pytest.raises(ValueError, match="same device"):
         fastad.ops.partial_conv2d(x.cuda(), mask, w.cuda(), b.cuda())
+
+
+@pytest.mark.parametrize("device,dtype", [("cpu", torch.bfloat16),
+                                          pytest.param("cuda", torch.float16, marks=DEVICES[1].marks)])
+def test_low_precision_matches_float32_reference(device, dtype):
+    x, mask, w, b = random_case(22, device=device, dtype=dtype)
+    x = x.requires_grad_()
+    out, update = fastad.ops.partial_conv2d(x, mask, w, b, padding=1)
+    assert out.dtype == dtype and update.dtype == dtype
+    want, want_update = reference.partial_conv2d(x.detach().float(), mask.float(), w.float(), b.float(), padding=1)
+    torch.testing.assert_close(out.float(), want, rtol=3e-2, atol=5e-2)
+    assert torch.equal(update.float(), want_update)
+    out.float().sum().backward()
+    assert x.grad.dtype == dtype and torch.isfinite(x.grad.float()).all()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_module_under_cuda_autocast():
+    torch.manual_seed(23)
+    layer = fastad.nn.PartialConv2d(4, 6, 3, padding=1, return_mask=True).cuda()
+    x, mask, _, _ = random_case(23, device="cuda", dtype=torch.float32)
+    with torch.autocast("cuda", dtype=torch.float16):
+        out, update = layer(x, mask)
+    assert out.dtype == torch.float16
+    want, want_update = reference.partial_conv2d(x, mask, layer.weight, layer.bias, 1, 1)
+    torch.testing.assert_close(out.float(), want, rtol=2e-2, atol=2e-2)
+    assert torch.equal(update.float(), want_update)
+    out.float().sum().backward()
+    assert layer.weight.grad is not None and torch.isfinite(layer.weight.grad).all()
