@@ -36,9 +36,8 @@ void window_sums(const double* row, const Axis& axis, double* out) {
     int64_t last = axis.in - 1 - offset < 0 ? -1 : (axis.in - 1 - offset) / axis.stride;
     last = std::min(last, axis.out - 1);
     if (axis.stride == 1) {
-      const double* src = row + offset;
       _Pragma("omp simd")
-      for (int64_t o = first; o <= last; ++o) out[o] += src[o];
+      for (int64_t o = first; o <= last; ++o) out[o] += row[o + offset];
     } else {
       for (int64_t o = first; o <= last; ++o) out[o] += row[o * axis.stride + offset];
     }
