@@ -21,9 +21,12 @@ namespace {
 
 // Elementwise work below this many elements runs on one thread: waking the pool costs more.
 constexpr int64_t kElementGrain = 32768;
+// The small per-position passes (coverage, factor planes: B·HW elements) stay on one thread up
+// to this size: on a loaded machine a second thread's wake-up costs more than the whole pass.
+constexpr int64_t kSmallPassGrain = int64_t(1) << 18;
 
-inline int64_t plane_grain(int64_t plane_elements) {
-  return std::max<int64_t>(1, kElementGrain / std::max<int64_t>(1, plane_elements));
+inline int64_t plane_grain(int64_t plane_elements, int64_t grain = kElementGrain) {
+  return std::max<int64_t>(1, grain / std::max<int64_t>(1, plane_elements));
 }
 
 // Window sums along one row: out[o] = Σ_t row[o·stride − padding + t·dilation] (in range).
@@ -51,7 +54,7 @@ void coverage_kernel(const scalar_t* mask, int64_t batch, int64_t channels, int6
   const int64_t plane = ax_h.in * ax_w.in;
   // rows [batch·groups, H, Wo]: horizontal window sums of the group-summed mask rows
   std::vector<double> rows(static_cast<size_t>(batch * groups * ax_h.in * ax_w.out));
-  at::parallel_for(0, batch * groups * ax_h.in, plane_grain(per_group * ax_w.in), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, batch * groups * ax_h.in, plane_grain(per_group * ax_w.in, kSmallPassGrain), [&](int64_t begin, int64_t end) {
     std::vector<double> summed(static_cast<size_t>(ax_w.in));
     for (int64_t item = begin; item < end; ++item) {
       const int64_t bg = item / ax_h.in, h = item % ax_h.in;
@@ -66,7 +69,7 @@ void coverage_kernel(const scalar_t* mask, int64_t batch, int64_t channels, int6
       window_sums(summed.data(), ax_w, rows.data() + item * ax_w.out);
     }
   });
-  at::parallel_for(0, batch * groups * ax_h.out, plane_grain(ax_h.kernel * ax_w.out), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, batch * groups * ax_h.out, plane_grain(ax_h.kernel * ax_w.out, kSmallPassGrain), [&](int64_t begin, int64_t end) {
     std::vector<double> acc(static_cast<size_t>(ax_w.out));
     for (int64_t item = begin; item < end; ++item) {
       const int64_t bg = item / ax_h.out, o = item % ax_h.out;
@@ -124,7 +127,7 @@ void factor_planes(const at::Tensor& coverage, double slide_winsize, bool scale_
   opmath_t* sc = scale.data_ptr<opmath_t>();
   opmath_t* up = update.data_ptr<opmath_t>();
   const opmath_t slide = static_cast<opmath_t>(slide_winsize);
-  at::parallel_for(0, coverage.numel(), kElementGrain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, coverage.numel(), kSmallPassGrain, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       opmath_t ratio, u;
       mask_factors(static_cast<opmath_t>(cov[i]), slide, ratio, u);
