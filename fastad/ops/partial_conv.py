@@ -147,7 +147,8 @@ def partial_conv2d(input: torch.Tensor, mask: torch.Tensor | None, weight: torch
         groups=1; NVIDIA's layer returns the same values materialised).
         out = (conv(input ⊙ mask) − b)·ratio + b, then ·update_mask, where update_mask =
         clamp(coverage, 0, 1) and ratio = slide_winsize / (coverage + 1e-8)·update_mask.
-        Differentiable in input, weight and bias.
+        Differentiable in input, weight and bias (first-order: the renormalisation's backward
+        kernel has no derivative of its own, so no double backward).
     """
     mask = check_partial_conv2d(input, mask, weight, bias, stride, padding, dilation, groups, multi_channel)
     if use_reference():
