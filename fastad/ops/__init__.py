@@ -3,6 +3,7 @@ under fastad.set_backend("reference"), the pure-PyTorch reference in fastad.ops.
 from fastad.ops import reference
 from fastad.ops.gmm import NotPositiveDefiniteError, gmm_energy, gmm_from_sklearn, gmm_log_prob, gmm_params, gmm_scale_tril
 from fastad.ops.knn import kcenter_coreset, knn
+from fastad.ops.partial_conv import partial_conv2d, partial_conv_coverage, partial_conv_renormalize
 from fastad.ops.upsample import PatchGrid, gaussian_blur, gaussian_upsample, idw_upsample, patch_average
 
 __all__ = [
@@ -10,4 +11,5 @@ __all__ = [
     "knn", "kcenter_coreset",
     "gmm_log_prob", "gmm_params", "gmm_energy", "gmm_scale_tril", "gmm_from_sklearn", "NotPositiveDefiniteError",
     "PatchGrid", "gaussian_upsample", "patch_average", "idw_upsample", "gaussian_blur",
+    "partial_conv2d", "partial_conv_coverage", "partial_conv_renormalize",
 ]

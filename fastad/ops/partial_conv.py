@@ -1,0 +1,334 @@
+"""Partial convolution (Liu et al. 2018) with NVIDIA PartialConv2d semantics
+(fastad::partial_conv_coverage, fastad::partial_conv_renormalize[_backward]): argument checks,
+autograd, fake kernels and backend dispatch.
+
+How the work is split:
+- conv(input ⊙ mask) runs through torch.nn.functional.conv2d WITHOUT bias (cuDNN / oneDNN), so
+  autograd gives the input and weight gradients. torch's convolution takes no mask, so the
+  multiply stays one broadcast torch kernel; it is skipped when the mask is None (all ones), and
+  its backward masks the convolution's fresh input gradient in place (_MaskInput).
+- the mask coverage (conv of the mask with a ones kernel) is a box sum in fastad's kernels:
+  group channel sum, then separable window sums; never a convolution.
+- one fused kernel turns raw, coverage and bias into the output and the update mask:
+  out = (raw·ratio + b)·update. NVIDIA computes ((raw + b) − b)·ratio + b, then ·update: the same
+  value up to the rounding of the "+ b − b" round trip. Its backward is its own fused kernel
+  (grad_raw = grad·update·ratio and the bias gradient Σ grad·update in one pass): it cannot be
+  the forward op again because with a bias the update factor is applied twice. In eager mode
+  partial_conv2d runs the in-place form (fastad::partial_conv_renormalize_) on the fresh conv
+  output, which the convolution's backward does not need: no second output tensor to allocate
+  (on the CPU a fresh 30 MB tensor costs about as much in page faults as the kernel itself).
+  Under torch.compile it runs the functional op.
+
+Groups: NVIDIA's layer counts coverage over all C_in channels (slide_winsize = C_in·kH·kW) even
+when groups > 1; fastad counts each group's own C_in/groups channels. With groups=1, or with
+multi_channel=False, the two agree exactly.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch.nn.modules.utils import _pair
+
+from fastad import _extension
+from fastad.backend import use_reference
+from fastad.ops import reference
+from fastad.ops._checks import check_same_device, check_tensor
+
+
+class Coverage(NamedTuple):
+    """counts [B or 1, G, Ho, Wo]: the mask summed over each window (and group);
+    slide_winsize: the count of a fully valid window."""
+
+    counts: torch.Tensor
+    slide_winsize: float
+
+
+def partial_conv_coverage(mask: torch.Tensor, kernel_size, stride=1, padding=0, dilation=1, groups: int = 1) -> torch.Tensor:
+    """Box sum of a mask as a convolution with a ones kernel would compute it.
+
+    Args:
+        mask: [B, C, H, W] float.
+        kernel_size, stride, padding, dilation: int or pair, as for conv2d (zero padding).
+        groups: divides C; each group's C/groups channels are summed together.
+
+    Returns:
+        coverage [B, groups, Ho, Wo] in mask's dtype.
+    """
+    check_tensor("mask", mask, 4, "[B, C, H, W]")
+    if not mask.is_floating_point():
+        raise TypeError(f"mask must be a floating tensor, got {mask.dtype}")
+    kernel_size, stride, padding, dilation = _conv_params(kernel_size, stride, padding, dilation)
+    _check_int_param("groups", groups, 1)
+    if mask.shape[1] % groups:
+        raise ValueError(f"groups ({groups}) must divide the mask's channels ({mask.shape[1]})")
+    for axis in range(2):
+        if _out_size(mask.shape[2 + axis], kernel_size[axis], stride[axis], padding[axis], dilation[axis]) < 1:
+            raise ValueError(f"the dilated kernel {kernel_size} does not fit the padded mask {tuple(mask.shape)}")
+    if use_reference():
+        return reference.partial_conv_coverage(mask, kernel_size, stride, padding, dilation, groups)
+    _extension.require("partial_conv_coverage")
+    return torch.ops.fastad.partial_conv_coverage(mask, kernel_size, stride, padding, dilation, groups)
+
+
+def partial_conv_renormalize(raw: torch.Tensor, coverage: torch.Tensor, bias: torch.Tensor | None, slide_winsize: float):
+    """The fused tail of a partial convolution.
+
+    Args:
+        raw: [B, Co, Ho, Wo], the convolution of input ⊙ mask without bias.
+        coverage: [B or 1, G, Ho, Wo], same dtype as raw; G divides Co (channel o uses group
+            o // (Co/G)).
+        bias: [Co] or None.
+        slide_winsize: coverage of a fully valid window.
+
+    Returns:
+        (out [B, Co, Ho, Wo], update_mask [B or 1, G, Ho, Wo]) with update = clamp(coverage, 0, 1),
+        ratio = slide_winsize / (coverage + 1e-8) · update, out = (raw·ratio + bias)·update, or
+        raw·ratio without bias. Differentiable in raw and bias.
+    """
+    if use_reference():
+        return reference.partial_conv_renormalize(raw, coverage, bias, slide_winsize)
+    _extension.require("partial_conv_renormalize")
+    return torch.ops.fastad.partial_conv_renormalize(raw, coverage, bias, float(slide_winsize))
+
+
+def mask_coverage(input_shape, mask: torch.Tensor | None, weight_shape, stride=1, padding=0, dilation=1,
+                  groups: int = 1, multi_channel: bool = False, *, device=None, dtype=None) -> Coverage:
+    """The coverage a PartialConv2d layer needs, for caching across calls with the same mask.
+
+    Args:
+        input_shape: (B, C_in, H, W) of the layer input.
+        mask: None (all ones), or as partial_conv2d takes it, already of the input's dtype.
+        weight_shape: (C_out, C_in/groups, kH, kW).
+        device, dtype: of the all-ones mask when mask is None.
+
+    Returns:
+        Coverage(counts [B or 1, G, Ho, Wo], slide_winsize) with G = groups when multi_channel,
+        else 1, and slide_winsize = (C_in/groups if multi_channel else 1)·kH·kW.
+    """
+    kernel = tuple(weight_shape[2:])
+    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+    per_group = input_shape[1] // groups
+    slide = float((per_group if multi_channel else 1) * kernel[0] * kernel[1])
+    if mask is None:
+        ones = torch.ones((1, 1, *input_shape[2:]), device=device, dtype=dtype)
+        counts = partial_conv_coverage(ones, kernel, stride, padding, dilation, 1)
+        if multi_channel:  # NVIDIA's all-ones [B, C_in, H, W]: every channel of a group counts
+            counts = (counts * per_group).expand(-1, groups, -1, -1)
+        return Coverage(counts, slide)
+    if not multi_channel:
+        return Coverage(partial_conv_coverage(mask, kernel, stride, padding, dilation, 1), slide)
+    if mask.shape[1] > 1 and mask.stride(1) == 0:
+        # the same memory for every channel (e.g. the update mask a multi_channel layer returns):
+        # one channel's window sums times the channels per group
+        single = partial_conv_coverage(mask[:, :1], kernel, stride, padding, dilation, 1)
+        return Coverage((single * per_group).expand(-1, groups, -1, -1), slide)
+    return Coverage(partial_conv_coverage(mask, kernel, stride, padding, dilation, groups), slide)
+
+
+def partial_conv2d(input: torch.Tensor, mask: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                   stride=1, padding=0, dilation=1, groups: int = 1, multi_channel: bool = False, *,
+                   coverage: Coverage | None = None):
+    """Partial convolution with NVIDIA PartialConv2d semantics (zero padding).
+
+    Args:
+        input: [B, C_in, H, W] float.
+        mask: None (all ones); [B or 1, 1, H, W] when not multi_channel, [B or 1, C_in, H, W]
+            when multi_channel; floating or bool, cast to input's dtype. Not differentiable.
+        weight: [C_out, C_in/groups, kH, kW]; bias: [C_out] or None.
+        stride, padding, dilation: int or pair; groups: as for conv2d.
+        multi_channel: whether the mask has one channel per input channel.
+        coverage: a Coverage from mask_coverage() for this very mask and layer (a cache hit);
+            None computes it.
+
+    Returns:
+        (out [B, C_out, Ho, Wo], update_mask): update_mask is [B or 1, 1, Ho, Wo], or
+        [B or 1, C_out, Ho, Wo] when multi_channel (a broadcast view over channels when
+        groups=1; NVIDIA's layer returns the same values materialised).
+        out = (conv(input ⊙ mask) − b)·ratio + b, then ·update_mask, where update_mask =
+        clamp(coverage, 0, 1) and ratio = slide_winsize / (coverage + 1e-8)·update_mask.
+        Differentiable in input, weight and bias (first-order: the renormalisation's backward
+        kernel has no derivative of its own, so no double backward).
+    """
+    mask = check_partial_conv2d(input, mask, weight, bias, stride, padding, dilation, groups, multi_channel)
+    if use_reference():
+        return reference.partial_conv2d(input, mask, weight, bias, stride, padding, dilation, groups, multi_channel)
+    return partial_conv2d_checked(input, mask, weight, bias, stride, padding, dilation, groups, multi_channel,
+                                  coverage)
+
+
+def partial_conv2d_checked(input, mask, weight, bias, stride, padding, dilation, groups, multi_channel,
+                           coverage: Coverage | None = None):
+    """partial_conv2d() on arguments that check_partial_conv2d() passed (mask as it returned it),
+    on the native backend."""
+    _extension.require("partial_conv2d")
+    if coverage is None:
+        coverage = mask_coverage(input.shape, mask, weight.shape, stride, padding, dilation, groups, multi_channel,
+                                 device=input.device, dtype=input.dtype)
+    if mask is None:
+        masked = input
+    elif torch.compiler.is_compiling():
+        masked = input * mask
+    else:
+        masked = _MaskInput.apply(input, mask)
+    raw = torch.nn.functional.conv2d(masked, weight, None, stride, padding, dilation, groups)
+    counts = coverage.counts.to(raw.dtype)
+    if bias is not None:
+        bias = bias.to(raw.dtype)
+    if raw.is_contiguous() and not torch.compiler.is_compiling():
+        out, update = _RenormalizeInPlace.apply(raw, counts, bias, coverage.slide_winsize)
+    else:
+        out, update = torch.ops.fastad.partial_conv_renormalize(raw, counts, bias, coverage.slide_winsize)
+    if multi_channel:
+        batch = input.shape[0] if mask is None else mask.shape[0]
+        shape = (batch, weight.shape[0], *update.shape[2:])
+        update = update.expand(shape) if update.shape[1] == 1 else update.repeat_interleave(
+            weight.shape[0] // update.shape[1], dim=1).expand(shape)
+    return out, update
+
+
+def check_partial_conv2d(input, mask, weight, bias, stride, padding, dilation, groups, multi_channel):
+    """Raises TypeError / ValueError naming the bad argument; returns the mask cast to input's
+    dtype (None stays None)."""
+    check_tensor("input", input, 4, "[B, C_in, H, W]")
+    check_tensor("weight", weight, 4, "[C_out, C_in/groups, kH, kW]")
+    if not input.is_floating_point():
+        raise TypeError(f"input must be a floating tensor, got {input.dtype}")
+    if weight.dtype != input.dtype:
+        raise TypeError(f"weight must have input's dtype {input.dtype}, got {weight.dtype}")
+    check_same_device(("input", "weight"), input, weight)
+    _check_int_param("groups", groups, 1)
+    if not isinstance(multi_channel, bool):
+        raise TypeError(f"multi_channel must be a bool, got {type(multi_channel).__name__}")
+    batch, in_channels, height, width = input.shape
+    if in_channels % groups or weight.shape[0] % groups:
+        raise ValueError(f"groups ({groups}) must divide input channels ({in_channels}) and weight's C_out ({weight.shape[0]})")
+    if weight.shape[1] * groups != in_channels:
+        raise ValueError(f"weight must be [C_out, {in_channels // groups}, kH, kW] for {in_channels} input channels "
+                         f"and groups={groups}, got {tuple(weight.shape)}")
+    kernel_size, stride, padding, dilation = _conv_params(tuple(weight.shape[2:]), stride, padding, dilation)
+    for axis in range(2):
+        if _out_size(input.shape[2 + axis], kernel_size[axis], stride[axis], padding[axis], dilation[axis]) < 1:
+            raise ValueError(f"the dilated kernel {kernel_size} does not fit the padded input {tuple(input.shape)}")
+    if bias is not None:
+        check_tensor("bias", bias, 1, f"[C_out={weight.shape[0]}]")
+        if bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"bias must have shape [C_out={weight.shape[0]}], got {tuple(bias.shape)}")
+        check_same_device(("input", "bias"), input, bias)
+    if mask is None:
+        return None
+    expected = f"[B or 1, {in_channels if multi_channel else 1}, {height}, {width}]"
+    check_tensor("mask", mask, 4, expected)
+    mask_channels = in_channels if multi_channel else 1
+    if mask.shape[0] not in (1, batch) or mask.shape[1] != mask_channels or tuple(mask.shape[2:]) != (height, width):
+        hint = "" if multi_channel or mask.shape[1] != in_channels else " (pass multi_channel=True for a per-channel mask)"
+        raise ValueError(f"mask must have shape {expected}, got {tuple(mask.shape)}{hint}")
+    if not (mask.is_floating_point() or mask.dtype == torch.bool):
+        raise TypeError(f"mask must be floating or bool, got {mask.dtype}")
+    check_same_device(("input", "mask"), input, mask)
+    return mask.to(input.dtype)
+
+
+def _conv_params(kernel_size, stride, padding, dilation):
+    names = ("kernel_size", "stride", "padding", "dilation")
+    params = []
+    for name, value, low in zip(names, (kernel_size, stride, padding, dilation), (1, 1, 0, 1)):
+        pair = _pair(value)
+        if len(pair) != 2:
+            raise ValueError(f"{name} must be an int or a pair, got {value!r}")
+        for v in pair:
+            _check_int_param(name, v, low)
+        params.append(tuple(int(v) for v in pair))
+    return params
+
+
+def _check_int_param(name, value, low):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int (or a pair of ints), got {type(value).__name__}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+
+
+def _out_size(size, kernel, stride, padding, dilation):
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _coverage_fake(mask, kernel_size, stride, padding, dilation, groups):
+    size = [_out_size(mask.shape[2 + a], kernel_size[a], stride[a], padding[a], dilation[a]) for a in range(2)]
+    return mask.new_empty((mask.shape[0], groups, *size))
+
+
+def _renormalize_fake(raw, coverage, bias, slide_winsize):
+    return raw.new_empty(raw.shape), coverage.new_empty(coverage.shape)
+
+
+def _renormalize_backward_fake(grad_out, coverage, slide_winsize, has_bias):
+    return grad_out.new_empty(grad_out.shape), grad_out.new_empty((grad_out.shape[1] if has_bias else 0,))
+
+
+def _renormalize_inplace_fake(raw, coverage, bias, slide_winsize):
+    return coverage.new_empty(coverage.shape)
+
+
+def _renormalize_setup_context(ctx, inputs, output):
+    _, coverage, bias, slide_winsize = inputs
+    ctx.save_for_backward(coverage)
+    ctx.slide_winsize = slide_winsize
+    ctx.has_bias = bias is not None
+
+
+def _renormalize_backward(ctx, grad_out, grad_update):
+    (coverage,) = ctx.saved_tensors
+    grad_raw, grad_bias = torch.ops.fastad.partial_conv_renormalize_backward(
+        grad_out, coverage, ctx.slide_winsize, ctx.has_bias)
+    return (grad_raw if ctx.needs_input_grad[0] else None, None,
+            grad_bias if ctx.has_bias and ctx.needs_input_grad[2] else None, None)
+
+
+class _MaskInput(torch.autograd.Function):
+    """input ⊙ mask (mask broadcast, not differentiable) whose backward masks the incoming
+    gradient in place. That gradient is the fresh grad_input of the convolution, the product's
+    only consumer, so nothing else holds it; under create_graph (grad mode on in backward) or for
+    an odd layout the backward multiplies out of place."""
+
+    @staticmethod
+    def forward(ctx, input, mask):
+        ctx.save_for_backward(mask)
+        return input * mask
+
+    @staticmethod
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None
+        if torch.is_grad_enabled() or not grad.is_contiguous() or grad.dtype != mask.dtype:
+            return grad * mask, None
+        return grad.mul_(mask), None
+
+
+class _RenormalizeInPlace(torch.autograd.Function):
+    """Eager path of partial_conv2d: the fresh, contiguous conv output raw is overwritten with the
+    result (fastad::partial_conv_renormalize_), which saves allocating and first-touching a second
+    [B, Co, Ho, Wo] tensor; the convolution's backward does not need raw. Same backward as the
+    functional op."""
+
+    @staticmethod
+    def forward(ctx, raw, coverage, bias, slide_winsize):
+        update = torch.ops.fastad.partial_conv_renormalize_(raw, coverage, bias, slide_winsize)
+        ctx.mark_dirty(raw)
+        ctx.mark_non_differentiable(update)
+        _renormalize_setup_context(ctx, (raw, coverage, bias, slide_winsize), None)
+        return raw, update
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_update):
+        return _renormalize_backward(ctx, grad_out, grad_update)
+
+
+if _extension.loaded():
+    torch.library.register_fake("fastad::partial_conv_coverage", _coverage_fake)
+    torch.library.register_fake("fastad::partial_conv_renormalize", _renormalize_fake)
+    torch.library.register_fake("fastad::partial_conv_renormalize_", _renormalize_inplace_fake)
+    torch.library.register_fake("fastad::partial_conv_renormalize_backward", _renormalize_backward_fake)
+    torch.library.register_autograd("fastad::partial_conv_renormalize", _renormalize_backward,
+                                    setup_context=_renormalize_setup_context)
