@@ -368,10 +368,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gmm_log_prob_backward
     });
   }
   const at::Tensor sums = totals.sum(0).to(z.scalar_type());  // [K, stride]
-  at::Tensor grad_tril = sums.narrow(1, 0, d * d).reshape({kk, d, d}).tril();
-  at::Tensor grad_mu = sums.narrow(1, d * d, d).contiguous();
-  at::Tensor grad_log_phi = sums.select(1, d * d + d).contiguous();
-  add_log_det_gradient(grad_tril, grad_log_phi, scale_tril);
+  auto [grad_log_phi, grad_mu, grad_tril] = unpack_parameter_gradients(sums, scale_tril);
   return {grad_z, grad_log_phi, grad_mu, grad_tril};
 }
 

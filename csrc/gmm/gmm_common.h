@@ -54,11 +54,17 @@ inline at::Tensor component_constants(const at::Tensor& log_phi, const at::Tenso
   return (log_phi.to(at::kDouble) - log_det - half_d_log_2pi).to(log_phi.scalar_type());
 }
 
-// The diagonal part of ∂/∂L of −Σ_n w_nk Σ_i log L_k,ii: −(Σ_n w_nk) / L_k,ii, added in place.
-inline void add_log_det_gradient(at::Tensor& grad_scale_tril, const at::Tensor& grad_log_phi,
-                                 const at::Tensor& scale_tril) {
-  grad_scale_tril.diagonal(0, 1, 2).sub_(grad_log_phi.unsqueeze(1) /
-                                         scale_tril.diagonal(0, 1, 2));
+// The parameter gradients from the backward kernels' per-component sums [K, D·D + D + 1]
+// (∂/∂L of the Mahalanobis terms, ∂/∂μ, Σ_n w_nk): (grad_log_phi, grad_mu, grad_scale_tril).
+// The log-determinant adds −(Σ_n w_nk) / L_k,ii to the diagonal of ∂/∂L.
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> unpack_parameter_gradients(
+    const at::Tensor& sums, const at::Tensor& scale_tril) {
+  const int64_t kk = scale_tril.size(0), d = scale_tril.size(1);
+  at::Tensor grad_tril = sums.narrow(1, 0, d * d).reshape({kk, d, d}).tril();
+  at::Tensor grad_mu = sums.narrow(1, d * d, d).contiguous();
+  at::Tensor grad_log_phi = sums.select(1, d * d + d).contiguous();
+  grad_tril.diagonal(0, 1, 2).sub_(grad_log_phi.unsqueeze(1) / scale_tril.diagonal(0, 1, 2));
+  return {grad_log_phi, grad_mu, grad_tril};
 }
 
 }  // namespace fastad::gmm
