@@ -93,15 +93,17 @@ def test_corrupt_png_is_reported_by_path_and_skipped(tmp_path):
         _png(root / "train/good" / f"{i:03d}.png", rng.integers(0, 255, (40, 50, 3)))
     bad = root / "train/good/001.png"
     bad.write_bytes(os.urandom(500))
+    truncated = root / "train/good/002.png"
+    truncated.write_bytes(truncated.read_bytes()[:300])
     _png(root / "test/good/000.png", rng.integers(0, 255, (40, 50)))
     _png(root / "test/crack/000.png", rng.integers(0, 255, (40, 50)))
     _png(root / "ground_truth/crack/000_mask.png", np.where(np.arange(50) < 10, 255, 0)[None].repeat(40, 0))
     _png(root / "test/crack/001.png", rng.integers(0, 255, (40, 50)))  # no mask
     with pytest.warns(SkippedImageWarning, match="001.png"):
         train = MVTecDataset(tmp_path, "cat", "train", size=32)
-    assert [p for p, _ in train.skipped] == [str(bad)] and len(train) == 2
-    assert all(train[i].image.shape == (3, 32, 32) for i in range(len(train)))
-    assert "2 images" in summarize(train) and "1 skipped" in summarize(train)
+    assert [p for p, _ in train.skipped] == [str(bad), str(truncated)] and len(train) == 1
+    assert train[0].image.shape == (3, 32, 32) and train[0].path.endswith("000.png")
+    assert "1 images" in summarize(train) and "2 skipped" in summarize(train)
     with pytest.warns(SkippedImageWarning, match="mask"):
         test = MVTecDataset(tmp_path, "cat", "test", size=None)
     assert len(test) == 2 and test.skipped[0][0].endswith("crack/001.png")
