@@ -9,6 +9,6 @@ __version__ = "0.1.0"
 
 from fastad.backend import get_backend, set_backend, use_backend
 from fastad.info import info
-from fastad import nn, ops
+from fastad import data, nn, ops
 
-__all__ = ["__version__", "info", "get_backend", "set_backend", "use_backend", "nn", "ops"]
+__all__ = ["__version__", "info", "get_backend", "set_backend", "use_backend", "data", "nn", "ops"]

@@ -1,4 +1,4 @@
-"""Command line: `fastad info`, `fastad demo`."""
+"""Command line: `fastad info`, `fastad demo`, `fastad data export SPEC DIR`."""
 from __future__ import annotations
 
 import argparse
@@ -22,6 +22,22 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data(args: argparse.Namespace) -> int:
+    import warnings
+
+    from fastad.data import SkippedImageWarning, export_mvtec
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SkippedImageWarning)  # reported below, one line each
+        result = export_mvtec(args.spec, args.out_dir, name=args.name, size=args.size, seed=args.seed)
+    for path, reason in result["skipped"]:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    defects = ", ".join(f"{d} {n}" for d, n in result["defects"].items())
+    print(f"wrote {result['path']}: {result['train']} train, {result['test']} test ({defects}); "
+          f"{len(result['skipped'])} skipped as unreadable")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastad", description="Fast anomaly localization operators and models.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -32,6 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--texture", default="brick", choices=("brick", "grass", "gravel"))
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_demo)
+    data = commands.add_parser("data", help="datasets").add_subparsers(dest="action", required=True)
+    export = data.add_parser("export", help="write a dataset in the MVTec-AD layout",
+                             description="SPEC: builtin:<texture>, mvtec:<root>/<category> or "
+                                         "folder:normal=DIR,test=DIR[,masks=DIR]")
+    export.add_argument("spec", help="e.g. builtin:brick")
+    export.add_argument("out_dir", help="writes OUT_DIR/<name>/train, test, ground_truth")
+    export.add_argument("--name", default=None, help="category folder name (default: texture, category or test folder)")
+    export.add_argument("--size", type=int, default=256, help="square image side in pixels (default 256)")
+    export.add_argument("--seed", type=int, default=0, help="seed of builtin datasets")
+    export.set_defaults(run=_data)
     return parser
 
 

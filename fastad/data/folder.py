@@ -1,0 +1,89 @@
+"""Generic folder reader: `--normal DIR --test DIR [--masks DIR]`.
+
+split "train" reads every image in normal_dir (label 0). split "test" reads every image in
+test_dir; with masks_dir, the mask of `<stem>.<ext>` is `<masks_dir>/<stem>.png` or
+`<masks_dir>/<stem>_mask.png` (first found): an image with a mask that has a defective pixel is
+anomalous (label 1, defect "defect"), one without a mask or with an empty mask is normal (label
+0, "good"). Without masks_dir the test images are unlabelled (label -1, defect "unknown", mask
+all False). Unreadable files are reported by path, recorded in `dataset.skipped` and left out.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from fastad.data.images import UnreadableImageError, check_image, list_images, load_image, load_mask, normalize_size
+from fastad.data.report import report_skipped
+from fastad.data.sample import ANOMALOUS, NORMAL, UNLABELLED, Sample
+
+SPLITS = ("train", "test")
+
+
+def _directory(name: str, value) -> Path:
+    if value is None:
+        raise ValueError(f"{name} is required for this split")
+    path = Path(value)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{name} {path} is not a directory")
+    return path
+
+
+class FolderDataset(Dataset):
+    """FolderDataset(normal_dir, test_dir, split, masks_dir=None, size=256)[i] -> Sample with
+    image [3, H, W] float32 in [0, 1], mask [H, W] bool; (H, W) = size (None: the file's)."""
+
+    def __init__(self, normal_dir=None, test_dir=None, split: str = "train", masks_dir=None, size=256):
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        self.size, self.split = normalize_size(size), split
+        self.items: list[tuple[str, str | None, int, str]] = []
+        self.skipped: list[tuple[str, str]] = []
+        if split == "train":
+            for path in list_images(_directory("normal_dir", normal_dir)):
+                self._add(path, None, NORMAL, "good")
+            return
+        test = _directory("test_dir", test_dir)
+        masks = None if masks_dir is None else _directory("masks_dir", masks_dir)
+        for path in list_images(test):
+            if masks is None:
+                self._add(path, None, UNLABELLED, "unknown")
+                continue
+            found = [m for m in (masks / f"{path.stem}.png", masks / f"{path.stem}_mask.png") if m.is_file()]
+            self._add(path, found[0] if found else None, NORMAL, "good")
+
+    def _add(self, path: Path, mask: Path | None, label: int, defect: str) -> None:
+        for file in (path, mask):
+            if file is None:
+                continue
+            try:
+                check_image(file)
+            except UnreadableImageError as error:
+                return report_skipped(self.skipped, file, error.reason)
+        self.items.append((str(path), None if mask is None else str(mask), label, defect))
+
+    def labels(self) -> list[int]:
+        """Labels without decoding pixels; a test image with a mask file counts as anomalous
+        here only if the mask has a defective pixel, which needs the mask decoded."""
+        return [self._label(item) for item in self.items]
+
+    def _label(self, item) -> int:
+        _, mask_path, label, _ = item
+        if mask_path is None:
+            return label
+        return ANOMALOUS if bool(load_mask(mask_path, self.size).any()) else NORMAL
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Sample:
+        path, mask_path, label, defect = self.items[index]
+        image = load_image(path, self.size)
+        if mask_path is None:
+            return Sample(image, torch.zeros(image.shape[1:], dtype=torch.bool), label, path, defect)
+        mask = load_mask(mask_path, self.size)
+        if mask.shape != image.shape[1:]:
+            raise ValueError(f"mask {mask_path} is {tuple(mask.shape)} but image {path} is {tuple(image.shape[1:])}")
+        anomalous = bool(mask.any())
+        return Sample(image, mask, ANOMALOUS if anomalous else NORMAL, path, "defect" if anomalous else "good")

@@ -1,0 +1,26 @@
+"""How datasets report files they skip: by path, as a warning, and in dataset.skipped."""
+from __future__ import annotations
+
+import warnings
+
+
+class SkippedImageWarning(UserWarning):
+    """An image (or its mask) could not be read and was left out of the dataset."""
+
+
+def report_skipped(skipped: list, path, reason: str) -> None:
+    """Appends (path, reason) to skipped and warns with the path, so a run goes on and says why."""
+    skipped.append((str(path), reason))
+    warnings.warn(f"skipping {path}: {reason}", SkippedImageWarning, stacklevel=3)
+
+
+def summarize(dataset) -> str:
+    """One line: how many samples a dataset has, how many are anomalous, how many files it skipped."""
+    labels = dataset.labels()
+    anomalous = sum(1 for label in labels if label == 1)
+    unlabelled = sum(1 for label in labels if label == -1)
+    parts = [f"{len(labels)} images", f"{anomalous} anomalous"]
+    if unlabelled:
+        parts.append(f"{unlabelled} unlabelled")
+    parts.append(f"{len(dataset.skipped)} skipped as unreadable")
+    return ", ".join(parts)
