@@ -30,10 +30,14 @@ class NearestNeighborScorer(nn.Module):
         check_finite("bank", bank)
         check_int("k", k, 1, bank.shape[0])
         self.k = k
-        centre = bank.mean(0, dtype=torch.float64).to(bank.dtype)
-        self.register_buffer("centre", centre)
-        self.register_buffer("centred_bank", bank - centre)
-        self.register_buffer("bank_sq_norms", self.centred_bank.pow(2).sum(1))
+        for name in ("centre", "centred_bank", "bank_sq_norms"):
+            self.register_buffer(name, None)
+        self._store(bank)
+
+    def _store(self, bank: torch.Tensor) -> None:
+        self.centre = bank.mean(0, dtype=torch.float64).to(bank.dtype)
+        self.centred_bank = bank - self.centre
+        self.bank_sq_norms = self.centred_bank.pow(2).sum(1)
 
     @property
     def memory_bank(self) -> torch.Tensor:
@@ -80,9 +84,6 @@ class NearestNeighborScorer(nn.Module):
             features = features @ matrix
         start = int(torch.randint(m, (1,), generator=torch.Generator().manual_seed(seed)))
         index = kcenter_coreset(features, n, start, check_values=False)
-        bank = self.memory_bank[index]
-        self.centre = bank.mean(0, dtype=torch.float64).to(bank.dtype)
-        self.centred_bank = bank - self.centre
-        self.bank_sq_norms = self.centred_bank.pow(2).sum(1)
+        self._store(self.memory_bank[index])
         self.k = min(self.k, n)
         return index
