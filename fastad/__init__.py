@@ -3,12 +3,13 @@
     import fastad
     fastad.info()                      # what was built and loaded
     dist, index = fastad.ops.knn(query, bank, k=1)
+    auroc = fastad.metrics.pixel_auroc(maps, masks)
     fastad.set_backend("reference")    # pure-PyTorch ops, e.g. when the extension is missing
 """
 __version__ = "0.1.0"
 
 from fastad.backend import get_backend, set_backend, use_backend
 from fastad.info import info
-from fastad import data, nn, ops
+from fastad import data, metrics, nn, ops
 
-__all__ = ["__version__", "info", "get_backend", "set_backend", "use_backend", "data", "nn", "ops"]
+__all__ = ["__version__", "info", "get_backend", "set_backend", "use_backend", "data", "metrics", "nn", "ops"]
