@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <atomic>
 #include <limits>
 #include <vector>
 
@@ -109,9 +110,13 @@ void search_candidates(const at::Tensor& query, const at::Tensor& bank, const at
   const int64_t n = query.size(0), m = bank.size(0);
   const int64_t blocks = (n + kQueryBlock - 1) / kQueryBlock;
   const T* norm_data = norms.data_ptr<T>();
-  at::parallel_for(0, blocks * slices, 1, [&](int64_t begin, int64_t end) {
+  // Work items are handed out one at a time, so a thread that loses its core to another
+  // process delays one item, not a fixed half of the work.
+  const int64_t items = blocks * slices;
+  std::atomic<int64_t> next_item{0};
+  at::parallel_for(0, std::min<int64_t>(items, at::get_num_threads()), 1, [&](int64_t, int64_t) {
     at::Tensor tile = at::empty({kQueryBlock, kBankTile}, query.options());
-    for (int64_t item = begin; item < end; ++item) {
+    for (int64_t item = next_item++; item < items; item = next_item++) {
       const int64_t block = item / slices, slice = item % slices;
       const int64_t q0 = block * kQueryBlock, qn = std::min(kQueryBlock, n - q0);
       const int64_t s0 = slice * m / slices, s1 = (slice + 1) * m / slices;
