@@ -63,6 +63,7 @@ def test_forward(benchmark, name, d, k, device):
     if name == "sklearn" and device == "cuda":
         pytest.skip("scikit-learn runs on the CPU only")
     benchmark.group = f"gmm_log_prob forward {device} N={N} D={d} K={k}"
+    benchmark.extra_info["contender"] = name
     z = random_matrix(N, d, device)
     params = mixture(d, k, device)
     if name == "sklearn":
@@ -79,6 +80,7 @@ def test_forward(benchmark, name, d, k, device):
 @pytest.mark.parametrize("name", ["fastad", "reference", "torch.distributions"])
 def test_forward_backward(benchmark, name, d, k, device):
     benchmark.group = f"gmm_log_prob forward+backward {device} N={N} D={d} K={k}"
+    benchmark.extra_info["contender"] = name
     z = random_matrix(N, d, device)
     inputs = [t.clone().requires_grad_() for t in (z, *mixture(d, k, device))]
     fn = contenders(device)[name]

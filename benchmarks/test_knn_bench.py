@@ -1,0 +1,172 @@
+"""Benchmarks of fastad.ops.knn and fastad.ops.kcenter_coreset against common baselines.
+
+Run with `pytest benchmarks/test_knn_bench.py --benchmark-group-by=group` to see each group's
+contenders side by side, and add `--benchmark-json=FILE` then `python benchmarks/summarize.py FILE`
+for a Markdown table of ratios to fastad. Every contender's set-up (building an index, fitting,
+precomputing bank norms) happens outside the timed call; each test then checks the distances it
+timed against exact float64 ones for the first queries, outside the timing.
+"""
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from conftest import knn_data, random_matrix, requires_cuda, run_pedantic, synchronized
+from fastad.nn import NearestNeighborScorer
+from fastad.ops import kcenter_coreset, knn, reference
+
+QUERY_CHUNK = 1024  # queries per chunk for the torch baselines (never the full N x M at once)
+CHECKED_QUERIES = 256
+RTOL = 1e-3
+
+CPU_CASES = [(4096, 65536, d, k) for d in (64, 128, 512) for k in (1, 9)]
+GPU_CASES = [(50176, 100000, 64, 1), (6272, 200000, 1024, 1)]
+CPU_CONTENDERS = ["fastad", "fastad-scorer", "torch-cdist", "anomalib-matmul", "sklearn-brute", "faiss-flat"]
+GPU_CONTENDERS = ["fastad", "fastad-scorer", "torch-cdist", "anomalib-matmul"]
+GPU_MARKS = [pytest.mark.cuda, requires_cuda]
+
+
+# Each builder does its set-up, then returns a timed fn() whose result gives the distances
+# [N, k] (squared for faiss) through the matching entry of DISTANCES.
+
+
+def _fastad(q, b, k):
+    return lambda: knn(q, b, k)
+
+
+def _fastad_scorer(q, b, k):
+    scorer = NearestNeighborScorer(b, k)
+    return lambda: scorer.knn(q)
+
+
+def _torch_cdist(q, b, k):
+    def run():
+        out = []
+        for chunk in q.split(QUERY_CHUNK):
+            d = torch.cdist(chunk, b)
+            out.append(d.amin(1, keepdim=True) if k == 1 else d.topk(k, dim=1, largest=False).values)
+        return torch.cat(out)
+
+    return run
+
+
+def _anomalib_matmul(q, b, k):
+    """|x|² − 2 x·y + |y|², clamped at 0, square-rooted, then the k smallest."""
+
+    def run():
+        b_sq = b.pow(2).sum(1)
+        values, indices = [], []
+        for chunk in q.split(QUERY_CHUNK):
+            sq = chunk.pow(2).sum(1, keepdim=True) - 2 * chunk @ b.T + b_sq
+            d, i = sq.clamp_min(0).sqrt().topk(k, dim=1, largest=False)
+            values.append(d)
+            indices.append(i)
+        return torch.cat(values), torch.cat(indices)
+
+    return run
+
+
+def _sklearn_brute(q, b, k):
+    from sklearn.neighbors import NearestNeighbors
+
+    index = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(b.numpy())
+    q_np = q.numpy()
+    return lambda: index.kneighbors(q_np)
+
+
+def _faiss_flat(q, b, k):
+    faiss = pytest.importorskip("faiss")
+    index = faiss.IndexFlatL2(b.shape[1])
+    index.add(b.numpy())
+    q_np = q.numpy()
+    return lambda: index.search(q_np, k)
+
+
+def _reference(q, b, k):
+    return lambda: reference.knn(q, b, k)
+
+
+BUILDERS = {
+    "fastad": _fastad,
+    "fastad-scorer": _fastad_scorer,
+    "torch-cdist": _torch_cdist,
+    "anomalib-matmul": _anomalib_matmul,
+    "sklearn-brute": _sklearn_brute,
+    "faiss-flat": _faiss_flat,
+    "reference": _reference,
+}
+
+DISTANCES = {
+    "torch-cdist": lambda out: out,
+    "sklearn-brute": lambda out: torch.from_numpy(out[0]),
+    "faiss-flat": lambda out: torch.from_numpy(out[0]).clamp_min(0).sqrt(),
+}
+
+
+def _distances(contender, out):
+    return DISTANCES.get(contender, lambda o: o[0])(out)
+
+
+@functools.lru_cache(maxsize=1)
+def _exact(q, b, k):
+    """Exact (float64) k smallest distances of the first CHECKED_QUERIES queries."""
+    d = torch.cdist(q[:CHECKED_QUERIES].double(), b.double())
+    return d.topk(k, dim=1, largest=False).values
+
+
+def _check(contender, out, q, b, k):
+    dist = _distances(contender, out)[:CHECKED_QUERIES].double().to(q.device)
+    torch.testing.assert_close(dist, _exact(q, b, k), rtol=RTOL, atol=1e-5)
+    if contender in ("fastad", "fastad-scorer", "reference"):
+        # the returned indices must be the rows whose distances were returned
+        index = out[1][:CHECKED_QUERIES]
+        direct = (q[:CHECKED_QUERIES, None].double() - b[index].double()).norm(dim=-1)
+        torch.testing.assert_close(dist, direct, rtol=RTOL, atol=1e-5)
+
+
+def _knn_params():
+    params = []
+    for n, m, d, k in CPU_CASES:
+        contenders = CPU_CONTENDERS + (["reference"] if (n, m, d, k) == CPU_CASES[0] else [])
+        params += [pytest.param("cpu", n, m, d, k, c, id=f"{c}-N{n}-M{m}-D{d}-k{k}") for c in contenders]
+    for n, m, d, k in GPU_CASES:
+        params += [
+            pytest.param("cuda", n, m, d, k, c, id=f"{c}-cuda-N{n}-M{m}-D{d}-k{k}", marks=GPU_MARKS)
+            for c in GPU_CONTENDERS
+        ]
+    return params
+
+
+@pytest.mark.parametrize("device,n,m,d,k,contender", _knn_params())
+def test_knn(benchmark, device, n, m, d, k, contender):
+    benchmark.group = f"knn N={n} M={m} D={d} k={k}" + (" cuda" if device == "cuda" else "")
+    benchmark.extra_info["contender"] = contender
+    q, b = knn_data(n, m, d, device)
+    fn = synchronized(BUILDERS[contender](q, b, k), device)
+    if contender == "reference":  # tens of seconds a call: one round, no warm-up
+        out = run_pedantic(benchmark, fn, rounds=1, warmup_rounds=0)
+    else:
+        out = run_pedantic(benchmark, fn)
+    _check(contender, out, q, b, k)
+
+
+CORESET_M, CORESET_D, CORESET_N = 16384, 128, 1638
+CORESET_CHECKED = 64
+
+
+@pytest.mark.parametrize("contender", ["fastad", "reference"])
+def test_kcenter_coreset(benchmark, contender):
+    benchmark.group = f"coreset M={CORESET_M} D={CORESET_D} n={CORESET_N}"
+    benchmark.extra_info["contender"] = contender
+    features = random_matrix(CORESET_M, CORESET_D, seed=3)
+    if contender == "fastad":
+        chosen = run_pedantic(benchmark, lambda: kcenter_coreset(features, CORESET_N))
+        # greedy selections are prefix-consistent: compare the first steps with the reference
+        expected = reference.kcenter_coreset(features, CORESET_CHECKED, 0)
+        assert torch.equal(chosen[:CORESET_CHECKED], expected)
+    else:
+        slow = lambda: reference.kcenter_coreset(features, CORESET_N, 0)  # noqa: E731
+        chosen = run_pedantic(benchmark, slow, rounds=1, warmup_rounds=0)
+    assert chosen.shape == (CORESET_N,) and chosen.unique().numel() == CORESET_N
