@@ -12,10 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
 
-from fastad.data.images import UnreadableImageError, check_image, list_images, load_image, load_mask, normalize_size
-from fastad.data.report import report_skipped
+from fastad.data.file_dataset import ImageFileDataset
+from fastad.data.images import list_images, load_mask
 from fastad.data.sample import ANOMALOUS, NORMAL, UNLABELLED, Sample
 
 SPLITS = ("train", "test")
@@ -30,16 +29,15 @@ def _directory(name: str, value) -> Path:
     return path
 
 
-class FolderDataset(Dataset):
+class FolderDataset(ImageFileDataset):
     """FolderDataset(normal_dir, test_dir, split, masks_dir=None, size=256)[i] -> Sample with
     image [3, H, W] float32 in [0, 1], mask [H, W] bool; (H, W) = size (None: the file's)."""
 
     def __init__(self, normal_dir=None, test_dir=None, split: str = "train", masks_dir=None, size=256):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        self.size, self.split = normalize_size(size), split
-        self.items: list[tuple[str, str | None, int, str]] = []
-        self.skipped: list[tuple[str, str]] = []
+        super().__init__(size)
+        self.split = split
         if split == "train":
             for path in list_images(_directory("normal_dir", normal_dir)):
                 self._add(path, None, NORMAL, "good")
@@ -53,16 +51,6 @@ class FolderDataset(Dataset):
             found = [m for m in (masks / f"{path.stem}.png", masks / f"{path.stem}_mask.png") if m.is_file()]
             self._add(path, found[0] if found else None, NORMAL, "good")
 
-    def _add(self, path: Path, mask: Path | None, label: int, defect: str) -> None:
-        for file in (path, mask):
-            if file is None:
-                continue
-            try:
-                check_image(file)
-            except UnreadableImageError as error:
-                return report_skipped(self.skipped, file, error.reason)
-        self.items.append((str(path), None if mask is None else str(mask), label, defect))
-
     def labels(self) -> list[int]:
         """Labels without decoding pixels; a test image with a mask file counts as anomalous
         here only if the mask has a defective pixel, which needs the mask decoded."""
@@ -74,16 +62,10 @@ class FolderDataset(Dataset):
             return label
         return ANOMALOUS if bool(load_mask(mask_path, self.size).any()) else NORMAL
 
-    def __len__(self) -> int:
-        return len(self.items)
-
     def __getitem__(self, index: int) -> Sample:
-        path, mask_path, label, defect = self.items[index]
-        image = load_image(path, self.size)
-        if mask_path is None:
+        path, _, label, defect = self.items[index]
+        image, mask = self._read(index)
+        if mask is None:
             return Sample(image, torch.zeros(image.shape[1:], dtype=torch.bool), label, path, defect)
-        mask = load_mask(mask_path, self.size)
-        if mask.shape != image.shape[1:]:
-            raise ValueError(f"mask {mask_path} is {tuple(mask.shape)} but image {path} is {tuple(image.shape[1:])}")
         anomalous = bool(mask.any())
         return Sample(image, mask, ANOMALOUS if anomalous else NORMAL, path, "defect" if anomalous else "good")

@@ -15,16 +15,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
 
-from fastad.data.images import UnreadableImageError, check_image, load_image, load_mask, normalize_size
-from fastad.data.report import report_skipped
+from fastad.data.file_dataset import ImageFileDataset
 from fastad.data.sample import ANOMALOUS, NORMAL, Sample
 
 SPLITS = ("train", "test")
 
 
-class MVTecDataset(Dataset):
+class MVTecDataset(ImageFileDataset):
     """MVTecDataset(root, category, split="train"|"test", size=256)[i] -> Sample with image
     [3, H, W] float32 in [0, 1] and mask [H, W] bool, (H, W) = size (None keeps the file's size).
 
@@ -35,47 +33,24 @@ class MVTecDataset(Dataset):
     def __init__(self, root, category: str, split: str = "train", size=256):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        self.size = normalize_size(size)
+        super().__init__(size)
         self.root, self.category, self.split = Path(root), category, split
         base = self.root / category
         if not (base / split).is_dir():
             raise FileNotFoundError(f"no MVTec {split} folder {base / split} "
                                     f"(expected <root>/<category>/train/good and test/<defect>)")
-        self.items: list[tuple[str, str | None, int, str]] = []
-        self.skipped: list[tuple[str, str]] = []
         defects = ["good"] if split == "train" else sorted(d.name for d in (base / split).iterdir() if d.is_dir())
         for defect in defects:
             for path in sorted((base / split / defect).glob("*.png")):
                 mask = None if defect == "good" else base / "ground_truth" / defect / f"{path.stem}_mask.png"
                 self._add(path, mask, NORMAL if defect == "good" else ANOMALOUS, defect)
 
-    def _add(self, path: Path, mask: Path | None, label: int, defect: str) -> None:
-        try:
-            check_image(path)
-        except UnreadableImageError as error:
-            return report_skipped(self.skipped, path, error.reason)
-        if mask is not None:
-            if not mask.is_file():
-                return report_skipped(self.skipped, path, f"its mask {mask} is missing")
-            try:
-                check_image(mask)
-            except UnreadableImageError as error:
-                return report_skipped(self.skipped, mask, error.reason)
-        self.items.append((str(path), None if mask is None else str(mask), label, defect))
-
     def labels(self) -> list[int]:
         return [item[2] for item in self.items]
 
-    def __len__(self) -> int:
-        return len(self.items)
-
     def __getitem__(self, index: int) -> Sample:
-        path, mask_path, label, defect = self.items[index]
-        image = load_image(path, self.size)
-        if mask_path is None:
+        path, _, label, defect = self.items[index]
+        image, mask = self._read(index)
+        if mask is None:
             mask = torch.zeros(image.shape[1:], dtype=torch.bool)
-        else:
-            mask = load_mask(mask_path, self.size)
-            if mask.shape != image.shape[1:]:
-                raise ValueError(f"mask {mask_path} is {tuple(mask.shape)} but image {path} is {tuple(image.shape[1:])}")
         return Sample(image, mask, label, path, defect)
