@@ -104,6 +104,11 @@ def sample_training_batch(images: torch.Tensor, generator: torch.Generator | Non
 
     Args:
         generator: a CPU torch.Generator for reproducibility (None: torch's global one).
+        n_patches, n_pairs: the paper's batch sizes (128 patches for the DE loss, 36 pairs).
+
+    Returns:
+        TrainingBatch(patches [n_patches, C, K, K], centre, neighbour [n_pairs, C, K, K],
+        position [n_pairs]) on the images' device; position indexes POSITIONS.
     """
     n, _, h, w = images.shape
     k = patch_size
@@ -142,7 +147,7 @@ def sample_training_batch(images: torch.Tensor, generator: torch.Generator | Non
 def extract_patches(images: torch.Tensor, patch_size: int, stride: int) -> torch.Tensor:
     """images [B, C, H, W] -> all patches at stride [B * P, C, K, K], P = PatchGrid(K, stride, (H, W))
     .num_patches, raster order per image."""
-    b, c, _, _ = images.shape
+    c = images.shape[1]
     cols = F.unfold(images, patch_size, stride=stride)                              # [B, C*K*K, P]
     return cols.transpose(1, 2).reshape(-1, c, patch_size, patch_size)
 
