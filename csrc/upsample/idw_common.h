@@ -91,21 +91,34 @@ FASTAD_HOST_DEVICE inline void idw_for_each_contribution(const IdwGrid& g, int64
   const bool inverse_square = g.power == 2.0;
   const T exponent = T(-g.power / 2.0);
   auto weight_of = [&](T sq) { return inverse_square ? T(1) / sq : T(pow(sq, exponent)); };
-  T total = 0;
-  int64_t contributors = 0;
-  for (int64_t r = r0; r <= r1; ++r) {
-    const T dy = T(y) - (T(r * g.stride_h) + half_h);
-    for (int64_t c = c0; c <= c1; ++c) {
-      const T dx = T(x) - (T(c * g.stride_w) + half_w);
-      const T sq = dy * dy + dx * dx;
-      if (g.has_radius && sq > radius_sq) continue;
-      if (sq == T(0)) {
-        emit(r * g.cols + c, T(1));
-        return;
+  // Calls visit(p, squared distance) for each centre within reach, in raster order, until it
+  // returns false; returns whether every call returned true.
+  auto each_centre = [&](auto&& visit) {
+    for (int64_t r = r0; r <= r1; ++r) {
+      const T dy = T(y) - (T(r * g.stride_h) + half_h);
+      for (int64_t c = c0; c <= c1; ++c) {
+        const T dx = T(x) - (T(c * g.stride_w) + half_w);
+        const T sq = dy * dy + dx * dx;
+        if (g.has_radius && sq > radius_sq) continue;
+        if (!visit(r * g.cols + c, sq)) return false;
       }
-      total += weight_of(sq);
-      ++contributors;
     }
+    return true;
+  };
+  T total = 0;
+  int64_t contributors = 0, on_centre = -1;
+  each_centre([&](int64_t p, T sq) {
+    if (sq == T(0)) {
+      on_centre = p;
+      return false;
+    }
+    total += weight_of(sq);
+    ++contributors;
+    return true;
+  });
+  if (on_centre >= 0) {
+    emit(on_centre, T(1));
+    return;
   }
   if (contributors == 0) {
     const int64_t r = idw_axis_nearest<T>(y, g.patch_h, g.stride_h, g.rows);
@@ -113,15 +126,10 @@ FASTAD_HOST_DEVICE inline void idw_for_each_contribution(const IdwGrid& g, int64
     emit(r * g.cols + c, T(1));
     return;
   }
-  for (int64_t r = r0; r <= r1; ++r) {
-    const T dy = T(y) - (T(r * g.stride_h) + half_h);
-    for (int64_t c = c0; c <= c1; ++c) {
-      const T dx = T(x) - (T(c * g.stride_w) + half_w);
-      const T sq = dy * dy + dx * dx;
-      if (g.has_radius && sq > radius_sq) continue;
-      emit(r * g.cols + c, weight_of(sq) / total);
-    }
-  }
+  each_centre([&](int64_t p, T sq) {
+    emit(p, weight_of(sq) / total);
+    return true;
+  });
 }
 
 }  // namespace fastad::upsample
