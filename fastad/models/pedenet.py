@@ -4,8 +4,7 @@ a neighbour-location-prediction (LP) head; anomalies are scored by the distance 
 embedding to the nearest normal one (eq. 12), averaged over the patches covering each pixel.
 
     model = PEDENet()
-    history = model.fit(train_images, steps=2000)          # train_images [N, 3, 256, 256]
-    model.build_memory_bank(train_images, stride=16)
+    fastad.engine.train(model, train_images, steps=2000)   # train_images [N, 3, 256, 256]; fills the bank
     result = model.score(test_images)                      # AnomalyResult(image_scores [B], maps [B, H, W])
 """
 from __future__ import annotations
@@ -15,11 +14,12 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
+from fastad.models.base import AnomalyModel
+from fastad.models.memory_bank import MemoryBank
+from fastad.models.registry import register_model
 from fastad.models.result import AnomalyResult
 from fastad.nn.gaussian_mixture_head import GaussianMixtureHead
-from fastad.nn.nearest_neighbor import NearestNeighborScorer
 from fastad.ops.upsample import PatchGrid, patch_average
 
 #: (row, col) direction of the neighbour p' relative to p for each LP label, raster order
@@ -152,7 +152,8 @@ def extract_patches(images: torch.Tensor, patch_size: int, stride: int) -> torch
     return cols.transpose(1, 2).reshape(-1, c, patch_size, patch_size)
 
 
-class PEDENet(nn.Module):
+@register_model
+class PEDENet(AnomalyModel):
     """PE, DE and LP networks, the joint loss of eq. 8, training, memory bank and scoring.
 
     Args:
@@ -164,21 +165,31 @@ class PEDENet(nn.Module):
         gmm_eps: added to each batch covariance's diagonal (a batch of 128 patches under-determines
             K covariances of size Z x Z; the eq. 11 penalty alone does not make them definite).
         stride: S, the default patch stride of build_memory_bank and score.
+        lr: Adam's learning rate (the paper's 1e-4).
+        n_patches, n_pairs: patches for the DE loss and neighbour pairs for the LP loss per batch
+            (the paper's 128 and 36).
+        coreset: keep a k-center coreset of the memory bank (a fraction or a row count); None keeps all.
     """
 
+    name = "pedenet"
+    image_size = 256
+    default_steps = 60
     patch_size = PatchEncoder.patch_size
 
     def __init__(self, in_channels: int = 3, embedding_dim: int = 64, n_components: int = 4,
                  lambda_den: float = 0.1, lambda_lpn: float = 1.0, lambda_reg: float = 0.005,
-                 gmm_eps: float = 1e-3, stride: int = 16):
-        super().__init__()
+                 gmm_eps: float = 1e-3, stride: int = 16, lr: float = 1e-4, n_patches: int = 128,
+                 n_pairs: int = 36, coreset: float | int | None = None):
+        super().__init__(in_channels=in_channels, embedding_dim=embedding_dim, n_components=n_components,
+                         lambda_den=lambda_den, lambda_lpn=lambda_lpn, lambda_reg=lambda_reg, gmm_eps=gmm_eps,
+                         stride=stride, lr=lr, n_patches=n_patches, n_pairs=n_pairs, coreset=coreset)
         self.pe = PatchEncoder(in_channels, embedding_dim)
         self.de = GaussianMixtureHead(embedding_dim, n_components, hidden=(128, 64, 32), eps=gmm_eps)
         self.lp = nn.Sequential(nn.Linear(embedding_dim, 128), nn.LeakyReLU(0.1), nn.Linear(128, 128),
                                 nn.LeakyReLU(0.1), nn.Linear(128, len(POSITIONS)))
         self.lambdas = (lambda_den, lambda_lpn, lambda_reg)
         self.stride = stride
-        self.scorer: NearestNeighborScorer | None = None
+        self.memory_bank = MemoryBank(embedding_dim)
         # per-channel input standardisation, set from the training images by fit()
         self.register_buffer("pixel_mean", torch.zeros(in_channels))
         self.register_buffer("pixel_std", torch.ones(in_channels))
@@ -217,25 +228,19 @@ class PEDENet(nn.Module):
         l1, l2, l3 = self.lambdas
         return {"total": l1 * den + l2 * lpn + l3 * reg, "den": den, "lpn": lpn, "reg": reg}
 
-    def fit(self, train_images: torch.Tensor, steps: int, lr: float = 1e-4, n_patches: int = 128, n_pairs: int = 36,
-            seed: int = 0, progress: bool = True) -> list[dict[str, float]]:
-        """Adam on eq. 8 for `steps` batches from train_images [N, C, H, W] (e.g. 256x256, on the
-        model's device), after set_normalization(train_images). Returns the per-step losses
-        [{total, den, lpn, reg}]."""
+    def setup(self, train_images: torch.Tensor) -> None:
         self.set_normalization(train_images)
-        generator = torch.Generator().manual_seed(seed)
-        optimizer = torch.optim.Adam(self.parameters(), lr=lr)
-        self.train()
-        history = []
-        for _ in tqdm(range(steps), desc="PEDENet", disable=not progress):
-            batch = sample_training_batch(train_images, generator, n_patches, n_pairs, self.patch_size)
-            losses = self.loss(batch.patches, batch[1:])
-            optimizer.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            optimizer.step()
-            history.append({name: float(value.detach()) for name, value in losses.items()})
-        self.eval()
-        return history
+
+    def configure_optimizer(self, stage: str, steps: int):
+        return torch.optim.Adam(self.parameters(), lr=self.config["lr"]), None
+
+    def training_loss(self, stage: str, train_images: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        batch = sample_training_batch(train_images, generator, self.config["n_patches"], self.config["n_pairs"],
+                                      self.patch_size)
+        return self.loss(batch.patches, batch[1:])
+
+    def prepare_scoring(self, train_images: torch.Tensor) -> None:
+        self.build_memory_bank(train_images, coreset=self.config["coreset"])
 
     @torch.no_grad()
     def embed_images(self, images: torch.Tensor, stride: int | None = None, batch_size: int = 512) -> torch.Tensor:
@@ -247,33 +252,29 @@ class PEDENet(nn.Module):
 
     @torch.no_grad()
     def build_memory_bank(self, train_images: torch.Tensor, stride: int | None = None,
-                          coreset: float | int | None = None, k: int = 1, seed: int = 0) -> NearestNeighborScorer:
-        """Embeds all patches of train_images [N, C, H, W] at stride S into self.scorer's bank
-        [N * P, Z]; coreset (a fraction or a row count) keeps a k-center coreset of it."""
+                          coreset: float | int | None = None, seed: int = 0) -> torch.Tensor:
+        """Embeds all patches of train_images [N, C, H, W] at stride S into the memory bank
+        [N * P, Z]; coreset (a fraction or a row count) keeps a k-center coreset of it.
+        Returns the bank."""
         was_training = self.training
         self.eval()
         z = self.embed_images(train_images, stride)
         self.train(was_training)
-        scorer = NearestNeighborScorer(z.reshape(-1, z.shape[2]).contiguous(), k=k)
-        if coreset is not None:
-            scorer.subsample(coreset, seed=seed)
-        self.scorer = scorer
-        return scorer
+        self.memory_bank.fill(z.reshape(-1, z.shape[2]), coreset, seed)
+        return self.memory_bank.bank
 
     @torch.no_grad()
     def score(self, images: torch.Tensor, stride: int | None = None) -> AnomalyResult:
         """images [B, C, H, W] -> AnomalyResult(image_scores [B], maps [B, H, W]): patch score =
         distance to the nearest bank embedding (eq. 12), pixel score = mean over the covering
         patches, image score = max pixel score."""
-        if self.scorer is None:
-            raise RuntimeError("call build_memory_bank(train_images) before score()")
         stride = self.stride if stride is None else stride
         was_training = self.training
         self.eval()
         z = self.embed_images(images, stride)
         self.train(was_training)
         b, p, d = z.shape
-        patch_scores = self.scorer.score(z.reshape(b * p, d)).reshape(b, p)
+        patch_scores = self.memory_bank.score(z.reshape(b * p, d)).reshape(b, p)
         grid = PatchGrid(self.patch_size, stride, tuple(images.shape[-2:]))
         maps = patch_average(patch_scores.contiguous(), grid)
         return AnomalyResult(image_scores=maps.flatten(1).amax(1), maps=maps)

@@ -1,0 +1,138 @@
+"""Checkpoints: one safetensors file (weights, optimizer and RNG state, JSON header) per run folder.
+
+    runs/NAME/checkpoint.safetensors   model.<param>, optimizer.<i>.<name>, generator; header in
+                                       the file's metadata (model name and config, data spec,
+                                       training position)
+    runs/NAME/config.json              the same header, for people
+
+Both are written to a temporary file and renamed into place, so a crash mid-save leaves the
+previous checkpoint intact. Loading never executes code from the file: safetensors holds only
+tensors and the header is JSON.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as save_tensors
+
+from fastad._files import atomic_write, write_json
+from fastad.models.base import AnomalyModel
+from fastad.models.registry import create_model
+
+CHECKPOINT_FILE = "checkpoint.safetensors"
+CONFIG_FILE = "config.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the model (eval mode, on the requested device), its header, and the
+    training state tensors (optimizer.*, generator) for resuming."""
+
+    model: AnomalyModel
+    header: dict
+    training_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def checkpoint_path(run) -> Path:
+    """A run folder or a checkpoint file -> the checkpoint file."""
+    path = Path(run)
+    return path / CHECKPOINT_FILE if path.is_dir() or not path.suffix else path
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{index}.{name}"] = value
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, header: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """Loads the state saved by save_checkpoint(optimizer=...) into a freshly built optimizer."""
+    saved = header["optimizer"]
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    for index, values in saved["scalars"].items():
+        state.setdefault(int(index), {}).update(values)
+    optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+
+
+def save_checkpoint(run_dir, model: AnomalyModel, header: dict, optimizer: torch.optim.Optimizer | None = None,
+                    scheduler=None, generator: torch.Generator | None = None) -> Path:
+    """Writes run_dir/checkpoint.safetensors and run_dir/config.json atomically.
+
+    Args:
+        header: JSON-serialisable facts to keep (data spec, training position, ...); the model's
+            name and config are added.
+        optimizer, scheduler, generator: training state to resume from (optional).
+
+    Returns:
+        the checkpoint file's path.
+    """
+    tensors = {f"model.{name}": value.detach().cpu().clone().contiguous() for name, value in model.state_dict().items()}
+    header = {"format": FORMAT_VERSION, "model": model.name, "config": model.config, **header}
+    if optimizer is not None:
+        optimizer_tensors, header["optimizer"] = _optimizer_tensors(optimizer)
+        tensors.update({k: v.detach().cpu().clone().contiguous() for k, v in optimizer_tensors.items()})
+    if scheduler is not None:
+        header["scheduler"] = {k: v for k, v in scheduler.state_dict().items() if _is_json(v)}
+    if generator is not None:
+        tensors["generator"] = generator.get_state()
+    data = save_tensors(tensors, metadata={"fastad": json.dumps(header)})
+    path = checkpoint_path(run_dir)
+    with atomic_write(path) as f:
+        f.write(data)
+    write_json({k: v for k, v in header.items() if k != "optimizer"}, path.parent / CONFIG_FILE)
+    return path
+
+
+def _is_json(value) -> bool:
+    try:
+        json.dumps(value)
+        return True
+    except TypeError:
+        return False
+
+
+def _resize_buffers(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Buffers whose size depends on the data (memory banks) take the saved shape."""
+    for name, buffer in list(model.named_buffers()):
+        saved = state.get(name)
+        if saved is not None and buffer is not None and buffer.shape != saved.shape:
+            module_name, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(module_name), leaf, torch.empty_like(saved, device=buffer.device))
+
+
+def load_checkpoint(run, device="cpu") -> Checkpoint:
+    """A run folder (or checkpoint file) -> Checkpoint with the model rebuilt from its registry
+    name and config, weights loaded, on `device`, in eval mode."""
+    path = checkpoint_path(run)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint must be a run folder holding {CHECKPOINT_FILE} (or the file), "
+                                f"found nothing at {path}")
+    tensors = {}
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        metadata = f.metadata() or {}
+        for key in f.keys():
+            tensors[key] = f.get_tensor(key)
+    if "fastad" not in metadata:
+        raise ValueError(f"{path} is not a fastad checkpoint (its header has no 'fastad' entry)")
+    header = json.loads(metadata["fastad"])
+    model = create_model(header["model"], **header["config"])
+    state = {key[len("model."):]: value for key, value in tensors.items() if key.startswith("model.")}
+    _resize_buffers(model, state)
+    model.load_state_dict(state)
+    model.to(device).eval()
+    return Checkpoint(model, header, {k: v for k, v in tensors.items() if not k.startswith("model.")})

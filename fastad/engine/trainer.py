@@ -1,0 +1,126 @@
+"""The training loop every model shares: stages, progress bar, atomic checkpoints, exact resume.
+
+    model = create_model("pedenet")
+    history = train(model, train_images, steps=200, run_dir="runs/brick", data="builtin:brick")
+    # interrupted? rebuild from the checkpoint and go on where it stopped:
+    history = resume("runs/brick", train_images)
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from fastad._files import write_json
+from fastad.engine.checkpoint import CONFIG_FILE, load_checkpoint, restore_optimizer, save_checkpoint
+from fastad.models.base import AnomalyModel
+
+HISTORY_FILE = "history.json"
+
+
+def _steps_per_stage(model: AnomalyModel, steps) -> dict[str, int]:
+    if steps is None:
+        steps = model.default_steps
+    if isinstance(steps, int) and not isinstance(steps, bool):
+        steps = {stage: steps for stage in model.stages}
+    if not isinstance(steps, dict) or set(steps) != set(model.stages) or any(
+            not isinstance(n, int) or n < 0 for n in steps.values()):
+        raise ValueError(f"steps must be an int >= 0 or a dict of one per stage {model.stages}, got {steps!r}")
+    return dict(steps)
+
+
+def train(model: AnomalyModel, train_images: torch.Tensor, steps=None, seed: int = 0, run_dir=None,
+          data: str | None = None, checkpoint_every: int = 50, progress: bool = True, _resume=None) -> list[dict]:
+    """Trains `model` through its stages on the normal images train_images [N, 3, H, W] (on the
+    model's device), then prepares it for scoring.
+
+    Args:
+        steps: optimizer steps per stage: an int for every stage, a {stage: n} dict, or None for
+            the model's demo-sized default_steps.
+        seed: seeds the CPU generator that draws every training batch (checkpointed, so a resumed
+            run draws the same batches as an uninterrupted one).
+        run_dir: where checkpoint.safetensors, config.json and history.json go (None: nowhere).
+        data: the dataset spec, kept in the checkpoint header.
+        checkpoint_every: steps between checkpoints (one is always written at the end of each stage).
+
+    Returns:
+        the per-step losses [{"stage", "step", "total", ...}] (including those before a resume).
+    """
+    steps = _steps_per_stage(model, steps)
+    generator = torch.Generator().manual_seed(seed)
+    history: list[dict] = []
+    first_stage, first_step = 0, 0
+    if _resume is not None:
+        header, tensors = _resume
+        generator.set_state(tensors["generator"])
+        first_stage, first_step = header["training"]["stage_index"], header["training"]["step"]
+        history_path = Path(run_dir) / HISTORY_FILE
+        if history_path.is_file():
+            history = [row for row in json.loads(history_path.read_text())
+                       if (row["stage_index"], row["step"]) < (first_stage, first_step)]
+    else:
+        model.setup(train_images)
+
+    def save(stage_index: int, step: int, optimizer=None, scheduler=None, complete: bool = False) -> None:
+        if run_dir is None:
+            return
+        position = {"stage_index": stage_index, "stage": model.stages[stage_index] if stage_index < len(model.stages)
+                    else None, "step": step, "steps": steps, "seed": seed, "complete": complete}
+        save_checkpoint(run_dir, model, {"data": data, "image_size": model.image_size, "training": position},
+                        optimizer, scheduler, generator)
+        write_json(history, Path(run_dir) / HISTORY_FILE)
+
+    for stage_index in range(first_stage, len(model.stages)):
+        stage, n = model.stages[stage_index], steps[model.stages[stage_index]]
+        optimizer, scheduler = model.configure_optimizer(stage, n)
+        start = 0
+        if _resume is not None and stage_index == first_stage and first_step > 0:
+            restore_optimizer(optimizer, _resume[0], _resume[1])
+            if scheduler is not None and "scheduler" in _resume[0]:
+                scheduler.load_state_dict(_resume[0]["scheduler"])
+            start = first_step
+        model.train()
+        bar = tqdm(range(start, n), initial=start, total=n, desc=f"{model.name} {stage}", unit="step",
+                   disable=not progress, dynamic_ncols=True)
+        for step in bar:
+            losses = model.training_loss(stage, train_images, generator)
+            total = losses["total"]
+            if not torch.isfinite(total):
+                raise FloatingPointError(f"{model.name} stage {stage!r} step {step}: the loss is {float(total)}; "
+                                         "lower the learning rate or check the input images")
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            row = {name: float(value.detach()) for name, value in losses.items()}
+            history.append({"stage_index": stage_index, "stage": stage, "step": step, **row})
+            bar.set_postfix(loss=f"{row['total']:.4g}")
+            if (step + 1) % checkpoint_every == 0 and step + 1 < n:
+                save(stage_index, step + 1, optimizer, scheduler)
+        save(stage_index, n, optimizer, scheduler)
+    model.eval()
+    with torch.no_grad():
+        model.prepare_scoring(train_images)
+    save(len(model.stages), 0, complete=True)
+    return history
+
+
+def resume(run_dir, train_images: torch.Tensor, device="cpu", progress: bool = True,
+           checkpoint_every: int = 50) -> tuple[AnomalyModel, list[dict]]:
+    """Rebuilds the model of run_dir's checkpoint and finishes its training where it stopped
+    (train_images [N, 3, H, W] must be the same normal images). A finished run is returned as is."""
+    checkpoint = load_checkpoint(run_dir, device)
+    header = checkpoint.header
+    training = header.get("training")
+    if training is None:
+        raise ValueError(f"{Path(run_dir) / CONFIG_FILE} has no training position to resume from")
+    if training["complete"]:
+        history_path = Path(run_dir) / HISTORY_FILE
+        return checkpoint.model, json.loads(history_path.read_text()) if history_path.is_file() else []
+    history = train(checkpoint.model, train_images.to(device), training["steps"], training["seed"], run_dir,
+                    header.get("data"), checkpoint_every, progress, _resume=(header, checkpoint.training_tensors))
+    return checkpoint.model, history
+
