@@ -1,4 +1,4 @@
-"""Command line: `fastad info`, `fastad demo`, `fastad data export SPEC DIR`."""
+"""Command line: `fastad train | score | eval | demo | info | data export`."""
 from __future__ import annotations
 
 import argparse
@@ -18,7 +18,52 @@ def _info(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from fastad import demo
 
-    demo.main(args.texture, args.seed)
+    return demo.main(args.data, args.out, args.model, args.steps, args.seed)
+
+
+def _config_value(text: str):
+    key, eq, value = text.partition("=")
+    if not eq or not key:
+        raise argparse.ArgumentTypeError(f"--set takes KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _train(args: argparse.Namespace) -> int:
+    from fastad.engine.pipeline import fit_run
+
+    if not args.resume and (args.model is None or args.data is None):
+        raise SystemExit("fastad train: --model and --data are required (unless --resume)")
+    model, history = fit_run(args.model, args.data, args.out, args.steps, args.seed, args.device, dict(args.set),
+                             args.resume, args.checkpoint_every)
+    last = f", last loss {history[-1]['total']:.4g}" if history else ""
+    print(f"trained {model.name}: {len(history)} steps{last}; checkpoint in {args.out}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from fastad.engine.evaluation import format_table
+    from fastad.engine.pipeline import RESULTS_FILE, evaluate_run
+
+    record = evaluate_run(args.checkpoint, args.data, args.device, args.batch_size, args.amp, args.overlays,
+                          progress=not args.json)
+    if args.json:
+        print(json.dumps({k: v for k, v in record.items() if k != "skipped_files"}))
+        return 0
+    print(f"{record['model']} on {record['data']}: {record['n_images']} images, {record['skipped']} skipped")
+    print(format_table({record["model"]: record}))
+    print(f"wrote {args.checkpoint}/{RESULTS_FILE}")
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from fastad.engine.pipeline import score_folder_run
+
+    scored = score_folder_run(args.checkpoint, args.images, args.out, args.device, args.batch_size, args.amp,
+                              None if args.maps == "none" else args.maps, not args.no_overlays)
+    print(f"scored {len(scored.paths)} images ({len(scored.skipped)} skipped as unreadable) -> {args.out}/scores.csv")
     return 0
 
 
@@ -44,10 +89,47 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="what was built and loaded")
     info.add_argument("--json", action="store_true", help="print the facts as JSON")
     info.set_defaults(run=_info)
-    demo = commands.add_parser("demo", help="nearest-neighbour defect finding on a real texture photo")
-    demo.add_argument("--texture", default="brick", choices=("brick", "grass", "gravel"))
+    demo = commands.add_parser("demo", help="train PEDENet on builtin:brick, evaluate it next to a raw-pixel baseline")
+    demo.add_argument("--data", default="builtin:brick", help="dataset spec (default builtin:brick)")
+    demo.add_argument("--model", default="pedenet")
+    demo.add_argument("--out", default=None, help="folder for results.json, overlays and the checkpoint (default: a temp folder)")
+    demo.add_argument("--steps", type=int, default=None, help="training steps per stage (default: the model's demo size)")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_demo)
+
+    train = commands.add_parser("train", help="train a model on a dataset, checkpointing into --out")
+    train.add_argument("--model", help="pedenet, fcdd, glance, utad, rawpixel")
+    train.add_argument("--data", help="builtin:<texture>, mvtec:<root>/<category> or folder:normal=DIR,test=DIR[,masks=DIR]")
+    train.add_argument("--out", required=True, help="run folder (checkpoint.safetensors, config.json, history.json)")
+    train.add_argument("--steps", type=int, default=None, help="steps per stage (default: the model's demo size)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    train.add_argument("--set", type=_config_value, action="append", default=[], metavar="KEY=VALUE",
+                       help="model constructor argument (JSON value), repeatable, e.g. --set stride=8")
+    train.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    train.set_defaults(run=_train)
+
+    evaluate = commands.add_parser("eval", help="metrics of a checkpoint on a dataset's test split")
+    evaluate.add_argument("--checkpoint", required=True, help="run folder written by fastad train")
+    evaluate.add_argument("--data", default=None, help="dataset spec (default: the one it was trained on)")
+    evaluate.add_argument("--json", action="store_true", help="print only the results JSON object")
+    evaluate.add_argument("--overlays", action="store_true", help="also write heat-map overlays into the run folder")
+    evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--amp", action="store_true", help="bfloat16 autocast")
+    evaluate.set_defaults(run=_eval)
+
+    score = commands.add_parser("score", help="score a folder of images with a checkpoint")
+    score.add_argument("--checkpoint", required=True, help="run folder written by fastad train")
+    score.add_argument("--images", required=True, help="folder of images to score")
+    score.add_argument("--out", required=True, help="writes scores.csv, maps/*.npy, overlays/*.png")
+    score.add_argument("--device", default="cpu")
+    score.add_argument("--batch-size", type=int, default=8)
+    score.add_argument("--amp", action="store_true", help="bfloat16 autocast")
+    score.add_argument("--maps", choices=("npy", "none"), default="npy", help="per-image anomaly maps")
+    score.add_argument("--no-overlays", action="store_true", help="skip the heat-map overlay PNGs")
+    score.set_defaults(run=_score)
     data = commands.add_parser("data", help="datasets").add_subparsers(dest="action", required=True)
     export = data.add_parser("export", help="write a dataset in the MVTec-AD layout",
                              description="SPEC: builtin:<texture>, mvtec:<root>/<category> or "

@@ -73,11 +73,3 @@ def test_cli_info_json():
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["extension_loaded"] is True
 
-
-def test_demo_finds_the_painted_defects():
-    from fastad import demo
-
-    result = demo.run("brick", seed=0)
-    assert result["patch_auroc"] > 0.95
-    assert result["top10_hits"] >= 8
-    assert result["coreset_patches"] == round(0.25 * result["bank_patches"])

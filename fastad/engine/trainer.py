@@ -88,7 +88,7 @@ def train(model: AnomalyModel, train_images: torch.Tensor, steps=None, seed: int
             losses = model.training_loss(stage, train_images, generator)
             total = losses["total"]
             if not torch.isfinite(total):
-                raise FloatingPointError(f"{model.name} stage {stage!r} step {step}: the loss is {float(total)}; "
+                raise FloatingPointError(f"{model.name} stage {stage!r} step {step}: the loss is {float(total.detach())}; "
                                          "lower the learning rate or check the input images")
             optimizer.zero_grad(set_to_none=True)
             total.backward()

@@ -2,8 +2,9 @@
 Each is an AnomalyModel registered by name (create_model("pedenet"))."""
 from fastad.models.base import AnomalyModel
 from fastad.models.pedenet import PEDENet, PatchEncoder, TrainingBatch, sample_training_batch
+from fastad.models.raw_pixel import RawPixelKNN
 from fastad.models.registry import MODELS, create_model, register_model
 from fastad.models.result import AnomalyResult
 
-__all__ = ["MODELS", "AnomalyModel", "AnomalyResult", "PEDENet", "PatchEncoder", "TrainingBatch", "create_model",
+__all__ = ["MODELS", "AnomalyModel", "AnomalyResult", "PEDENet", "PatchEncoder", "RawPixelKNN", "TrainingBatch", "create_model",
            "register_model", "sample_training_batch"]

@@ -1,0 +1,56 @@
+"""Metrics of a scored dataset as one JSON-able record, and the table the CLI prints."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from fastad import metrics
+from fastad.engine.scoring import ScoredImages
+
+METRIC_KEYS = ("image_auroc", "pixel_auroc", "pixel_ap", "aupro")
+
+
+def compute_metrics(scored: ScoredImages) -> dict[str, float | None]:
+    """{image_auroc, pixel_auroc, pixel_ap, aupro} over the labelled images; a metric is None
+    when it is undefined (no anomalous or no normal images / pixels among them)."""
+    labelled = scored.labels >= 0
+    labels = scored.labels[labelled]
+    result: dict[str, float | None] = dict.fromkeys(METRIC_KEYS)
+    if labels.numel() and 0 < int(labels.sum()) < labels.numel():
+        result["image_auroc"] = metrics.image_auroc(scored.image_scores[labelled], labels)
+    if scored.maps.numel():
+        maps, masks = scored.maps[labelled], scored.masks[labelled]
+        if masks.numel() and 0 < int(masks.sum()) < masks.numel():
+            result["pixel_auroc"] = metrics.pixel_auroc(maps, masks)
+            result["pixel_ap"] = metrics.pixel_ap(maps, masks)
+            result["aupro"] = metrics.aupro(maps, masks)
+    return result
+
+
+def evaluation_record(scored: ScoredImages, model: str, data: str) -> dict:
+    """The results.json object: the four metrics, model, data, n_images (scored), skipped (count
+    of unreadable files) and skipped_files [{path, reason}]."""
+    return {**compute_metrics(scored), "model": model, "data": data, "n_images": len(scored.paths),
+            "skipped": len(scored.skipped), "skipped_files": [{"path": p, "reason": r} for p, r in scored.skipped]}
+
+
+def format_table(records: dict[str, dict]) -> str:
+    """{row name: record} -> an aligned text table of the four metrics (n/a where undefined)."""
+    header = ["", "image AUROC", "pixel AUROC", "pixel AP", "AUPRO@0.3"]
+    rows = [[name] + ["n/a" if r.get(k) is None or (isinstance(r[k], float) and math.isnan(r[k])) else f"{r[k]:.3f}"
+                      for k in METRIC_KEYS] for name, r in records.items()]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+             for row in [header, *rows]]
+    return "\n".join(lines)
+
+
+def map_scale(maps: torch.Tensor) -> tuple[float, float]:
+    """(low, high) colour range for heat maps of a set: the 1st and 99.9th percentiles of a sample
+    of its pixels, so that one hot pixel does not wash out the rest."""
+    flat = maps.flatten().float()
+    if flat.numel() > 1_000_000:
+        flat = flat[torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(0))[:1_000_000]]
+    low, high = torch.quantile(flat, torch.tensor([0.01, 0.999])).tolist()
+    return low, max(high, low + 1e-12)

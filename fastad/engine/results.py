@@ -1,0 +1,73 @@
+"""Writing results: per-image scores (CSV), anomaly maps (.npy), heat-map overlays (PNG).
+Every file is written to a temporary name and renamed into place."""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fastad._files import atomic_write
+from fastad.data.images import save_image
+
+
+def write_scores_csv(path, paths: list[str], image_scores: torch.Tensor, labels: torch.Tensor | None = None) -> None:
+    """One row per image: path, score (and label when given)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "score"] + (["label"] if labels is not None else []))
+    for i, (name, score) in enumerate(zip(paths, image_scores.tolist())):
+        writer.writerow([name, f"{score:.9g}"] + ([int(labels[i])] if labels is not None else []))
+    with atomic_write(path, "w") as f:
+        f.write(buffer.getvalue())
+
+
+def output_name(path: str, index: int) -> str:
+    """A file stem for image `path` that stays unique across sub-folders (test/crack/000 ->
+    0007_crack_000)."""
+    parts = Path(path.split(":", 1)[-1]).with_suffix("").parts[-2:]
+    return f"{index:05d}_" + "_".join(p.replace(" ", "_") for p in parts)
+
+
+def save_map(path, anomaly_map: torch.Tensor) -> None:
+    """anomaly_map [H, W] -> float32 .npy."""
+    with atomic_write(path) as f:
+        np.save(f, anomaly_map.detach().cpu().float().numpy())
+
+
+def heat_colours(values: torch.Tensor) -> torch.Tensor:
+    """values [H, W] in [0, 1] -> RGB [3, H, W] in [0, 1] (blue - cyan - yellow - red)."""
+    x = values.clamp(0, 1)
+    return torch.stack([(1.5 - (4 * x - 3).abs()).clamp(0, 1), (1.5 - (4 * x - 2).abs()).clamp(0, 1),
+                        (1.5 - (4 * x - 1).abs()).clamp(0, 1)])
+
+
+def mask_contour(mask: torch.Tensor) -> torch.Tensor:
+    """mask [H, W] bool -> [H, W] bool, the mask's pixels with a pixel outside it among their 8 neighbours."""
+    inside = mask.float()[None, None]
+    eroded = -F.max_pool2d(-inside, 3, stride=1, padding=1)
+    return mask & (eroded[0, 0] < 0.5)
+
+
+def overlay(image: torch.Tensor, anomaly_map: torch.Tensor, mask: torch.Tensor | None,
+            scale: tuple[float, float]) -> torch.Tensor:
+    """image [3, H, W], map [H, W], mask [H, W] bool or None -> [3, H, 3W] in [0, 1]: the image,
+    the heat map (colour range `scale` = (low, high)), and the image under the heat map with the
+    ground-truth contour in green, side by side."""
+    low, high = scale
+    heat = heat_colours((anomaly_map.float() - low) / (high - low))
+    blended = 0.55 * image + 0.45 * heat
+    if mask is not None and bool(mask.any()):
+        edge = mask_contour(mask.bool())
+        blended[:, edge] = torch.tensor([0.0, 1.0, 0.0])[:, None]
+    return torch.cat([image, heat, blended], dim=2)
+
+
+def save_overlay(path, image: torch.Tensor, anomaly_map: torch.Tensor, mask: torch.Tensor | None,
+                 scale: tuple[float, float]) -> None:
+    """overlay(...) as an 8-bit PNG at path."""
+    save_image(overlay(image.detach().cpu().float(), anomaly_map.detach().cpu(),
+                       None if mask is None else mask.cpu(), scale), path)
