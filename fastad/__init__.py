@@ -11,5 +11,6 @@ __version__ = "0.1.0"
 from fastad.backend import get_backend, set_backend, use_backend
 from fastad.info import info
 from fastad import data, engine, metrics, models, nn, ops
+from fastad.engine import Scorer
 
-__all__ = ["__version__", "info", "get_backend", "set_backend", "use_backend", "data", "engine", "metrics", "models", "nn", "ops"]
+__all__ = ["__version__", "Scorer", "info", "get_backend", "set_backend", "use_backend", "data", "engine", "metrics", "models", "nn", "ops"]

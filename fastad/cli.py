@@ -47,7 +47,7 @@ def _eval(args: argparse.Namespace) -> int:
     from fastad.engine.evaluation import format_table
     from fastad.engine.pipeline import RESULTS_FILE, evaluate_run
 
-    record = evaluate_run(args.checkpoint, args.data, args.device, args.batch_size, args.amp, args.overlays,
+    record = evaluate_run(args.checkpoint, args.data, args.device, args.batch_size, args.precision, args.overlays,
                           progress=not args.json)
     if args.json:
         print(json.dumps({k: v for k, v in record.items() if k != "skipped_files"}))
@@ -59,10 +59,11 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from fastad.engine.pipeline import score_folder_run
+    from fastad.engine.scorer import Scorer
 
-    scored = score_folder_run(args.checkpoint, args.images, args.out, args.device, args.batch_size, args.amp,
-                              None if args.maps == "none" else args.maps, not args.no_overlays)
+    scorer = Scorer(args.checkpoint, args.device, args.batch_size, args.precision, args.cuda_graphs)
+    scored = scorer.score_folder(args.images, args.out, None if args.maps == "none" else args.maps,
+                                 not args.no_overlays, args.workers)
     print(f"scored {len(scored.paths)} images ({len(scored.skipped)} skipped as unreadable) -> {args.out}/scores.csv")
     return 0
 
@@ -117,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--overlays", action="store_true", help="also write heat-map overlays into the run folder")
     evaluate.add_argument("--device", default="cpu")
     evaluate.add_argument("--batch-size", type=int, default=8)
-    evaluate.add_argument("--amp", action="store_true", help="bfloat16 autocast")
+    evaluate.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                          help="autocast precision (fp16: CUDA only)")
     evaluate.set_defaults(run=_eval)
 
     score = commands.add_parser("score", help="score a folder of images with a checkpoint")
@@ -126,7 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--out", required=True, help="writes scores.csv, maps/*.npy, overlays/*.png")
     score.add_argument("--device", default="cpu")
     score.add_argument("--batch-size", type=int, default=8)
-    score.add_argument("--amp", action="store_true", help="bfloat16 autocast")
+    score.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                       help="autocast precision (fp16: CUDA only)")
+    score.add_argument("--cuda-graphs", action="store_true", help="replay fixed-shape batches as CUDA graphs")
+    score.add_argument("--workers", type=int, default=None, help="DataLoader decoding workers (default: cores - 1, at most 4)")
     score.add_argument("--maps", choices=("npy", "none"), default="npy", help="per-image anomaly maps")
     score.add_argument("--no-overlays", action="store_true", help="skip the heat-map overlay PNGs")
     score.set_defaults(run=_score)

@@ -13,10 +13,10 @@ import torch
 
 from fastad._files import write_json
 from fastad.engine.evaluation import format_table
-from fastad.engine.pipeline import RESULTS_FILE, evaluate_model, fit_run
-from fastad.models.registry import create_model
-from fastad.engine.pipeline import load_normal_images
+from fastad.engine.pipeline import RESULTS_FILE, evaluate, fit_run, load_normal_images
+from fastad.engine.scorer import Scorer
 from fastad.engine.trainer import train
+from fastad.models.registry import create_model
 
 
 def run(data: str = "builtin:brick", out=None, model: str = "pedenet", steps: int | None = None, seed: int = 0,
@@ -28,12 +28,12 @@ def run(data: str = "builtin:brick", out=None, model: str = "pedenet", steps: in
     started = time.perf_counter()
     trained, _ = fit_run(model, data, out / "run", steps, seed, device, progress=progress)
     train_seconds = time.perf_counter() - started
-    record = evaluate_model(trained, data, device, overlays_dir=out, progress=progress)
+    record = evaluate(Scorer(trained, device), data, overlays_dir=out, progress=progress)
 
     baseline = create_model("rawpixel").to(device)
     images, _ = load_normal_images(data, baseline.image_size, seed)
     train(baseline, images.to(device), progress=False)
-    record["baseline"] = evaluate_model(baseline, data, device, progress=progress)
+    record["baseline"] = evaluate(Scorer(baseline, device), data, progress=progress)
     record["train_seconds"] = round(train_seconds, 1)
     record["total_seconds"] = round(time.perf_counter() - started, 1)
     write_json(record, out / RESULTS_FILE)

@@ -115,7 +115,7 @@ def test_score_dataset_matches_direct_scoring(normal_images):
     train(model, torch.stack([s.image for s in fastad.data.open_dataset("builtin:brick", "train")]), progress=False)
     test_set = fastad.data.open_dataset("builtin:brick", "test")
     seen = []
-    scored = score_dataset(model, test_set, batch_size=6, num_workers=0, progress=False,
+    scored = score_dataset(model.score, test_set, batch_size=6, num_workers=0, progress=False,
                            on_batch=lambda batch, result: seen.append(len(batch.paths)))
     assert seen == [6, 6, 6, 2] and len(scored.paths) == 20
     direct = model.score(torch.stack([test_set[i].image for i in range(20)]))

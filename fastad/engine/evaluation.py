@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from fastad import metrics
 from fastad.engine.scoring import ScoredImages
 
@@ -45,12 +43,3 @@ def format_table(records: dict[str, dict]) -> str:
              for row in [header, *rows]]
     return "\n".join(lines)
 
-
-def map_scale(maps: torch.Tensor) -> tuple[float, float]:
-    """(low, high) colour range for heat maps of a set: the 1st and 99.9th percentiles of a sample
-    of its pixels, so that one hot pixel does not wash out the rest."""
-    flat = maps.flatten().float()
-    if flat.numel() > 1_000_000:
-        flat = flat[torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(0))[:1_000_000]]
-    low, high = torch.quantile(flat, torch.tensor([0.01, 0.999])).tolist()
-    return low, max(high, low + 1e-12)

@@ -1,9 +1,8 @@
-"""The three things the CLI does, as functions: train a model on a dataset spec, evaluate a
-checkpoint on a dataset's test split, score a folder of images.
+"""What the CLI does, as functions: train a model on a dataset spec, evaluate a model or a
+checkpoint on a dataset's test split.
 
     fit_run("pedenet", "builtin:brick", "runs/brick")              # -> model, history
-    record = evaluate_run("runs/brick", "builtin:brick")           # -> results.json object
-    score_folder_run("runs/brick", "line/images", "line/scores")   # -> scores.csv, maps, overlays
+    record = evaluate_run("runs/brick", "builtin:brick")           # -> the results.json object
 """
 from __future__ import annotations
 
@@ -15,11 +14,10 @@ import torch
 
 from fastad._files import write_json
 from fastad.data import SkippedImageWarning, open_dataset
-from fastad.data.folder import FolderDataset
 from fastad.engine.checkpoint import CHECKPOINT_FILE, load_checkpoint
-from fastad.engine.evaluation import evaluation_record, map_scale
-from fastad.engine.results import output_name, save_map, save_overlay, write_scores_csv
-from fastad.engine.scoring import ScoredImages, score_dataset
+from fastad.engine.evaluation import evaluation_record
+from fastad.engine.results import write_overlays
+from fastad.engine.scorer import Scorer
 from fastad.engine.trainer import resume, train
 from fastad.models.base import AnomalyModel
 from fastad.models.registry import create_model
@@ -57,73 +55,28 @@ def fit_run(model_name: str, data: str, out, steps=None, seed: int = 0, device="
     return model, history
 
 
-def _score_test_split(model: AnomalyModel, data: str, device, batch_size: int, amp: bool, progress: bool,
-                      seed: int = 0) -> tuple[ScoredImages, object]:
+def evaluate(scorer: Scorer, data: str, overlays_dir=None, progress: bool = True, seed: int = 0) -> dict:
+    """Scores the test split of `data` with scorer (a fastad.Scorer) and returns its results.json
+    record; writes overlays into overlays_dir/overlays when given."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SkippedImageWarning)
-        dataset = open_dataset(data, "test", size=model.image_size, seed=seed)
+        dataset = open_dataset(data, "test", size=scorer.image_size, seed=seed)
     for warning in caught:
         print(f"warning: {warning.message}", file=sys.stderr)
-    return score_dataset(model, dataset, batch_size, device, amp=amp, progress=progress), dataset
-
-
-def write_overlays(out, scored: ScoredImages, dataset, limit: int | None = None) -> Path:
-    """Heat-map overlays of the scored images (the anomalous ones first) into out/overlays."""
-    folder = Path(out) / "overlays"
-    scale = map_scale(scored.maps)
-    order = sorted(range(len(scored.paths)), key=lambda i: (-int(scored.labels[i]), i))[:limit]
-    for i in order:
-        save_overlay(folder / f"{output_name(scored.paths[i], i)}.png", dataset[i].image, scored.maps[i],
-                     scored.masks[i] if scored.labels[i] == 1 else None, scale)
-    return folder
-
-
-def evaluate_model(model: AnomalyModel, data: str, device="cpu", batch_size: int = 8, amp: bool = False,
-                   overlays_dir=None, progress: bool = True) -> dict:
-    """Scores the test split of `data` and returns its results.json record; writes overlays into
-    overlays_dir/overlays when given."""
-    scored, dataset = _score_test_split(model, data, device, batch_size, amp, progress)
+    scored = scorer.score_dataset(dataset, progress=progress)
     if overlays_dir is not None:
         write_overlays(overlays_dir, scored, dataset)
-    return evaluation_record(scored, model.name, data)
+    return evaluation_record(scored, scorer.model.name, data)
 
 
-def evaluate_run(run, data: str | None = None, device="cpu", batch_size: int = 8, amp: bool = False,
+def evaluate_run(run, data: str | None = None, device="cpu", batch_size: int = 8, precision: str = "fp32",
                  overlays: bool = False, progress: bool = True) -> dict:
     """Evaluates the checkpoint in folder `run` on `data` (default: the data it was trained on)
     and writes run/results.json."""
-    checkpoint = load_checkpoint(run, device)
-    data = data or checkpoint.header.get("data")
+    scorer = Scorer(run, device, batch_size, precision)
+    data = data or scorer.header.get("data")
     if not data:
         raise ValueError("data must be given: the checkpoint does not say what it was trained on")
-    record = evaluate_model(checkpoint.model, data, device, batch_size, amp, run if overlays else None, progress)
+    record = evaluate(scorer, data, run if overlays else None, progress)
     write_json(record, Path(run) / RESULTS_FILE)
     return record
-
-
-def score_folder_run(run, images_dir, out, device="cpu", batch_size: int = 8, amp: bool = False,
-                     save_maps: str | None = "npy", overlays: bool = True, progress: bool = True) -> ScoredImages:
-    """Scores every image in images_dir (recursively not: the folder's own files) with the
-    checkpoint in `run`; writes out/scores.csv, out/maps/<name>.npy (save_maps="npy"; None: no
-    maps) and out/overlays/<name>.png. Unreadable files are reported and skipped."""
-    checkpoint = load_checkpoint(run, device)
-    model, out = checkpoint.model, Path(out)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", SkippedImageWarning)
-        dataset = FolderDataset(normal_dir=images_dir, test_dir=images_dir, split="test", size=model.image_size)
-    for warning in caught:
-        print(f"warning: {warning.message}", file=sys.stderr)
-    offset = [0]
-
-    def write_batch(batch, result):
-        if save_maps == "npy":
-            for j, path in enumerate(batch.paths):
-                save_map(out / "maps" / f"{output_name(path, offset[0] + j)}.npy", result.maps[j])
-        offset[0] += len(batch.paths)
-
-    scored = score_dataset(model, dataset, batch_size, device, amp=amp, keep_maps=overlays, progress=progress,
-                           on_batch=write_batch)
-    write_scores_csv(out / "scores.csv", scored.paths, scored.image_scores)
-    if overlays and len(scored.paths):
-        write_overlays(out, scored, dataset)
-    return scored

@@ -71,3 +71,25 @@ def save_overlay(path, image: torch.Tensor, anomaly_map: torch.Tensor, mask: tor
     """overlay(...) as an 8-bit PNG at path."""
     save_image(overlay(image.detach().cpu().float(), anomaly_map.detach().cpu(),
                        None if mask is None else mask.cpu(), scale), path)
+
+
+def write_overlays(out, scored, dataset, limit: int | None = None) -> Path:
+    """Overlays of the scored images of `dataset` (ScoredImages with maps; anomalous ones first,
+    `limit` at most) into out/overlays/<name>.png, one colour range for the whole set."""
+    folder = Path(out) / "overlays"
+    scale = map_scale(scored.maps)
+    order = sorted(range(len(scored.paths)), key=lambda i: (-int(scored.labels[i]), i))[:limit]
+    for i in order:
+        save_overlay(folder / f"{output_name(scored.paths[i], i)}.png", dataset[i].image, scored.maps[i],
+                     scored.masks[i] if scored.labels[i] == 1 else None, scale)
+    return folder
+
+
+def map_scale(maps: torch.Tensor) -> tuple[float, float]:
+    """(low, high) colour range for heat maps of a set: the 1st and 99.9th percentiles of (a
+    sample of) its pixels, so that one hot pixel does not wash out the rest."""
+    flat = maps.flatten().float()
+    if flat.numel() > 1_000_000:
+        flat = flat[torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(0))[:1_000_000]]
+    low, high = torch.quantile(flat, torch.tensor([0.01, 0.999])).tolist()
+    return low, max(high, low + 1e-12)

@@ -1,6 +1,6 @@
-"""Batch scoring of a dataset: decoding in DataLoader workers, pinned memory, AMP on CUDA.
+"""Batch scoring of a dataset: decoding in DataLoader workers, pinned memory.
 
-    scored = score_dataset(model, fastad.data.open_dataset("builtin:brick", "test"), batch_size=8)
+    scored = score_dataset(fastad.Scorer("runs/brick"), fastad.data.open_dataset("builtin:brick", "test"), 8)
     scored.image_scores [N], scored.maps [N, H, W], scored.masks [N, H, W], scored.labels [N]
 """
 from __future__ import annotations
@@ -14,7 +14,6 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from fastad.data.sample import Sample
-from fastad.models.base import AnomalyModel
 from fastad.models.result import AnomalyResult
 
 
@@ -55,13 +54,6 @@ class ScoredImages:
     skipped: list = field(default_factory=list)
 
 
-def model_device(model: torch.nn.Module) -> torch.device:
-    """The device of the model's first parameter or buffer (CPU for an empty model)."""
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
-
-
 def default_workers() -> int:
     """DataLoader workers for decoding: the cores left after the main process, at most 4."""
     return max(0, min(4, (os.cpu_count() or 1) - 1))
@@ -75,32 +67,24 @@ def data_loader(dataset, batch_size: int, device: torch.device, num_workers: int
                       persistent_workers=False)
 
 
-def score_batch(model: AnomalyModel, images: torch.Tensor, device: torch.device, amp: bool) -> AnomalyResult:
-    """images [B, 3, H, W] (host) -> AnomalyResult on the CPU, float32."""
-    images = images.to(device, non_blocking=True)
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        result = model.score(images)
-    return AnomalyResult(result.image_scores.float().cpu(), result.maps.float().cpu())
-
-
-def score_dataset(model: AnomalyModel, dataset, batch_size: int = 8, device=None, num_workers: int | None = None,
-                  amp: bool = False, keep_maps: bool = True, progress: bool = True,
-                  on_batch: Callable[[SampleBatch, AnomalyResult], None] | None = None) -> ScoredImages:
-    """Scores every sample of dataset (fastad.data Samples at the model's image size).
+def score_dataset(score: Callable[[torch.Tensor], AnomalyResult], dataset, batch_size: int = 8, device="cpu",
+                  num_workers: int | None = None, keep_maps: bool = True, progress: bool = True,
+                  on_batch: Callable[[SampleBatch, AnomalyResult], None] | None = None,
+                  desc: str = "scoring") -> ScoredImages:
+    """Scores every sample of dataset (fastad.data Samples) with score(images [B, 3, H, W]) ->
+    AnomalyResult (usually a fastad.Scorer).
 
     Args:
-        device: where the model runs (default: the model's parameters' device).
-        amp: bfloat16 autocast (CUDA and CPU).
-        keep_maps: collect the maps in memory (for metrics); False keeps only image scores.
-        on_batch: called with each (SampleBatch, AnomalyResult) as it is scored (for writing
-            results as they come, e.g. per-image maps of a large folder).
+        device: where score() runs: batches are pinned for it when it is CUDA.
+        keep_maps: collect the maps on the CPU (for metrics); False keeps only image scores.
+        on_batch: called with each (SampleBatch, AnomalyResult on the CPU) as it is scored (for
+            writing results as they come, e.g. per-image maps of a large folder).
     """
-    device = torch.device(device) if device is not None else model_device(model)
-    model.to(device).eval()
     scores, maps, masks, labels, paths, defects = [], [], [], [], [], []
-    loader = data_loader(dataset, batch_size, device, num_workers)
-    for batch in tqdm(loader, desc=f"scoring {model.name}", unit="batch", disable=not progress, dynamic_ncols=True):
-        result = score_batch(model, batch.images, device, amp)
+    loader = data_loader(dataset, batch_size, torch.device(device), num_workers)
+    for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, dynamic_ncols=True):
+        result = score(batch.images)
+        result = AnomalyResult(result.image_scores.float().cpu(), result.maps.float().cpu())
         if on_batch is not None:
             on_batch(batch, result)
         scores.append(result.image_scores)

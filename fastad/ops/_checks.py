@@ -19,7 +19,16 @@ def check_float(name: str, value: torch.Tensor, cuda_float64: bool = False) -> N
         raise TypeError(f"{name} must be float32 on CUDA, got float64")
 
 
+def tracing_or_capturing(value: torch.Tensor) -> bool:
+    """True inside torch.compile / torch.export tracing or a CUDA graph capture, where a check
+    that reads tensor values (a host sync) cannot run."""
+    return torch.compiler.is_compiling() or (value.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
 def check_finite(name: str, value: torch.Tensor) -> None:
+    """NaN/Inf check; skipped while tracing or capturing (see tracing_or_capturing)."""
+    if tracing_or_capturing(value):
+        return
     if value.numel() and not bool(torch.isfinite(value).all()):
         raise ValueError(f"{name} contains NaN or Inf values")
 

@@ -42,7 +42,11 @@ def knn(query: torch.Tensor, bank: torch.Tensor, k: int = 1, *, check_values: bo
         check_finite("query", query)
     centre = bank.mean(0, dtype=torch.float64)
     offset = centre.square().sum()
-    if offset > norms.mean(dtype=torch.float64) - offset:  # |c|² > mean |b − c|²
+    far = offset > norms.mean(dtype=torch.float64) - offset  # |c|² > mean |b − c|²
+    if torch.compiler.is_compiling():  # no data-dependent branch in a graph: centre on c or on 0
+        centre = torch.where(far, centre, torch.zeros_like(centre)).to(bank.dtype)
+        return knn_prepared(query - centre, bank - centre, k)
+    if far:
         centre = centre.to(bank.dtype)
         return knn_prepared(query - centre, bank - centre, k)
     return knn_prepared(query, bank, k, norms)

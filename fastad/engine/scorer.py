@@ -1,0 +1,119 @@
+"""fastad.Scorer: a trained model held ready for production-line scoring.
+
+    scorer = fastad.Scorer("runs/brick", device="cuda", batch_size=32, precision="bf16")
+    result = scorer.score(images)            # images [B, 3, H, W] float in [0, 1] or uint8
+    scored = scorer.score_folder("line/today", out="line/today-scores")
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from fastad.engine.checkpoint import load_checkpoint
+from fastad.engine.scoring import ScoredImages, score_dataset
+from fastad.models.base import AnomalyModel
+from fastad.models.result import AnomalyResult
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Scorer:
+    """A checkpoint's model in eval mode on `device`, its memory bank resident there.
+
+    Args:
+        checkpoint: a run folder written by `fastad train` (or its checkpoint.safetensors), or a
+            trained AnomalyModel.
+        device: "cpu", "cuda", "cuda:1", ...
+        batch_size: images per forward pass in score_folder (score() takes any batch).
+        precision: "fp32", "bf16" (autocast on CPU and CUDA) or "fp16" (CUDA only). Nearest-
+            neighbour searches and score maps stay float32 either way.
+        cuda_graphs: on CUDA, capture the scoring of each new batch shape once as a CUDA graph
+            and replay it (fixed-shape production batches skip the per-kernel launch cost).
+    """
+
+    def __init__(self, checkpoint, device="cpu", batch_size: int = 8, precision: str = "fp32",
+                 cuda_graphs: bool = False):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+        self.device = torch.device(device)
+        if precision == "fp16" and self.device.type != "cuda":
+            raise ValueError("precision 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on the CPU")
+        if cuda_graphs and self.device.type != "cuda":
+            raise ValueError("cuda_graphs needs a CUDA device")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        if isinstance(checkpoint, AnomalyModel):
+            self.model, self.header = checkpoint.to(self.device).eval(), {"model": checkpoint.name}
+        else:
+            loaded = load_checkpoint(checkpoint, self.device)
+            self.model, self.header = loaded.model, loaded.header
+        self.batch_size, self.precision, self.cuda_graphs = batch_size, precision, cuda_graphs
+        self.image_size = self.model.image_size
+        self._graphs: dict[tuple, tuple] = {}
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be a tensor [B, 3, H, W], got {getattr(images, 'shape', type(images).__name__)}")
+        if images.dtype == torch.uint8:
+            images = images.to(self.device, non_blocking=True).float().div_(255)
+        elif images.is_floating_point():
+            images = images.to(self.device, torch.float32, non_blocking=True)
+        else:
+            raise TypeError(f"images must be float in [0, 1] or uint8, got {images.dtype}")
+        if images.shape[-2:] != (self.image_size, self.image_size):
+            images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear",
+                                   align_corners=False, antialias=True)
+        return images
+
+    def _forward(self, images: torch.Tensor) -> AnomalyResult:
+        dtype = PRECISIONS[self.precision]
+        with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            result = self.model.score(images)
+        return AnomalyResult(result.image_scores.float(), result.maps.float())
+
+    def _graphed(self, images: torch.Tensor) -> AnomalyResult:
+        key = tuple(images.shape)
+        if key not in self._graphs:
+            static_input = images.clone()
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream), torch.inference_mode():
+                for _ in range(2):  # warm-up: allocator pools, lazy initialisation, cuBLAS handles
+                    self._forward(static_input)
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph), torch.inference_mode():
+                static_output = self._forward(static_input)
+            self._graphs[key] = (graph, static_input, static_output)
+        graph, static_input, static_output = self._graphs[key]
+        static_input.copy_(images)
+        graph.replay()
+        return AnomalyResult(static_output.image_scores.clone(), static_output.maps.clone())
+
+    def score(self, images: torch.Tensor) -> AnomalyResult:
+        """images [B, 3, H, W] (float in [0, 1] or uint8, any device and size; resized to the
+        model's native size) -> AnomalyResult(image_scores [B], maps [B, S, S]) on self.device,
+        float32, S = the model's image_size."""
+        images = self._prepare(images)
+        with torch.inference_mode():
+            if self.cuda_graphs:
+                return self._graphed(images)
+            return self._forward(images)
+
+    __call__ = score
+
+    def score_dataset(self, dataset, keep_maps: bool = True, num_workers: int | None = None, progress: bool = True,
+                      on_batch=None) -> ScoredImages:
+        """Scores a dataset of fastad.data Samples in batches of batch_size (see
+        fastad.engine.scoring.score_dataset)."""
+        return score_dataset(self.score, dataset, self.batch_size, self.device, num_workers, keep_maps, progress,
+                             on_batch, desc=f"scoring {self.model.name}")
+
+    def score_folder(self, path, out=None, save_maps: str | None = "npy", overlays: bool = False,
+                     num_workers: int | None = None, progress: bool = True) -> ScoredImages:
+        """Scores every image file in folder `path` (decoded in DataLoader workers, pinned
+        memory; unreadable files reported and skipped). With `out`, writes out/scores.csv,
+        out/maps/<name>.npy (save_maps="npy") and out/overlays/<name>.png (overlays=True)."""
+        from fastad.engine.folder_scoring import score_folder
+
+        return score_folder(self, path, out, save_maps, overlays, num_workers, progress)
