@@ -136,3 +136,17 @@ def test_end_to_end_pixel_auroc(trained, brick):
     auroc = fastad.metrics.pixel_auroc(result.maps, masks)
     assert isinstance(auroc, float) and 0.0 <= auroc <= 1.0
     assert 0.0 <= fastad.metrics.aupro(result.maps, masks) <= 1.0
+
+
+@pytest.mark.parametrize("stride", [16, 32])
+def test_dense_embeddings_equal_the_cropped_patches(stride):
+    torch.manual_seed(0)
+    model = PEDENet(embedding_dim=16).eval()
+    images = torch.rand(2, 3, 128, 96)
+    with torch.no_grad():
+        dense = model.embed_images(images, stride, dense=True)
+        crops = model.embed_images(images, stride, dense=False)
+    assert dense.shape == crops.shape == (2, ((128 - 64) // stride + 1) * ((96 - 64) // stride + 1), 16)
+    torch.testing.assert_close(dense, crops, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="even"):
+        model.pe.forward_dense(images, 15)

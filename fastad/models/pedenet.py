@@ -81,6 +81,36 @@ class PatchEncoder(nn.Module):
         grid = feats.reshape(n, 2, 2, f, q, q).permute(0, 3, 1, 4, 2, 5).reshape(n, f, 2 * q, 2 * q)
         return self.large(grid).flatten(1)
 
+    def forward_dense(self, images: torch.Tensor, stride: int) -> torch.Tensor:
+        """Embeddings of all 64x64 patches of images [B, C, H, W] at an even `stride`, computed
+        fully convolutionally -> [B, P, Z], raster order, equal (up to float rounding) to
+        forward() on the cropped patches.
+
+        The small encoder (valid 3x3 convs, the first at stride 2) runs once over each whole
+        image: the [F, q, q] map of the sub-patch whose corner is pixel (r, c), r and c even, is
+        the window at (r/2, c/2) of that dense map. Each patch's [F, 2q, 2q] grid is gathered from
+        its four sub-patch windows, and only the larger encoder runs per patch. Overlapping
+        patches (and sub-patches shared by up to four patches) no longer recompute the small
+        encoder, which holds most of the FLOPs.
+        """
+        if stride % 2:
+            raise ValueError(f"stride must be even for the dense path, got {stride}")
+        b, _, h, w = images.shape
+        k, s = self.patch_size, self.patch_size // 2
+        feats = self.small(images)                                        # [B, F, (H-3)//2-5, ...]
+        q = (s - 3) // 2 + 1 - 6                                          # a sub-patch's map side (9)
+        offsets = torch.cat([torch.arange(q), s // 2 + torch.arange(q)]).to(images.device)  # [2q]
+
+        def windows(size: int) -> torch.Tensor:                           # [n_patches, 2q] feature rows
+            starts = torch.arange(0, size - k + 1, stride, device=images.device) // 2
+            return starts[:, None] + offsets
+
+        rows, cols = windows(h), windows(w)
+        grid = feats[:, :, rows[:, None, :, None], cols[None, :, None, :]]  # [B, F, Ph, Pw, 2q, 2q]
+        f, ph, pw = grid.shape[1], rows.shape[0], cols.shape[0]
+        grid = grid.permute(0, 2, 3, 1, 4, 5).reshape(b * ph * pw, f, 2 * q, 2 * q)
+        return self.large(grid).reshape(b, ph * pw, -1)
+
 
 class TrainingBatch(NamedTuple):
     """patches [n_patches, C, K, K] for the DE loss; centre, neighbour [n_pairs, C, K, K] and
@@ -243,9 +273,17 @@ class PEDENet(AnomalyModel):
         self.build_memory_bank(train_images, coreset=self.config["coreset"])
 
     @torch.no_grad()
-    def embed_images(self, images: torch.Tensor, stride: int | None = None, batch_size: int = 512) -> torch.Tensor:
-        """images [B, C, H, W] -> embeddings [B, P, Z] of all 64x64 patches at stride S (raster order)."""
+    def embed_images(self, images: torch.Tensor, stride: int | None = None, dense: bool | None = None,
+                     batch_size: int = 512) -> torch.Tensor:
+        """images [B, C, H, W] -> embeddings [B, P, Z] of all 64x64 patches at stride S (raster order).
+
+        dense (default: when S is even): the fully convolutional PatchEncoder.forward_dense;
+        False crops every patch and encodes the crops in chunks of batch_size."""
         stride = self.stride if stride is None else stride
+        dense = stride % 2 == 0 if dense is None else dense
+        if dense:
+            normalized = (images - self.pixel_mean[:, None, None]) / self.pixel_std[:, None, None]
+            return torch.cat([self.pe.forward_dense(chunk, stride) for chunk in normalized.split(8)])
         patches = extract_patches(images, self.patch_size, stride)
         z = torch.cat([self.embed(chunk) for chunk in patches.split(batch_size)])
         return z.reshape(images.shape[0], -1, z.shape[1])
