@@ -283,6 +283,8 @@ class PEDENet(AnomalyModel):
         dense = stride % 2 == 0 if dense is None else dense
         if dense:
             normalized = (images - self.pixel_mean[:, None, None]) / self.pixel_std[:, None, None]
+            if torch.compiler.is_compiling():  # one graph for any batch size
+                return self.pe.forward_dense(normalized, stride)
             return torch.cat([self.pe.forward_dense(chunk, stride) for chunk in normalized.split(8)])
         patches = extract_patches(images, self.patch_size, stride)
         z = torch.cat([self.embed(chunk) for chunk in patches.split(batch_size)])

@@ -8,7 +8,7 @@ import torch
 from fastad import _extension
 from fastad.backend import use_reference
 from fastad.ops import reference
-from fastad.ops._checks import check_finite, check_float, check_same_device, check_tensor
+from fastad.ops._checks import check_finite, check_float, check_same_device, check_tensor, tracing_or_capturing
 
 
 class NotPositiveDefiniteError(ValueError):
@@ -85,10 +85,14 @@ def gmm_scale_tril(sigma: torch.Tensor) -> torch.Tensor:
     """Cholesky factors [K, D, D] of covariances sigma [K, D, D] (differentiable).
 
     Raises NotPositiveDefiniteError (a ValueError) naming the first component whose covariance
-    is not finite or not positive definite, instead of letting a NaN reach the loss.
+    is not finite or not positive definite, instead of letting a NaN reach the loss (except
+    inside torch.compile/export tracing or CUDA graph capture, where a failed factor is NaN).
     """
     check_tensor("sigma", sigma, 3, "[K, D, D]")
     check_float("sigma", sigma, cuda_float64=True)
+    if tracing_or_capturing(sigma):
+        factor, info = torch.linalg.cholesky_ex(sigma)
+        return torch.where((info > 0)[:, None, None], torch.nan, factor)
     finite = torch.isfinite(sigma).flatten(1).all(1)
     if not bool(finite.all()):
         k = int((~finite).nonzero()[0])
@@ -173,7 +177,7 @@ def _check_log_prob(z, log_phi, mu, scale_tril, per_component, check_values: boo
         for name, value in (("z", z), ("log_phi", log_phi), ("mu", mu), ("scale_tril", scale_tril.tril())):
             check_finite(name, value)
         bad = ~(scale_tril.diagonal(dim1=1, dim2=2) > 0).all(1)
-        if bool(bad.any()):
+        if not tracing_or_capturing(bad) and bool(bad.any()):
             c = int(bad.nonzero()[0])
             raise ValueError(f"scale_tril[{c}] (component {c}) must have a positive diagonal, got "
                              f"{scale_tril[c].diagonal().tolist()}")

@@ -7,7 +7,7 @@ import torch
 from fastad import _extension
 from fastad.backend import use_reference
 from fastad.ops import reference
-from fastad.ops._checks import check_finite, check_float, check_int, check_same_device, check_tensor
+from fastad.ops._checks import check_finite, check_float, check_int, check_same_device, check_tensor, tracing_or_capturing
 
 CUDA_MAX_K = 64
 
@@ -36,7 +36,7 @@ def knn(query: torch.Tensor, bank: torch.Tensor, k: int = 1, *, check_values: bo
     """
     _check_knn(query, bank, k, check_values=False)
     norms = torch.linalg.vector_norm(bank, dim=1).square()
-    if check_values:
+    if check_values and not tracing_or_capturing(bank):
         if not bool(torch.isfinite(norms).all()):  # one pass: a NaN/Inf entry spoils its row's norm
             raise ValueError(f"bank contains NaN or Inf values, or rows whose squared norm overflows {bank.dtype}")
         check_finite("query", query)

@@ -1,0 +1,90 @@
+"""Every fastad op runs inside torch.compile(fullgraph=True) (fake kernels, no graph breaks,
+autograd through the compiled graph), and a model's scoring graph exports with torch.export."""
+import pytest
+import torch
+
+import fastad
+from fastad.engine import train
+from fastad.engine.export import export_scoring, scoring_module
+from fastad.models import create_model
+from fastad.ops import PatchGrid
+
+GRID = PatchGrid(8, 4, (16, 16))
+
+
+def _knn(query, bank):
+    dist, _ = fastad.ops.knn(query, bank, 3)
+    return dist.sum()
+
+
+def _gmm(z, gamma):
+    energy, penalty = fastad.ops.gmm_energy(z, gamma)
+    return energy.mean() + penalty
+
+
+def _gmm_log_prob(z, mu):
+    scale_tril = torch.eye(4).expand(2, 4, 4) * 1.5
+    return fastad.ops.gmm_log_prob(z, torch.log(torch.tensor([0.3, 0.7])), mu, scale_tril).sum()
+
+
+def _partial_conv(x, weight):
+    mask = (torch.arange(16.0) % 3 > 0).float().expand(2, 1, 16, 16)
+    out, new_mask = fastad.ops.partial_conv2d(x, mask, weight, None, padding=1)
+    return (out * new_mask).sum()
+
+
+def _upsampling(scores, heatmap):
+    average = fastad.ops.patch_average(scores, GRID)
+    idw = fastad.ops.idw_upsample(scores, GRID)
+    gaussian = fastad.ops.gaussian_upsample(heatmap, 16, 5, 2, 1.0, sigma=2.0)
+    return (average + idw + gaussian[:, 0] + fastad.ops.gaussian_blur(average[:, None], 1.5)[:, 0]).sum()
+
+
+CASES = {
+    "knn": (_knn, lambda: (torch.randn(20, 8), torch.randn(50, 8))),
+    "gmm_energy": (_gmm, lambda: (torch.randn(64, 4), torch.softmax(torch.randn(64, 2), 1))),
+    "gmm_log_prob": (_gmm_log_prob, lambda: (torch.randn(30, 4), torch.randn(2, 4))),
+    "partial_conv2d": (_partial_conv, lambda: (torch.randn(2, 3, 16, 16), torch.randn(5, 3, 3, 3))),
+    "upsampling": (_upsampling, lambda: (torch.rand(2, GRID.num_patches), torch.rand(2, 1, 6, 6))),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_op_compiles_fullgraph_with_gradients(name):
+    fn, make_inputs = CASES[name]
+    torch.manual_seed(0)
+    eager_inputs = [t.requires_grad_() for t in make_inputs()]
+    compiled_inputs = [t.detach().clone().requires_grad_() for t in eager_inputs]
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    eager_value, compiled_value = fn(*eager_inputs), compiled(*compiled_inputs)
+    torch.testing.assert_close(compiled_value, eager_value)
+    eager_value.backward()
+    compiled_value.backward()
+    for a, b in zip(compiled_inputs, eager_inputs):
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_coreset_compiles_fullgraph():
+    features = torch.randn(40, 6)
+    compiled = torch.compile(lambda f: fastad.ops.kcenter_coreset(f, 5), fullgraph=True, backend="aot_eager")
+    assert torch.equal(compiled(features), fastad.ops.kcenter_coreset(features, 5))
+
+
+@pytest.mark.parametrize("model_name", ["pedenet", "rawpixel"])
+def test_scoring_graph_exports(model_name):
+    torch.manual_seed(0)
+    config = {"n_patches": 8, "n_pairs": 4, "stride": 32} if model_name == "pedenet" else {"stride": 32}
+    model = create_model(model_name, **config)
+    train(model, torch.rand(3, 3, 128, 128), steps=1, progress=False)
+    images = torch.rand(2, 3, 128, 128)
+    program = export_scoring(model, images)
+    scores, maps = program.module()(images)
+    expected = model.score(images)
+    torch.testing.assert_close(scores, expected.image_scores)
+    torch.testing.assert_close(maps, expected.maps)
+    assert any("fastad" in str(node.target) for node in program.graph.nodes)   # the op, not a decomposition
+    more = torch.rand(3, 3, 128, 128)                                            # the batch is dynamic
+    torch.testing.assert_close(program.module()(more)[1], model.score(more).maps)
+    module = scoring_module(model)
+    assert torch.equal(module(images)[0], expected.image_scores)
