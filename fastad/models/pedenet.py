@@ -199,6 +199,8 @@ class PEDENet(AnomalyModel):
         n_patches, n_pairs: patches for the DE loss and neighbour pairs for the LP loss per batch
             (the paper's 128 and 36).
         coreset: keep a k-center coreset of the memory bank (a fraction or a row count); None keeps all.
+        dense_embedding: embed all patches of an image fully convolutionally (PatchEncoder.
+            forward_dense, the same numbers ~3x faster) when the stride is even; False crops them.
     """
 
     name = "pedenet"
@@ -209,10 +211,11 @@ class PEDENet(AnomalyModel):
     def __init__(self, in_channels: int = 3, embedding_dim: int = 64, n_components: int = 4,
                  lambda_den: float = 0.1, lambda_lpn: float = 1.0, lambda_reg: float = 0.005,
                  gmm_eps: float = 1e-3, stride: int = 16, lr: float = 1e-4, n_patches: int = 128,
-                 n_pairs: int = 36, coreset: float | int | None = None):
+                 n_pairs: int = 36, coreset: float | int | None = None, dense_embedding: bool = True):
         super().__init__(in_channels=in_channels, embedding_dim=embedding_dim, n_components=n_components,
                          lambda_den=lambda_den, lambda_lpn=lambda_lpn, lambda_reg=lambda_reg, gmm_eps=gmm_eps,
-                         stride=stride, lr=lr, n_patches=n_patches, n_pairs=n_pairs, coreset=coreset)
+                         stride=stride, lr=lr, n_patches=n_patches, n_pairs=n_pairs, coreset=coreset,
+                         dense_embedding=dense_embedding)
         self.pe = PatchEncoder(in_channels, embedding_dim)
         self.de = GaussianMixtureHead(embedding_dim, n_components, hidden=(128, 64, 32), eps=gmm_eps)
         self.lp = nn.Sequential(nn.Linear(embedding_dim, 128), nn.LeakyReLU(0.1), nn.Linear(128, 128),
@@ -277,10 +280,10 @@ class PEDENet(AnomalyModel):
                      batch_size: int = 512) -> torch.Tensor:
         """images [B, C, H, W] -> embeddings [B, P, Z] of all 64x64 patches at stride S (raster order).
 
-        dense (default: when S is even): the fully convolutional PatchEncoder.forward_dense;
-        False crops every patch and encodes the crops in chunks of batch_size."""
+        dense (default: config dense_embedding and S even): the fully convolutional
+        PatchEncoder.forward_dense; False crops every patch and encodes the crops in chunks."""
         stride = self.stride if stride is None else stride
-        dense = stride % 2 == 0 if dense is None else dense
+        dense = self.config["dense_embedding"] and stride % 2 == 0 if dense is None else dense
         if dense:
             normalized = (images - self.pixel_mean[:, None, None]) / self.pixel_std[:, None, None]
             if torch.compiler.is_compiling():  # one graph for any batch size
