@@ -1,6 +1,9 @@
 """fastad.distributed: scoring on a local Ray cluster (2 CPUs) gives exactly the single-process
 Scorer's scores.csv and maps, survives a replica killed mid-run, and resumes without rescoring."""
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +23,7 @@ from fastad.distributed import score_dataset  # noqa: E402
 from fastad.distributed.ray_scoring import CRASH_ENV  # noqa: E402
 
 N_IMAGES, BATCH = 10, 2
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -111,15 +115,21 @@ def test_resume_scores_only_the_unfinished_images(cluster, run_dir, images, loca
     assert (again.scored, again.resumed) == (N_IMAGES, 0)
 
 
-def test_cli_engine_ray(cluster, run_dir, images, local, tmp_path, capsys):
+def test_cli_engine_ray_joins_a_running_cluster(cluster, run_dir, images, local, tmp_path):
     args = ["score", "--checkpoint", str(run_dir), "--images", str(images), "--out", str(tmp_path),
             "--batch-size", str(BATCH), "--no-overlays"]
     with pytest.raises(SystemExit, match="--no-overlays"):
         cli.main(args[:-1] + ["--engine", "ray"])
     with pytest.raises(SystemExit, match="--engine ray"):
         cli.main(args + ["--address", "auto"])
-    assert cli.main(args + ["--engine", "ray"]) == 0
-    assert f"scored {N_IMAGES} images on Ray" in capsys.readouterr().out
+    # a separate driver process connecting to this module's cluster by address
+    address = ray.get_runtime_context().gcs_address
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-m", "fastad", *args, "--engine", "ray", "--address", address],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"scored {N_IMAGES} images on Ray (0 already done" in done.stdout
+    assert "zz_corrupt.png" in done.stderr
     assert_same_outputs(tmp_path, local)
 
 
@@ -152,8 +162,6 @@ def test_arguments_are_checked(run_dir, images, tmp_path):
 
 
 def test_ray_missing_is_a_clear_error(monkeypatch):
-    import sys
-
     from fastad.distributed import require_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)
