@@ -113,6 +113,10 @@ def test_resume_scores_only_the_unfinished_images(cluster, run_dir, images, loca
 
     again = score_dataset(run_dir, images, tmp_path, batch_size=BATCH, resume=False)
     assert (again.scored, again.resumed) == (N_IMAGES, 0)
+    for name, mtime in written.items():
+        folder = "maps" if name.endswith(".npy") else "parts"
+        assert (tmp_path / folder / name).stat().st_mtime_ns != mtime, f"resume=False did not rescore {name}"
+    assert_same_outputs(tmp_path, local)
 
 
 def test_cli_engine_ray_joins_a_running_cluster(cluster, run_dir, images, local, tmp_path):
@@ -149,6 +153,8 @@ def test_packed_weights_rebuild_the_model_bit_for_bit(run_dir):
 def test_arguments_are_checked(run_dir, images, tmp_path):
     with pytest.raises(ValueError, match="device"):
         score_dataset(run_dir, images, tmp_path, device="cuda:1")
+    with pytest.raises(ValueError, match="fp16"):
+        score_dataset(run_dir, images, tmp_path, precision="fp16")
     with pytest.raises(ValueError, match="batch_size"):
         score_dataset(run_dir, images, tmp_path, batch_size=0)
     with pytest.raises(ValueError, match="num_replicas"):

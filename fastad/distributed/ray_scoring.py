@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from fastad.distributed.inputs import batches, list_inputs
-from fastad.distributed.records import assemble_scores, is_finished
+from fastad.distributed.records import assemble_scores, is_finished, record_path
 from fastad.distributed.replica import ScoreReplica
 from fastad.distributed.weights import pack_model
 from fastad.engine.checkpoint import load_checkpoint
@@ -57,11 +57,14 @@ def require_ray():
     return ray
 
 
-def _check_arguments(device, batch_size, precision, num_replicas, cpus_per_replica) -> None:
+def _check_arguments(device, batch_size, precision, cuda_graphs, num_replicas, cpus_per_replica) -> None:
+    """Fails on the driver what fastad.Scorer would fail in every replica."""
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES} (each GPU replica gets its own GPU), got {device!r}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+    if device == "cpu" and (precision == "fp16" or cuda_graphs):
+        raise ValueError("precision 'fp16' and cuda_graphs need device='cuda'")
     for name, value in (("batch_size", batch_size), ("cpus_per_replica", cpus_per_replica)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -113,7 +116,7 @@ def score_dataset(checkpoint, paths_or_folder, out, *, address: str | None = Non
     Returns:
         DistributedScores (paths and image_scores as in scores.csv, skipped files, counts).
     """
-    _check_arguments(device, batch_size, precision, num_replicas, cpus_per_replica)
+    _check_arguments(device, batch_size, precision, cuda_graphs, num_replicas, cpus_per_replica)
     ray = require_ray()
     if isinstance(checkpoint, AnomalyModel):
         model = checkpoint
@@ -122,7 +125,10 @@ def score_dataset(checkpoint, paths_or_folder, out, *, address: str | None = Non
     paths, skipped = list_inputs(paths_or_folder, model.image_size)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    pending = [i for i, path in enumerate(paths) if not (resume and is_finished(out, path, i, save_maps))]
+    if not resume:  # a fresh run: forget earlier records (a retried batch still skips what this run finished)
+        for i, path in enumerate(paths):
+            record_path(out, path, i).unlink(missing_ok=True)
+    pending = [i for i, path in enumerate(paths) if not is_finished(out, path, i, save_maps)]
 
     started = False
     if ray.is_initialized():
