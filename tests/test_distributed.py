@@ -72,8 +72,18 @@ def assert_same_outputs(out, reference):
                            torch.from_numpy(np.load(reference / "maps" / name))), name
 
 
-def test_scores_and_maps_equal_the_single_process_scorer(cluster, run_dir, images, local, tmp_path, capsys):
+def test_scores_and_maps_equal_the_single_process_scorer(cluster, run_dir, images, local, tmp_path, capsys,
+                                                         monkeypatch):
+    put, weights_puts = ray.put, []
+
+    def counting_put(value, *args, **kwargs):
+        if isinstance(value, dict) and "tensors" in value:
+            weights_puts.append(value["name"])
+        return put(value, *args, **kwargs)
+
+    monkeypatch.setattr(ray, "put", counting_put)
     result = score_dataset(run_dir, images, tmp_path, batch_size=BATCH)
+    assert weights_puts == ["rawpixel"]  # the weights and memory bank went into the object store once
     assert_same_outputs(tmp_path, local)
     assert (result.scored, result.resumed) == (N_IMAGES, 0) and len(result.paths) == N_IMAGES
     assert [path for path, _ in result.skipped] == [str(images / "zz_corrupt.png")]
@@ -88,7 +98,8 @@ def test_a_replica_killed_mid_run_still_scores_every_image_once(cluster, run_dir
     # the first replica to reach its 2nd batch exits right after writing that batch's first image
     monkeypatch.setenv(CRASH_ENV, f"2:{marker}")
     out = tmp_path / "out"
-    result = score_dataset(run_dir, images, out, batch_size=BATCH)
+    model = fastad.engine.load_checkpoint(run_dir).model  # a model object works as well as a run folder
+    result = score_dataset(model, images, out, batch_size=BATCH)
     assert marker.exists(), "no replica was killed"
     rows = (out / "scores.csv").read_text().splitlines()[1:]
     assert len(rows) == len({row.split(",")[0] for row in rows}) == N_IMAGES == len(result.paths)
