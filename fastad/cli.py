@@ -61,10 +61,30 @@ def _eval(args: argparse.Namespace) -> int:
 def _score(args: argparse.Namespace) -> int:
     from fastad.engine.scorer import Scorer
 
+    if args.engine == "ray":
+        return _score_ray(args)
+    if args.address is not None or args.replicas is not None:
+        raise SystemExit("fastad score: --address and --replicas need --engine ray")
     scorer = Scorer(args.checkpoint, args.device, args.batch_size, args.precision, args.cuda_graphs)
     scored = scorer.score_folder(args.images, args.out, None if args.maps == "none" else args.maps,
                                  not args.no_overlays, args.workers)
     print(f"scored {len(scored.paths)} images ({len(scored.skipped)} skipped as unreadable) -> {args.out}/scores.csv")
+    return 0
+
+
+def _score_ray(args: argparse.Namespace) -> int:
+    from fastad.distributed import score_dataset
+
+    if not args.no_overlays:
+        raise SystemExit("fastad score --engine ray writes scores.csv and maps only; add --no-overlays "
+                         "(overlays need every map of the set on one machine: use --engine local)")
+    if args.workers is not None:
+        raise SystemExit("fastad score: --workers is for --engine local; Ray replicas decode with their own CPUs")
+    result = score_dataset(args.checkpoint, args.images, args.out, address=args.address, num_replicas=args.replicas,
+                           batch_size=args.batch_size, device=args.device, precision=args.precision,
+                           save_maps=args.maps == "npy", cuda_graphs=args.cuda_graphs)
+    print(f"scored {len(result.paths)} images on Ray ({result.resumed} already done by an earlier run, "
+          f"{len(result.skipped)} skipped as unreadable) -> {args.out}/scores.csv")
     return 0
 
 
@@ -134,6 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--workers", type=int, default=None, help="DataLoader decoding workers (default: cores - 1, at most 4)")
     score.add_argument("--maps", choices=("npy", "none"), default="npy", help="per-image anomaly maps")
     score.add_argument("--no-overlays", action="store_true", help="skip the heat-map overlay PNGs")
+    score.add_argument("--engine", choices=("local", "ray"), default="local",
+                       help="local: this process; ray: an actor pool on a Ray cluster (pip install 'fastad[ray]')")
+    score.add_argument("--address", default=None,
+                       help="Ray cluster address for --engine ray (e.g. auto, ray://head:10001; default: RAY_ADDRESS "
+                            "or a new local cluster)")
+    score.add_argument("--replicas", type=int, default=None,
+                       help="model replicas for --engine ray (default: one per GPU with --device cuda, else per CPU)")
     score.set_defaults(run=_score)
     data = commands.add_parser("data", help="datasets").add_subparsers(dest="action", required=True)
     export = data.add_parser("export", help="write a dataset in the MVTec-AD layout",

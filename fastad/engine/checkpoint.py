@@ -130,9 +130,15 @@ def load_checkpoint(run, device="cpu") -> Checkpoint:
     if "fastad" not in metadata:
         raise ValueError(f"{path} is not a fastad checkpoint (its header has no 'fastad' entry)")
     header = json.loads(metadata["fastad"])
-    model = create_model(header["model"], **header["config"])
     state = {key[len("model."):]: value for key, value in tensors.items() if key.startswith("model.")}
+    model = model_from_state(header["model"], header["config"], state).to(device).eval()
+    return Checkpoint(model, header, {k: v for k, v in tensors.items() if not k.startswith("model.")})
+
+
+def model_from_state(name: str, config: dict, state: dict[str, torch.Tensor]) -> AnomalyModel:
+    """The registry model `name` built with `config`, its data-sized buffers resized to `state`'s
+    shapes and `state` (a state_dict) loaded; on the CPU, in training mode."""
+    model = create_model(name, **config)
     _resize_buffers(model, state)
     model.load_state_dict(state)
-    model.to(device).eval()
-    return Checkpoint(model, header, {k: v for k, v in tensors.items() if not k.startswith("model.")})
+    return model

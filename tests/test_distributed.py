@@ -1,0 +1,187 @@
+"""fastad.distributed: scoring on a local Ray cluster (2 CPUs) gives exactly the single-process
+Scorer's scores.csv and maps, survives a replica killed mid-run, and resumes without rescoring."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import fastad
+from fastad import cli
+from fastad.data.images import save_image
+from fastad.distributed.inputs import batches, list_inputs
+from fastad.distributed.weights import pack_model, unpack_model
+from fastad.models import create_model
+
+ray = pytest.importorskip("ray")
+pytest.importorskip("ray.data")
+
+from fastad.distributed import score_dataset  # noqa: E402
+from fastad.distributed.ray_scoring import CRASH_ENV  # noqa: E402
+
+N_IMAGES, BATCH = 10, 2
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A trained raw-pixel kNN checkpoint (no optimizer steps: only its memory bank)."""
+    folder = tmp_path_factory.mktemp("run")
+    train_set = fastad.data.open_dataset("builtin:brick", "train", size=256)
+    model = create_model("rawpixel")
+    fastad.engine.train(model, torch.stack([train_set[i].image for i in range(4)]), run_dir=folder, progress=False)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """N_IMAGES builtin brick test images in one folder, and one corrupt file sorted last."""
+    folder = tmp_path_factory.mktemp("images")
+    test_set = fastad.data.open_dataset("builtin:brick", "test", size=128)
+    for i in range(N_IMAGES):
+        save_image(test_set[i].image, folder / f"{i:03d}_{test_set[i].defect}.png")
+    (folder / "zz_corrupt.png").write_bytes(b"not a png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def local(run_dir, images, tmp_path_factory):
+    """The single-process reference: fastad.Scorer.score_folder at the same batch size."""
+    out = tmp_path_factory.mktemp("local")
+    fastad.Scorer(run_dir, batch_size=BATCH).score_folder(images, out, overlays=False, num_workers=0, progress=False)
+    return out
+
+
+def assert_same_outputs(out, reference):
+    assert (out / "scores.csv").read_text() == (reference / "scores.csv").read_text()
+    names = sorted(p.name for p in (reference / "maps").iterdir())
+    assert len(names) == N_IMAGES and sorted(p.name for p in (out / "maps").iterdir()) == names
+    for name in names:
+        assert torch.equal(torch.from_numpy(np.load(out / "maps" / name)),
+                           torch.from_numpy(np.load(reference / "maps" / name))), name
+
+
+def test_scores_and_maps_equal_the_single_process_scorer(cluster, run_dir, images, local, tmp_path, capsys,
+                                                         monkeypatch):
+    put, weights_puts = ray.put, []
+
+    def counting_put(value, *args, **kwargs):
+        if isinstance(value, dict) and "tensors" in value:
+            weights_puts.append(value["name"])
+        return put(value, *args, **kwargs)
+
+    monkeypatch.setattr(ray, "put", counting_put)
+    result = score_dataset(run_dir, images, tmp_path, batch_size=BATCH)
+    assert weights_puts == ["rawpixel"]  # the weights and memory bank went into the object store once
+    assert_same_outputs(tmp_path, local)
+    assert (result.scored, result.resumed) == (N_IMAGES, 0) and len(result.paths) == N_IMAGES
+    assert [path for path, _ in result.skipped] == [str(images / "zz_corrupt.png")]
+    assert "zz_corrupt.png" in capsys.readouterr().err
+    assert len(list((tmp_path / "parts").glob("*.json"))) == N_IMAGES
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_a_replica_killed_mid_run_still_scores_every_image_once(cluster, run_dir, images, local, tmp_path,
+                                                               monkeypatch):
+    marker = tmp_path / "crashed"
+    # the first replica to reach its 2nd batch exits right after writing that batch's first image
+    monkeypatch.setenv(CRASH_ENV, f"2:{marker}")
+    out = tmp_path / "out"
+    model = fastad.engine.load_checkpoint(run_dir).model  # a model object works as well as a run folder
+    result = score_dataset(model, images, out, batch_size=BATCH)
+    assert marker.exists(), "no replica was killed"
+    rows = (out / "scores.csv").read_text().splitlines()[1:]
+    assert len(rows) == len({row.split(",")[0] for row in rows}) == N_IMAGES == len(result.paths)
+    assert_same_outputs(out, local)
+
+
+def test_resume_scores_only_the_unfinished_images(cluster, run_dir, images, local, tmp_path):
+    first_half = list_inputs(images, 256)[0][:4]
+    half = score_dataset(run_dir, first_half, tmp_path, batch_size=BATCH)
+    assert (half.scored, half.resumed) == (4, 0)
+    written = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "maps").iterdir()}
+    written.update({p.name: p.stat().st_mtime_ns for p in (tmp_path / "parts").iterdir()})
+    assert len(written) == 8
+
+    whole = score_dataset(run_dir, images, tmp_path, batch_size=BATCH)
+    assert (whole.scored, whole.resumed) == (N_IMAGES - 4, 4)
+    for folder in ("maps", "parts"):
+        for path in (tmp_path / folder).iterdir():
+            if path.name in written:
+                assert path.stat().st_mtime_ns == written[path.name], f"{path} was rewritten"
+    assert_same_outputs(tmp_path, local)  # the remaining batches line up with the local path's
+
+    again = score_dataset(run_dir, images, tmp_path, batch_size=BATCH, resume=False)
+    assert (again.scored, again.resumed) == (N_IMAGES, 0)
+    for name, mtime in written.items():
+        folder = "maps" if name.endswith(".npy") else "parts"
+        assert (tmp_path / folder / name).stat().st_mtime_ns != mtime, f"resume=False did not rescore {name}"
+    assert_same_outputs(tmp_path, local)
+
+
+def test_cli_engine_ray_joins_a_running_cluster(cluster, run_dir, images, local, tmp_path):
+    args = ["score", "--checkpoint", str(run_dir), "--images", str(images), "--out", str(tmp_path),
+            "--batch-size", str(BATCH), "--no-overlays"]
+    with pytest.raises(SystemExit, match="--no-overlays"):
+        cli.main(args[:-1] + ["--engine", "ray"])
+    with pytest.raises(SystemExit, match="--engine ray"):
+        cli.main(args + ["--address", "auto"])
+    # a separate driver process connecting to this module's cluster by address
+    address = ray.get_runtime_context().gcs_address
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-m", "fastad", *args, "--engine", "ray", "--address", address],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"scored {N_IMAGES} images on Ray (0 already done" in done.stdout
+    assert "zz_corrupt.png" in done.stderr
+    assert_same_outputs(tmp_path, local)
+
+
+def test_packed_weights_rebuild_the_model_bit_for_bit(run_dir):
+    model = fastad.engine.load_checkpoint(run_dir).model
+    rebuilt = unpack_model(ray.get(ray.put(pack_model(model))) if ray.is_initialized() else pack_model(model))
+    for (key, a), (_, b) in zip(model.state_dict().items(), rebuilt.state_dict().items()):
+        assert a.dtype == b.dtype and torch.equal(a, b), key
+    half = create_model("rawpixel").to(torch.bfloat16)
+    half.memory_bank.bank = torch.randn(5, 192).to(torch.bfloat16)
+    again = unpack_model(pack_model(half))
+    assert again.memory_bank.bank.dtype == torch.bfloat16 and torch.equal(again.memory_bank.bank, half.memory_bank.bank)
+    with pytest.raises(TypeError, match="model"):
+        pack_model(torch.nn.Linear(2, 2))
+
+
+def test_arguments_are_checked(run_dir, images, tmp_path):
+    with pytest.raises(ValueError, match="device"):
+        score_dataset(run_dir, images, tmp_path, device="cuda:1")
+    with pytest.raises(ValueError, match="fp16"):
+        score_dataset(run_dir, images, tmp_path, precision="fp16")
+    with pytest.raises(ValueError, match="batch_size"):
+        score_dataset(run_dir, images, tmp_path, batch_size=0)
+    with pytest.raises(ValueError, match="num_replicas"):
+        score_dataset(run_dir, images, tmp_path, num_replicas=0)
+    with pytest.raises(FileNotFoundError, match="paths_or_folder"):
+        list_inputs(tmp_path / "missing", 256)
+    with pytest.raises(TypeError, match="paths_or_folder"):
+        list_inputs(42, 256)
+    assert batches([0, 1, 2], ["a", "b", "c"], 2) == [{"indices": [0, 1], "paths": ["a", "b"]},
+                                                      {"indices": [2], "paths": ["c"]}]
+
+
+def test_ray_missing_is_a_clear_error(monkeypatch):
+    from fastad.distributed import require_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(ImportError, match=r"fastad\[ray\]"):
+        require_ray()
+    assert os.environ.get(CRASH_ENV) is None
