@@ -75,7 +75,7 @@ class GlanceNet(AnomalyModel):
 
     def __init__(self, in_channels: int = 3, patch_size: int = 32, stride: int = 16, feature_dim: int = 64,
                  global_widths: tuple[int, ...] | list[int] = (16, 32, 64, 64), lr: float = 1e-3,
-                 local_batch: int = 32, global_batch: int = 8, view_shift: int = 4, temperature: float = 0.2,
+                 local_batch: int = 32, global_batch: int = 8, view_shift: int = 8, temperature: float = 0.2,
                  lambda_c: float = 1e-3, lambda_t: float = 1.0, lambda_s: float = 0.8, idw_power: float = 2.0,
                  score_batch: int = 64):
         global_widths = [int(w) for w in global_widths]
