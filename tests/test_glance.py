@@ -12,6 +12,7 @@ from fastad.engine.checkpoint import load_checkpoint
 from fastad.models import AnomalyResult, GlanceNet, create_model
 from fastad.models.glance_parts import (GlobalNet, add_stain, compactness_loss, dad_loss, hole_masks, iad_score,
                                         info_nce)
+from fastad.models.glance_teacher import ResNet18, load_resnet18_teacher
 
 SIZE = 128
 
@@ -203,3 +204,48 @@ def test_end_to_end_and_checkpoint(trained, brick):
     restored = load_checkpoint(run_dir).model
     restored.eval()
     torch.testing.assert_close(restored.score(images[:2]).maps, result.maps[:2])
+
+
+@pytest.fixture(scope="module")
+def teacher_file(tmp_path_factory):
+    """A randomly initialised ResNet-18 state_dict in torchvision's layout, saved with torch.save."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("teacher") / "resnet18.pth"
+    torch.save(ResNet18().state_dict(), path)
+    return path
+
+
+def test_teacher_has_torchvision_layout():
+    state = ResNet18().state_dict()
+    assert len(state) == 122                                  # torchvision resnet18: 62 params + 60 BN buffers
+    for key in ("conv1.weight", "layer2.0.downsample.0.weight", "layer4.1.bn2.running_var", "fc.bias"):
+        assert key in state
+    assert ResNet18().eval()(torch.rand(2, 3, 32, 32)).shape == (2, 512)
+
+
+def test_distillation_loss_is_eq_1_and_3(teacher_file, brick):
+    model = GlanceNet(teacher_weights=str(teacher_file), local_batch=4, lambda_k=2.0, lambda_c=0.01)
+    model.setup(brick[0])
+    losses = model.local_loss(brick[0], torch.Generator().manual_seed(0))
+    # the same draw by hand: eq. 1 against the teacher on the same patches
+    g = torch.Generator().manual_seed(0)
+    n, k = brick[0].shape[0], model.patch_size
+    idx = torch.randint(n, (4,), generator=g)
+    rows = torch.randint(SIZE - k + 1, (4,), generator=g)
+    cols = torch.randint(SIZE - k + 1, (4,), generator=g)
+    patches = torch.stack([brick[0][i, :, r:r + k, c:c + k] for i, r, c in zip(idx, rows, cols)])
+    z = model.local_features(patches)
+    distill = ((model.decoder(z) - load_resnet18_teacher(teacher_file)(patches)) ** 2).sum(1).mean() / 512
+    torch.testing.assert_close(losses["distill"], distill)
+    torch.testing.assert_close(losses["total"], 2.0 * distill + 0.01 * compactness_loss(z))
+    history = fastad.engine.train(model, brick[0][:4], steps={"local": 2, "global": 1}, progress=False)
+    assert [row["stage"] for row in history] == ["local", "local", "global"]
+
+
+def test_teacher_weights_errors(tmp_path):
+    with pytest.raises(ValueError, match="teacher_weights"):
+        GlanceNet(teacher_weights=str(tmp_path / "missing.pth"))
+    bad = tmp_path / "bad.pth"
+    torch.save({"weight": torch.zeros(3)}, bad)
+    with pytest.raises(ValueError, match="teacher_weights"):
+        GlanceNet(teacher_weights=str(bad))

@@ -10,14 +10,19 @@ and an inverse-distance-weighted interpolation of the raster patch scores gives 
     result = model.score(test_images, lambda_s=0.4)   # another λs of eq. 13, same trained model
 
 Decisions where the paper is vague or where this build differs (see also fastad.models.glance_parts):
-- Local-Net without ResNet-18: no torchvision and no ImageNet here, so Local-Net is trained on the
-  normal images themselves (stage "local") with a self-supervised objective plus the compactness
-  loss (eq. 2): l_local = InfoNCE + λc l_c, where the two views of a place are two patches of the
-  same image shifted by up to `view_shift` pixels per axis, with a small brightness/contrast
-  jitter, and the negatives are the other places of the batch. This teaches features of the local
-  texture that tolerate small shifts (so the surroundings can predict them) while telling
-  different structures apart. The distillation path of eq. 1 (a local resnet18 weights file) is
-  not built: there is no config for it.
+- Local-Net, distillation path (config teacher_weights = a local torchvision resnet18 weights
+  file): stage "local" minimises λk l_k + λc l_c (eq. 3) with l_k of eq. 1, the teacher R(p) being
+  ResNet-18's 512-d average-pooled layer4 output on the K x K patch (ImageNet-normalised, not
+  resized) and the decoder D a linear map Z -> 512; l_k is averaged over the 512 dimensions (the
+  squared norm / 512; λk absorbs the scale). Without ImageNet here, the paper's first step
+  (distillation on ImageNet) is skipped: the distillation runs on the training images' patches,
+  which is the paper's fine-tuning step.
+- Local-Net, self-supervised path (teacher_weights None, the default; no torchvision, no weights
+  here): λk InfoNCE + λc l_c, where the two views of a place are two patches of the same image
+  shifted by up to `view_shift` pixels per axis, with a small brightness/contrast jitter, and the
+  negatives are the other places of the batch. This teaches features of the local texture that
+  tolerate small shifts (so the surroundings can predict them) while telling different
+  structures apart.
 - Global-Net: see glance_parts.GlobalNet (partial convs, binarised max-pooled masks, a readout of
   the patch footprint and the image-wide context).
 - Negative patches: one soft-edged elliptic gray stain (glance_parts.add_stain); each training
@@ -36,13 +41,18 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from fastad.models.base import AnomalyModel
 from fastad.models.glance_parts import (DADHead, GlobalNet, LocalNet, add_stain, compactness_loss, crop_patches,
                                         dad_loss, hole_masks, iad_score, info_nce)
+from fastad.models.glance_teacher import ResNet18, load_resnet18_teacher
 from fastad.models.registry import register_model
 from fastad.models.result import AnomalyResult
 from fastad.ops.upsample import PatchGrid, idw_upsample
+
+#: the width of the teacher's feature R(p) (ResNet-18's layer4)
+TEACHER_DIM = 512
 
 
 @register_model
@@ -66,6 +76,9 @@ class GlanceNet(AnomalyModel):
         lambda_s: λs of eq. 13 (the paper's 0.8); score(lambda_s=...) overrides it.
         idw_power: the distance exponent of the IDW score map.
         score_batch: masked copies per Global-Net forward pass when scoring.
+        teacher_weights: None (self-supervised Local-Net) or the path of a local torchvision
+            resnet18 state_dict (.pth or .safetensors) to distil Local-Net from (eq. 1).
+        lambda_k: λk of eq. 3 (weights the distillation loss, or InfoNCE without a teacher).
     """
 
     name = "glance"
@@ -77,12 +90,13 @@ class GlanceNet(AnomalyModel):
                  global_widths: tuple[int, ...] | list[int] = (16, 32, 64, 64), lr: float = 1e-3,
                  local_batch: int = 32, global_batch: int = 8, view_shift: int = 8, temperature: float = 0.2,
                  lambda_c: float = 1e-3, lambda_t: float = 1.0, lambda_s: float = 0.8, idw_power: float = 2.0,
-                 score_batch: int = 64):
+                 score_batch: int = 64, teacher_weights: str | None = None, lambda_k: float = 1.0):
         global_widths = [int(w) for w in global_widths]
         super().__init__(in_channels=in_channels, patch_size=patch_size, stride=stride, feature_dim=feature_dim,
                          global_widths=global_widths, lr=lr, local_batch=local_batch, global_batch=global_batch,
                          view_shift=view_shift, temperature=temperature, lambda_c=lambda_c, lambda_t=lambda_t,
-                         lambda_s=lambda_s, idw_power=idw_power, score_batch=score_batch)
+                         lambda_s=lambda_s, idw_power=idw_power, score_batch=score_batch,
+                         teacher_weights=None if teacher_weights is None else str(teacher_weights), lambda_k=lambda_k)
         closes = 2 * 2 ** len(global_widths)
         if patch_size > closes:
             raise ValueError(f"patch_size must be at most {closes} for global_widths of {len(global_widths)} "
@@ -97,6 +111,14 @@ class GlanceNet(AnomalyModel):
         self.local_net = LocalNet(in_channels, patch_size, feature_dim)
         self.global_net = GlobalNet(in_channels, tuple(global_widths), feature_dim)
         self.dad_head = DADHead(feature_dim)
+        # the teacher is only needed to train, and is re-read from teacher_weights on a rebuild:
+        # kept in a tuple so it is no submodule (not in the checkpoint, not moved by .to())
+        self._teacher: tuple[ResNet18, ...] = ()
+        if teacher_weights is not None:
+            if in_channels != 3:
+                raise ValueError(f"in_channels must be 3 to distil from a resnet18 teacher, got {in_channels}")
+            self._teacher = (load_resnet18_teacher(teacher_weights),)
+            self.decoder = nn.Linear(feature_dim, TEACHER_DIM)
         self.register_buffer("pixel_mean", torch.zeros(in_channels))
         self.register_buffer("pixel_std", torch.ones(in_channels))
 
@@ -124,6 +146,8 @@ class GlanceNet(AnomalyModel):
     def configure_optimizer(self, stage: str, steps: int):
         if stage == "local":
             params = list(self.local_net.parameters())
+            if self._teacher:
+                params += list(self.decoder.parameters())
         elif stage == "global":
             params = list(self.global_net.parameters()) + list(self.dad_head.parameters())
         else:
@@ -138,7 +162,10 @@ class GlanceNet(AnomalyModel):
         raise ValueError(f"stage must be one of {self.stages}, got {stage!r}")
 
     def local_loss(self, images: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """One Local-Net batch from images [N, C, H, W]: {"total": InfoNCE + λc l_c, "ssl", "compact"}."""
+        """One Local-Net batch from images [N, C, H, W]: the distillation loss if there is a
+        teacher, else {"total": λk InfoNCE + λc l_c, "ssl", "compact"}."""
+        if self._teacher:
+            return self.distillation_loss(images, generator)
         n, _, h, w = images.shape
         k, shift, b = self.patch_size, self.config["view_shift"], self.config["local_batch"]
         if h < k + 2 * shift or w < k + 2 * shift:
@@ -154,7 +181,26 @@ class GlanceNet(AnomalyModel):
         z = self.local_features(torch.cat([first, second]))
         ssl = info_nce(z[:b], z[b:], self.config["temperature"])
         compact = compactness_loss(z[:b])
-        return {"total": ssl + self.config["lambda_c"] * compact, "ssl": ssl, "compact": compact}
+        return {"total": self.config["lambda_k"] * ssl + self.config["lambda_c"] * compact, "ssl": ssl,
+                "compact": compact}
+
+    def distillation_loss(self, images: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """One distillation batch of local_batch random patches of images [N, C, H, W] (eq. 3):
+        {"total": λk l_k + λc l_c, "distill": l_k (eq. 1, mean over the teacher's 512 dims), "compact"}."""
+        n, _, h, w = images.shape
+        k, b = self.patch_size, self.config["local_batch"]
+        idx = torch.randint(n, (b,), generator=generator)
+        rows = torch.randint(h - k + 1, (b,), generator=generator)
+        cols = torch.randint(w - k + 1, (b,), generator=generator)
+        patches = crop_patches(images, idx, rows, cols, k)
+        teacher = self._teacher[0].to(images.device)
+        with torch.no_grad():
+            target = teacher(patches)
+        z = self.local_features(patches)
+        distill = (self.decoder(z) - target).pow(2).mean(1).mean()
+        compact = compactness_loss(z)
+        return {"total": self.config["lambda_k"] * distill + self.config["lambda_c"] * compact, "distill": distill,
+                "compact": compact}
 
     def global_loss(self, images: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """One Global-Net + DAD batch from images [N, C, H, W] (eq. 10):
