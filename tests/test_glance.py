@@ -78,7 +78,7 @@ def test_trained_model_does_not_peek(trained, brick):
 
 
 def test_batched_copies_match_single_passes(trained, brick):
-    """patch_scores pushes all P masked copies as one batch; each copy alone gives the same Z_g."""
+    """inference="copies" pushes all P masked copies as one batch; each copy alone gives the same Z_g."""
     model = trained[0]
     image = brick[1][0]
     grid = model.grid(SIZE, SIZE)
@@ -89,6 +89,37 @@ def test_batched_copies_match_single_passes(trained, brick):
         for p in (0, 24, len(holes) - 1):
             single = model.global_features(image[None], holes[p:p + 1])
             torch.testing.assert_close(single[0], batched[p], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("patch_size,corners", [(32, [[0, 0], [5, 23], [96, 96], [48, 80], [17, 0]]),
+                                                (16, [[0, 112], [33, 7], [64, 64]])])
+def test_shared_inference_matches_masked_copies(patch_size, corners):
+    torch.manual_seed(0)
+    net = GlobalNet().eval()
+    image = torch.randn(1, 3, SIZE, SIZE)
+    corners = torch.tensor(corners)
+    holes = hole_masks(corners[:, 0], corners[:, 1], patch_size, (SIZE, SIZE))
+    with torch.no_grad():
+        copies = net(image.expand(len(corners), -1, -1, -1), holes)
+        shared = net.forward_shared(image, corners, patch_size)
+        torch.testing.assert_close(shared, copies, rtol=1e-5, atol=1e-6)
+        # no peeking in the shared form too: each patch's Z_g ignores its own pixels, bit for bit
+        for i, (top, left) in enumerate(corners.tolist()):
+            changed = net.forward_shared(_changed_inside(image, top, left, patch_size), corners, patch_size)
+            assert torch.equal(changed[i], shared[i])
+            assert not torch.equal(changed, shared)                      # other patches do see them
+
+
+def test_scores_agree_across_inference_modes(trained, brick):
+    model = trained[0]
+    shared = model.patch_scores(brick[1][:2])
+    model.config["inference"] = "copies"
+    try:
+        copies = model.patch_scores(brick[1][:2])
+    finally:
+        model.config["inference"] = "shared"
+    for a, b in zip(shared, copies):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_iad_score_formula():
@@ -181,6 +212,8 @@ def test_config_errors():
         GlanceNet(lambda_s=-0.1)
     with pytest.raises(ValueError, match="stride"):
         GlanceNet(stride=0)
+    with pytest.raises(ValueError, match="inference"):
+        GlanceNet(inference="loop")
     assert isinstance(create_model("glance"), GlanceNet)
 
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastad.nn.partial_conv import PartialConv2d
+from fastad.ops.partial_conv import partial_conv2d
 
 
 class LocalNet(nn.Module):
@@ -88,8 +89,7 @@ class GlobalNet(nn.Module):
     def forward(self, images: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
         """images [N, C, H, W] (standardised pixels), hole [N, 1, H, W] (1 on the patch, 0 elsewhere;
         the paper's M0 = 1 - hole), H, W multiples of self.stride -> Z_g [N, Z]."""
-        if images.shape[-1] % self.stride or images.shape[-2] % self.stride:
-            raise ValueError(f"images must have H, W multiples of {self.stride}, got {tuple(images.shape[-2:])}")
+        self._check_size(images.shape[-2:])
         mask = 1.0 - hole.to(images.dtype)
         x = images
         for conv in self.convs:
@@ -97,11 +97,93 @@ class GlobalNet(nn.Module):
             x = F.max_pool2d(F.relu(x), 2)
             mask = F.max_pool2d(mask, 2)
         x, mask = self.last(x, mask)
-        x = F.relu(x)
+        return self._read_out(F.relu(x), mask, hole)
+
+    def forward_shared(self, image: torch.Tensor, corners: torch.Tensor, patch_size: int) -> torch.Tensor:
+        """Z_g of P square patches of ONE image, sharing the computation the patches have in common.
+
+        Equal (up to float rounding) to forward(image.expand(P, ...), holes of the patches), but
+        cheaper: a hole changes a layer's output only within a box around it (the box grows by the
+        3x3 window at each conv and halves at each pooling), so one unmasked pass over the image
+        gives every feature outside the boxes, and each patch recomputes only its box, from a
+        crop of the shared input with the patch's own values pasted in. Crops are zero-padded
+        like the full convolution's border, so the renormalisation is the same. The boxes are
+        kept one size per layer (shifted inward at the image border) so the P crops form a batch.
+
+        Args:
+            image: [1, C, H, W] standardised pixels, H, W multiples of self.stride.
+            corners: [P, 2] long, the patches' top-left (row, col).
+            patch_size: the patches' side K.
+        Returns:
+            Z_g [P, Z].
+        """
+        self._check_size(image.shape[-2:])
+        p = corners.shape[0]
+        hole = hole_masks(corners[:, 0], corners[:, 1], patch_size, tuple(image.shape[-2:]), image.device)
+        # level 0: the box is the patch; its values are the image's, its mask the hole's complement
+        start, size = corners.to(image.device), patch_size
+        values = _crops(image.expand(p, -1, -1, -1), start, size)
+        mask = 1.0 - _crops(hole, start, size)
+        shared = image
+        layers = [(conv, True) for conv in self.convs] + [(self.last, False)]
+        for conv, pooled in layers:
+            out_start, out_size = _grown_box(start, size, shared.shape[-1], even=pooled)
+            # the conv's input window around the out box, at out_start - 1, is at out_start in the
+            # 1-padded map
+            x = _crops(F.pad(shared, (1, 1, 1, 1)).expand(p, -1, -1, -1), out_start, out_size + 2)
+            m = _crops(F.pad(torch.ones_like(shared[:, :1]), (1, 1, 1, 1)).expand(p, -1, -1, -1), out_start,
+                       out_size + 2)
+            _paste(x, values, start - out_start + 1)
+            _paste(m, mask, start - out_start + 1)
+            values, mask = partial_conv2d(x, m, conv.weight, conv.bias, 1, 0)
+            values = F.relu(values)
+            shared = F.relu(conv(shared, None)[0])
+            start, size = out_start, out_size
+            if pooled:
+                values, mask, shared = F.max_pool2d(values, 2), F.max_pool2d(mask, 2), F.max_pool2d(shared, 2)
+                start, size = start // 2, size // 2
+        x = shared.expand(p, -1, -1, -1).clone()
+        full_mask = torch.ones_like(x[:, :1])
+        _paste(x, values, start)
+        _paste(full_mask, mask, start)
+        return self._read_out(x, full_mask, hole)
+
+    def _check_size(self, size) -> None:
+        if size[0] % self.stride or size[1] % self.stride:
+            raise ValueError(f"images must have H, W multiples of {self.stride}, got {tuple(size)}")
+
+    def _read_out(self, x: torch.Tensor, mask: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
+        """final features x [N, W, h, w], final mask [N, 1, h, w], hole [N, 1, H, W] -> Z_g [N, Z]."""
         share = F.avg_pool2d(hole.to(x.dtype), self.stride) * mask            # [N, 1, h, w]
         local = (x * share).sum((2, 3)) / share.sum((2, 3)).clamp_min(1e-6)
         context = (x * mask).sum((2, 3)) / mask.sum((2, 3)).clamp_min(1e-6)
         return self.readout(torch.cat([local, context], 1))
+
+
+def _grown_box(start: torch.Tensor, size: int, side: int, even: bool) -> tuple[torch.Tensor, int]:
+    """Square boxes [start, start + size) per row of start [P, 2] on a side x side map -> the
+    boxes a 3x3 conv's changed outputs can reach (grown by 1, clipped to the map; with even, on
+    even coordinates for a 2x2 pooling), as one size for all (shifted inward at the border)."""
+    low = (start - 1).clamp_min(0)
+    high = (start + size + 1).clamp_max(side)
+    if even:
+        low, high = low // 2 * 2, (high + 1) // 2 * 2
+    out_size = min(int((high - low).max()), side)
+    if even:
+        out_size += out_size % 2
+    return torch.minimum(low, torch.full_like(low, side - out_size)), out_size
+
+
+def _crops(maps: torch.Tensor, start: torch.Tensor, size: int) -> torch.Tensor:
+    """maps [P, C, H, W], start [P, 2] -> the P boxes [P, C, size, size] (views stacked)."""
+    return torch.stack([m[:, r:r + size, c:c + size] for m, (r, c) in zip(maps, start.tolist())])
+
+
+def _paste(maps: torch.Tensor, values: torch.Tensor, start: torch.Tensor) -> None:
+    """Writes values [P, C, s, s] into maps [P, C, H, W] at start [P, 2], in place."""
+    s = values.shape[-1]
+    for m, v, (r, c) in zip(maps, values, start.tolist()):
+        m[:, r:r + s, c:c + s] = v
 
 
 class DADHead(nn.Module):
