@@ -112,10 +112,10 @@ def test_shared_inference_matches_masked_copies(patch_size, corners):
 
 def test_scores_agree_across_inference_modes(trained, brick):
     model = trained[0]
-    shared = model.patch_scores(brick[1][:2])
+    shared = model.patch_scores(brick[1][:1])
     model.config["inference"] = "copies"
     try:
-        copies = model.patch_scores(brick[1][:2])
+        copies = model.patch_scores(brick[1][:1])
     finally:
         model.config["inference"] = "shared"
     for a, b in zip(shared, copies):

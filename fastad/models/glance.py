@@ -28,7 +28,8 @@ Decisions where the paper is vague or where this build differs (see also fastad.
 - Negative patches: one soft-edged elliptic gray stain (glance_parts.add_stain); each training
   sample feeds the DAD head its clean or its stained patch with probability 1/2 (eq. 8).
 - Training patches sit at any pixel offset; scoring uses the raster grid of `patch_size` at
-  `stride` (default 32 at 16: 7 x 7 overlapping patches on a 128 image).
+  `stride` (default 32 at 8: 13 x 13 overlapping patches on a 128 image; stride 16 scored brick
+  0.891 / 0.718 pixel AUROC / AUPRO against 0.905 / 0.776 at stride 8, same trained model).
 - Image score: the maximum of the map.
 - Inference shares computation across patches (config inference="shared", the default; see
   glance_parts.GlobalNet.forward_shared): one unmasked Global-Net pass per image, then each
@@ -77,7 +78,7 @@ class GlanceNet(AnomalyModel):
         global_batch: patches (each with its own masked copy of the image) per Global-Net step.
         view_shift: the largest shift, per axis in pixels, between the two views of a place.
         temperature: InfoNCE temperature.
-        lambda_c: λc of eq. 3 (the compactness loss weight; the InfoNCE weight is 1).
+        lambda_c: λc of eq. 3, the compactness loss weight.
         lambda_t: λt of eq. 10.
         lambda_s: λs of eq. 13 (the paper's 0.8); score(lambda_s=...) overrides it.
         idw_power: the distance exponent of the IDW score map.
@@ -94,17 +95,17 @@ class GlanceNet(AnomalyModel):
     stages = ("local", "global")
     default_steps = 400
 
-    def __init__(self, in_channels: int = 3, patch_size: int = 32, stride: int = 16, feature_dim: int = 64,
+    def __init__(self, in_channels: int = 3, patch_size: int = 32, stride: int = 8, feature_dim: int = 64,
                  global_widths: tuple[int, ...] | list[int] = (16, 32, 64, 64), lr: float = 1e-3,
                  local_batch: int = 32, global_batch: int = 8, view_shift: int = 8, temperature: float = 0.2,
                  lambda_c: float = 1e-3, lambda_t: float = 1.0, lambda_s: float = 0.8, idw_power: float = 2.0,
-                 score_batch: int = 64, inference: str = "shared", teacher_weights: str | None = None, lambda_k: float = 1.0):
+                 score_batch: int = 64, inference: str = "shared", teacher_weights: str | None = None,
+                 lambda_k: float = 1.0):
         global_widths = [int(w) for w in global_widths]
         super().__init__(in_channels=in_channels, patch_size=patch_size, stride=stride, feature_dim=feature_dim,
                          global_widths=global_widths, lr=lr, local_batch=local_batch, global_batch=global_batch,
                          view_shift=view_shift, temperature=temperature, lambda_c=lambda_c, lambda_t=lambda_t,
-                         lambda_s=lambda_s, idw_power=idw_power, score_batch=score_batch,
-                         inference=inference,
+                         lambda_s=lambda_s, idw_power=idw_power, score_batch=score_batch, inference=inference,
                          teacher_weights=None if teacher_weights is None else str(teacher_weights), lambda_k=lambda_k)
         closes = 2 * 2 ** len(global_widths)
         if patch_size > closes:
