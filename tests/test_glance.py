@@ -188,6 +188,17 @@ def test_dad_score_is_one_minus_p(trained, brick):
     assert (s_dad >= 0).all() and (s_dad <= 1).all() and (s_iad >= 0).all()
 
 
+def test_score_at_other_sizes(trained):
+    model = trained[0]
+    result = model.score(torch.rand(2, 3, 64, 64))
+    assert result.maps.shape == (2, 64, 64) and result.image_scores.shape == (2,)
+    assert torch.isfinite(result.maps).all()
+    with pytest.raises(ValueError, match="multiples of 16"):
+        model.score(torch.rand(1, 3, 72, 72))
+    with pytest.raises(ValueError, match="images must be"):
+        model.score(torch.rand(1, 1, 64, 64))
+
+
 def test_add_stain_is_small_and_seeded():
     patches = torch.full((6, 3, 32, 32), 0.5)
     stained = add_stain(patches, torch.Generator().manual_seed(0))

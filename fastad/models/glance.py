@@ -275,7 +275,8 @@ class GlanceNet(AnomalyModel):
 
     @torch.no_grad()
     def score(self, images: torch.Tensor, lambda_s: float | None = None) -> AnomalyResult:
-        """images [B, C, H, W] in [0, 1] (H, W multiples of Global-Net's stride, >= patch_size) ->
+        """images [B, C, H, W] in [0, 1] (H, W multiples of Global-Net's stride, >= patch_size; H = W
+        with inference="shared") ->
         AnomalyResult(image_scores [B], maps [B, H, W]); lambda_s overrides the config's λs."""
         if images.dim() != 4 or images.shape[1] != self.config["in_channels"]:
             raise ValueError(f"images must be [B, {self.config['in_channels']}, H, W], got {tuple(images.shape)}")

@@ -111,13 +111,15 @@ class GlobalNet(nn.Module):
         kept one size per layer (shifted inward at the image border) so the P crops form a batch.
 
         Args:
-            image: [1, C, H, W] standardised pixels, H, W multiples of self.stride.
+            image: [1, C, H, H] standardised pixels (square), H a multiple of self.stride.
             corners: [P, 2] long, the patches' top-left (row, col).
             patch_size: the patches' side K.
         Returns:
             Z_g [P, Z].
         """
         self._check_size(image.shape[-2:])
+        if image.dim() != 4 or image.shape[0] != 1 or image.shape[-1] != image.shape[-2]:
+            raise ValueError(f"image must be one square image [1, C, H, H], got {tuple(image.shape)}")
         p = corners.shape[0]
         hole = hole_masks(corners[:, 0], corners[:, 1], patch_size, tuple(image.shape[-2:]), image.device)
         # level 0: the box is the patch; its values are the image's, its mask the hole's complement
