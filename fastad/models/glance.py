@@ -248,7 +248,8 @@ class GlanceNet(AnomalyModel):
         grid = self.grid(h, w)
         k, chunk = self.patch_size, self.config["score_batch"]
         corners = (grid.centres(torch.float32) - (k - 1) / 2).round().long()          # [P, 2] top-left
-        holes = hole_masks(corners[:, 0], corners[:, 1], k, (h, w), images.device)     # [P, 1, H, W]
+        if self.config["inference"] == "copies":
+            holes = hole_masks(corners[:, 0], corners[:, 1], k, (h, w), images.device)  # [P, 1, H, W]
         iad, dad = [], []
         for image in images:
             patches = F.unfold(image[None], k, stride=grid.stride).transpose(1, 2).reshape(-1, image.shape[0], k, k)
