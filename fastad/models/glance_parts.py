@@ -1,0 +1,293 @@
+"""The networks, heads, losses and training-batch helpers of GlanceNet (fastad.models.glance).
+
+    LocalNet    patches [N, 3, K, K] -> Z_l [N, Z]                     (eq. 4)
+    GlobalNet   images [N, 3, H, W], hole [N, 1, H, W] -> Z_g [N, Z]     (eq. 6, partial convolutions)
+    DADHead     Z*, Z_g [N, Z] -> p [N], probability that Z* is the normal patch's feature (eq. 8)
+    iad_score, dad_loss, compactness_loss, info_nce    the formulas of eqs. 7/11, 9, 2 and the
+                                                        self-supervised Local-Net objective
+    add_stain, hole_masks, crop_patches                 negative patches and patch geometry
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastad.nn.partial_conv import PartialConv2d
+from fastad.ops.partial_conv import partial_conv2d
+
+
+class LocalNet(nn.Module):
+    """A light patch encoder, [N, C, K, K] -> Z_l [N, Z], K a multiple of 8.
+
+    Three 4x4 stride-2 convs after a 3x3 one (`widths` filters, default 16, 32, 64, 64; LeakyReLU 0.1), a
+    (K/8)x(K/8) conv to Z channels, then a BatchNorm1d without affine parameters: Z_l is
+    standardised per dimension (running statistics in eval mode), so that the IAD score of eq. 11
+    has the same scale on every texture and can be mixed with the DAD probability (eq. 13).
+    """
+
+    def __init__(self, in_channels: int = 3, patch_size: int = 32, feature_dim: int = 64,
+                 widths: tuple[int, int, int, int] = (16, 32, 64, 64)):
+        super().__init__()
+        if patch_size % 8 or patch_size < 8:
+            raise ValueError(f"patch_size must be a positive multiple of 8, got {patch_size}")
+        if len(widths) != 4:
+            raise ValueError(f"widths must give the 4 hidden conv widths, got {widths}")
+        self.patch_size = patch_size
+        w = widths
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, w[0], 3, padding=1), nn.LeakyReLU(0.1),
+            nn.Conv2d(w[0], w[1], 4, 2, 1), nn.LeakyReLU(0.1),
+            nn.Conv2d(w[1], w[2], 4, 2, 1), nn.LeakyReLU(0.1),
+            nn.Conv2d(w[2], w[3], 4, 2, 1), nn.LeakyReLU(0.1),
+            nn.Conv2d(w[3], feature_dim, patch_size // 8))
+        self.standardize = nn.BatchNorm1d(feature_dim, affine=False)
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        """patches [N, C, K, K] (standardised pixels) -> Z_l [N, Z]."""
+        if patches.shape[-2:] != (self.patch_size, self.patch_size):
+            raise ValueError(f"LocalNet takes {self.patch_size}x{self.patch_size} patches, got "
+                             f"{tuple(patches.shape[-2:])}")
+        return self.standardize(self.body(patches).flatten(1))
+
+
+class GlobalNet(nn.Module):
+    """Global-Net (eqs. 5, 6): the image outside the patch -> Z_g [N, Z], never reading the patch.
+
+    Every convolution is a fastad.nn.PartialConv2d (3x3, padding 1) fed the current mask
+    (1 = visible, 0 = hole), followed by ReLU; after each of the first len(widths) convs a 2x2
+    max pooling halves the features and the mask is refreshed with the binarised pooling of the
+    mask (a pooled cell is visible when any of its four cells is, i.e. mask avg-pool > 0). One
+    more partial conv runs at the lowest resolution (stride 2**len(widths)), where the hole of a
+    patch up to 2**len(widths)*2 pixels wide has closed.
+
+    Why the patch cannot leak: a partial conv multiplies its input by the mask before convolving
+    and sets every output whose window holds no visible input to exactly 0 (update mask 0); ReLU
+    keeps that 0 and max pooling only mixes it with values computed from visible pixels. So at
+    every layer the features are functions of the visible pixels alone (tests check this
+    bit for bit).
+
+    Readout (the paper leaves it open): the final features are averaged twice over the visible
+    cells, once weighted by each cell's share of the patch (the patch's own footprint, so Z_g
+    knows where the patch is) and once uniformly (image-wide context); the two [W] vectors are
+    concatenated and mapped to Z by a 2-layer MLP.
+    """
+
+    def __init__(self, in_channels: int = 3, widths: tuple[int, ...] = (16, 32, 64, 64), feature_dim: int = 64):
+        super().__init__()
+        if len(widths) < 1:
+            raise ValueError(f"widths must name at least one conv width, got {widths}")
+        chans = (in_channels, *widths)
+        self.convs = nn.ModuleList(PartialConv2d(a, b, 3, padding=1, return_mask=True) for a, b in zip(chans, chans[1:]))
+        self.last = PartialConv2d(widths[-1], widths[-1], 3, padding=1, return_mask=True)
+        self.readout = nn.Sequential(nn.Linear(2 * widths[-1], 2 * widths[-1]), nn.ReLU(),
+                                     nn.Linear(2 * widths[-1], feature_dim))
+        self.stride = 2 ** len(widths)
+
+    def forward(self, images: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
+        """images [N, C, H, W] (standardised pixels), hole [N, 1, H, W] (1 on the patch, 0 elsewhere;
+        the paper's M0 = 1 - hole), H, W multiples of self.stride -> Z_g [N, Z]."""
+        self._check_size(images.shape[-2:])
+        mask = 1.0 - hole.to(images.dtype)
+        x = images
+        for conv in self.convs:
+            x, mask = conv(x, mask)
+            x = F.max_pool2d(F.relu(x), 2)
+            mask = F.max_pool2d(mask, 2)
+        x, mask = self.last(x, mask)
+        return self._read_out(F.relu(x), mask, hole)
+
+    def forward_shared(self, image: torch.Tensor, corners: torch.Tensor, patch_size: int) -> torch.Tensor:
+        """Z_g of P square patches of ONE image, sharing the computation the patches have in common.
+
+        Equal (up to float rounding) to forward(image.expand(P, ...), holes of the patches), but
+        cheaper: a hole changes a layer's output only within a box around it (the box grows by the
+        3x3 window at each conv and halves at each pooling), so one unmasked pass over the image
+        gives every feature outside the boxes, and each patch recomputes only its box, from a
+        crop of the shared input with the patch's own values pasted in. Crops are zero-padded
+        like the full convolution's border, so the renormalisation is the same. The boxes are
+        kept one size per layer (shifted inward at the image border) so the P crops form a batch.
+
+        Args:
+            image: [1, C, H, H] standardised pixels (square), H a multiple of self.stride.
+            corners: [P, 2] long, the patches' top-left (row, col).
+            patch_size: the patches' side K.
+        Returns:
+            Z_g [P, Z].
+        """
+        self._check_size(image.shape[-2:])
+        if image.dim() != 4 or image.shape[0] != 1 or image.shape[-1] != image.shape[-2]:
+            raise ValueError(f"image must be one square image [1, C, H, H], got {tuple(image.shape)}")
+        p = corners.shape[0]
+        hole = hole_masks(corners[:, 0], corners[:, 1], patch_size, tuple(image.shape[-2:]), image.device)
+        # level 0: the box is the patch; its values are the image's, its mask the hole's complement
+        start, size = corners.to(image.device), patch_size
+        values = _crops(image.expand(p, -1, -1, -1), start, size)
+        mask = 1.0 - _crops(hole, start, size)
+        shared = image
+        layers = [(conv, True) for conv in self.convs] + [(self.last, False)]
+        for conv, pooled in layers:
+            out_start, out_size = _grown_box(start, size, shared.shape[-1], even=pooled)
+            # the conv's input window around the out box, at out_start - 1, is at out_start in the
+            # 1-padded map
+            x = _crops(F.pad(shared, (1, 1, 1, 1)).expand(p, -1, -1, -1), out_start, out_size + 2)
+            m = _crops(F.pad(torch.ones_like(shared[:, :1]), (1, 1, 1, 1)).expand(p, -1, -1, -1), out_start,
+                       out_size + 2)
+            _paste(x, values, start - out_start + 1)
+            _paste(m, mask, start - out_start + 1)
+            values, mask = partial_conv2d(x, m, conv.weight, conv.bias, 1, 0)
+            values = F.relu(values)
+            shared = F.relu(conv(shared, None)[0])
+            start, size = out_start, out_size
+            if pooled:
+                values, mask, shared = F.max_pool2d(values, 2), F.max_pool2d(mask, 2), F.max_pool2d(shared, 2)
+                start, size = start // 2, size // 2
+        x = shared.expand(p, -1, -1, -1).clone()
+        full_mask = torch.ones_like(x[:, :1])
+        _paste(x, values, start)
+        _paste(full_mask, mask, start)
+        return self._read_out(x, full_mask, hole)
+
+    def _check_size(self, size) -> None:
+        if size[0] % self.stride or size[1] % self.stride:
+            raise ValueError(f"images must have H, W multiples of {self.stride}, got {tuple(size)}")
+
+    def _read_out(self, x: torch.Tensor, mask: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
+        """final features x [N, W, h, w], final mask [N, 1, h, w], hole [N, 1, H, W] -> Z_g [N, Z]."""
+        share = F.avg_pool2d(hole.to(x.dtype), self.stride) * mask            # [N, 1, h, w]
+        local = (x * share).sum((2, 3)) / share.sum((2, 3)).clamp_min(1e-6)
+        context = (x * mask).sum((2, 3)) / mask.sum((2, 3)).clamp_min(1e-6)
+        return self.readout(torch.cat([local, context], 1))
+
+
+def _grown_box(start: torch.Tensor, size: int, side: int, even: bool) -> tuple[torch.Tensor, int]:
+    """Square boxes [start, start + size) per row of start [P, 2] on a side x side map -> the
+    boxes a 3x3 conv's changed outputs can reach (grown by 1, clipped to the map; with even, on
+    even coordinates for a 2x2 pooling), as one size for all (shifted inward at the border)."""
+    low = (start - 1).clamp_min(0)
+    high = (start + size + 1).clamp_max(side)
+    if even:
+        low, high = low // 2 * 2, (high + 1) // 2 * 2
+    out_size = min(int((high - low).max()), side)
+    if even:
+        out_size += out_size % 2
+    return torch.minimum(low, torch.full_like(low, side - out_size)), out_size
+
+
+def _crops(maps: torch.Tensor, start: torch.Tensor, size: int) -> torch.Tensor:
+    """maps [P, C, H, W], start [P, 2] -> the P boxes [P, C, size, size] (views stacked)."""
+    return torch.stack([m[:, r:r + size, c:c + size] for m, (r, c) in zip(maps, start.tolist())])
+
+
+def _paste(maps: torch.Tensor, values: torch.Tensor, start: torch.Tensor) -> None:
+    """Writes values [P, C, s, s] into maps [P, C, H, W] at start [P, 2], in place."""
+    s = values.shape[-1]
+    for m, v, (r, c) in zip(maps, values, start.tolist()):
+        m[:, r:r + s, c:c + s] = v
+
+
+class DADHead(nn.Module):
+    """The DAD head's classifier C (eq. 8): [Z*, Z_g] -> p [N] = P(Z* is the normal patch's feature).
+
+    Three fully connected layers (2Z -> 128 -> 64 -> 1, ReLU) and a sigmoid. The paper's label
+    convention is self-contradictory (p is "a positive probability", yet y = 0 for the positive
+    patch, and eq. 12 scores 1 - p); we read p as the probability of the normal (positive) patch,
+    train it with y = 1 for the normal and y = 0 for the stained patch, and score s_DAD = 1 - p.
+    """
+
+    def __init__(self, feature_dim: int = 64, hidden: tuple[int, int] = (128, 64)):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2 * feature_dim, hidden[0]), nn.ReLU(), nn.Linear(hidden[0], hidden[1]),
+                                 nn.ReLU(), nn.Linear(hidden[1], 1))
+
+    def logits(self, z_star: torch.Tensor, z_global: torch.Tensor) -> torch.Tensor:
+        """z_star, z_global [N, Z] -> logits [N] of p."""
+        return self.net(torch.cat([z_star, z_global], 1)).squeeze(1)
+
+    def forward(self, z_star: torch.Tensor, z_global: torch.Tensor) -> torch.Tensor:
+        """z_star, z_global [N, Z] -> p [N] in (0, 1)."""
+        return torch.sigmoid(self.logits(z_star, z_global))
+
+
+def iad_score(z_local: torch.Tensor, z_global: torch.Tensor) -> torch.Tensor:
+    """Eqs. 7 / 11: z_local, z_global [N, Z] -> (1/Z) ||Z_l - Z_g||² per row, [N]."""
+    return (z_local - z_global).pow(2).mean(1)
+
+
+def dad_loss(logits: torch.Tensor, normal: torch.Tensor) -> torch.Tensor:
+    """Eq. 9 averaged over the batch: logits [N] of p, normal [N] (1 = normal patch, 0 = stained)
+    -> mean of -(y log p + (1 - y) log(1 - p)) with y = normal (computed stably from logits)."""
+    return F.binary_cross_entropy_with_logits(logits, normal.to(logits.dtype))
+
+
+def compactness_loss(features: torch.Tensor) -> torch.Tensor:
+    """Eq. 2: features [N, Z] -> Σ_{i≠j} c_ij over the Z x Z Pearson correlation matrix of the
+    feature dimensions within the batch (N >= 2)."""
+    if features.shape[0] < 2:
+        raise ValueError(f"compactness_loss needs N >= 2 rows, got {features.shape[0]}")
+    centred = features - features.mean(0)
+    normed = centred / centred.pow(2).sum(0).sqrt().clamp_min(1e-8)
+    corr = normed.T @ normed
+    return corr.sum() - corr.diagonal().sum()
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE between two views: a, b [N, Z], row i of a and of b are the same place.
+    -> mean cross-entropy of identifying i among the N rows, by cosine similarity / temperature."""
+    a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
+    logits = a @ b.T / temperature
+    target = torch.arange(a.shape[0], device=a.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+def crop_patches(images: torch.Tensor, index: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+                 size: int) -> torch.Tensor:
+    """images [B, C, H, W], index/rows/cols [N] long (top-left corners) -> patches [N, C, size, size]."""
+    return torch.stack([images[i, :, r:r + size, c:c + size]
+                        for i, r, c in zip(index.tolist(), rows.tolist(), cols.tolist())])
+
+
+def hole_masks(rows: torch.Tensor, cols: torch.Tensor, size: int, image_size: tuple[int, int],
+               device=None) -> torch.Tensor:
+    """rows, cols [N] (top-left corners) -> hole [N, 1, H, W] float: 1 on each patch, 0 elsewhere."""
+    h, w = image_size
+    ys = torch.arange(h, device=device)[None, :]
+    xs = torch.arange(w, device=device)[None, :]
+    rows, cols = rows.to(device)[:, None], cols.to(device)[:, None]
+    in_y = (ys >= rows) & (ys < rows + size)                                  # [N, H]
+    in_x = (xs >= cols) & (xs < cols + size)                                  # [N, W]
+    return (in_y[:, :, None] & in_x[:, None, :]).unsqueeze(1).float()
+
+
+def add_stain(patches: torch.Tensor, generator: torch.Generator | None = None, min_radius: float = 0.08,
+              max_radius: float = 0.25) -> torch.Tensor:
+    """The negative patches p⁻ (sec. 3.2): one random small stain on each patch.
+
+    A stain is a rotated ellipse with semi-axes in [min_radius, max_radius] * K, centred anywhere
+    in the patch, with a soft one-pixel edge, blended at opacity in [0.5, 1] towards a random gray
+    level in [0, 1] (one level for all channels, so gray images stay gray). Everything is drawn on
+    the CPU from `generator`.
+
+    Args:
+        patches: [N, C, K, K] in [0, 1].
+    Returns:
+        [N, C, K, K], the stained patches.
+    """
+    n, _, h, w = patches.shape
+    u = torch.rand(n, 7, generator=generator, dtype=torch.float32).to(patches.device)
+    ry = (min_radius + (max_radius - min_radius) * u[:, 0]) * h
+    rx = (min_radius + (max_radius - min_radius) * u[:, 1]) * w
+    cy, cx = u[:, 2] * (h - 1), u[:, 3] * (w - 1)
+    angle = u[:, 4] * math.pi
+    level, opacity = u[:, 5], 0.5 + 0.5 * u[:, 6]
+    yy = torch.arange(h, device=patches.device, dtype=torch.float32)[None, :, None] - cy[:, None, None]
+    xx = torch.arange(w, device=patches.device, dtype=torch.float32)[None, None, :] - cx[:, None, None]
+    cos, sin = angle.cos()[:, None, None], angle.sin()[:, None, None]
+    along = (xx * cos + yy * sin) / rx[:, None, None]
+    across = (-xx * sin + yy * cos) / ry[:, None, None]
+    radius = (along.pow(2) + across.pow(2)).sqrt()                               # 1 on the rim
+    edge = (1.0 - (radius - 1.0) * torch.minimum(rx, ry)[:, None, None]).clamp(0, 1)   # ~1 px soft rim
+    alpha = (edge * opacity[:, None, None]).unsqueeze(1).to(patches.dtype)
+    return patches * (1 - alpha) + level[:, None, None, None].to(patches.dtype) * alpha
