@@ -21,6 +21,8 @@ def main() -> None:
     parser.add_argument("--texture", default="brick", choices=("brick", "grass", "gravel"))
     parser.add_argument("--loss", default="hsc-pixel", choices=("fcdd", "hsc-pixel"))
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: FCDD.default_steps)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="train this many passes over the training images instead of --steps")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the model's)")
     parser.add_argument("--width", type=float, default=None, help="CNN filter-count multiplier")
     parser.add_argument("--seed", type=int, default=0)
@@ -45,8 +47,11 @@ def main() -> None:
     if args.lr is not None:
         config["lr"] = args.lr
     model = FCDD(**config)
+    steps = args.steps
+    if args.epochs is not None:
+        steps = FCDD.steps_for_epochs(args.epochs, len(train_images), model.config["batch_size"])
     start = time.perf_counter()
-    history = fastad.engine.train(model, train_images, steps=args.steps, seed=args.seed, progress=False)
+    history = fastad.engine.train(model, train_images, steps=steps, seed=args.seed, progress=False)
     train_s = time.perf_counter() - start
     result = model.score(images)
     wall_s = time.perf_counter() - start

@@ -206,6 +206,9 @@ def test_learning_rate_decays_per_epoch(brick):
     model = FCDD(batch_size=5, lr=0.01, lr_decay=0.1)
     model.setup(brick[0])                                  # 12 images at 5 per step: 3 steps per epoch
     assert model.steps_per_epoch() == 3
+    assert FCDD.steps_for_epochs(4, 12, 5) == 12
+    with pytest.raises(ValueError, match="epochs"):
+        FCDD.steps_for_epochs(0, 12)
     optimizer, scheduler = model.configure_optimizer("train", 10)
     lrs = []
     for _ in range(7):

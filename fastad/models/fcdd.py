@@ -169,6 +169,15 @@ class FCDD(AnomalyModel):
             raise ValueError("steps_per_epoch needs the training set size: call setup(train_images) first")
         return math.ceil(n / self.config["batch_size"])
 
+    @staticmethod
+    def steps_for_epochs(epochs: int, n_images: int, batch_size: int = 16) -> int:
+        """The optimizer steps of `epochs` passes over n_images at batch_size (for engine.train's
+        steps): epochs * ceil(n_images / batch_size)."""
+        for name, value in (("epochs", epochs), ("n_images", n_images), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        return epochs * math.ceil(n_images / batch_size)
+
     def configure_optimizer(self, stage: str, steps: int):
         """SGD (Nesterov) over the trainable parameters, and a LambdaLR that multiplies the
         learning rate by (1 - lr_decay) once per epoch (stepped once per step)."""
