@@ -26,6 +26,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the model's)")
     parser.add_argument("--width", type=float, default=None, help="CNN filter-count multiplier")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--semi-supervised", action="store_true",
+                        help="move the first test image of each defect type into training as a real anomaly "
+                             "(the paper's semi-supervised setting) and evaluate on the rest")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1: on a busy shared machine two threads mostly wait on each other)")
     args = parser.parse_args()
@@ -35,7 +38,14 @@ def main() -> None:
     train = fastad.data.open_dataset(f"builtin:{args.texture}", "train", size=size)
     test = fastad.data.open_dataset(f"builtin:{args.texture}", "test", size=size)
     train_images = torch.stack([train[i].image for i in range(len(train))])
-    samples = [test[i] for i in range(len(test))]
+    real = []
+    if args.semi_supervised:
+        first = {}
+        for i, defect in enumerate(test.defect_of):
+            if defect != "good":
+                first.setdefault(defect, i)
+        real = sorted(first.values())
+    samples = [test[i] for i in range(len(test)) if i not in real]
     images = torch.stack([s.image for s in samples])
     masks = torch.stack([s.mask for s in samples])
     labels = torch.tensor([s.label for s in samples])
@@ -47,6 +57,8 @@ def main() -> None:
     if args.lr is not None:
         config["lr"] = args.lr
     model = FCDD(**config)
+    if real:
+        model.set_real_anomalies(torch.stack([test[i].image for i in real]), torch.stack([test[i].mask for i in real]))
     steps = args.steps
     if args.epochs is not None:
         steps = FCDD.steps_for_epochs(args.epochs, len(train_images), model.config["batch_size"])
@@ -56,7 +68,8 @@ def main() -> None:
     result = model.score(images)
     wall_s = time.perf_counter() - start
     print(json.dumps({
-        "model": "fcdd", "texture": args.texture, "loss": args.loss, "steps": len(history), "config": model.config,
+        "model": "fcdd", "texture": args.texture, "loss": args.loss, "steps": len(history),
+        "semi_supervised": len(real), "config": model.config,
         "pixel_auroc": round(fastad.metrics.pixel_auroc(result.maps, masks), 4),
         "pixel_ap": round(fastad.metrics.pixel_ap(result.maps, masks), 4),
         "aupro": round(fastad.metrics.aupro(result.maps, masks), 4),

@@ -9,7 +9,7 @@ import torch
 
 import fastad
 from fastad.engine import resume, train
-from fastad.engine.checkpoint import load_checkpoint
+from fastad.engine.checkpoint import load_checkpoint, save_checkpoint
 from fastad.models import FCDD, create_model
 from fastad.models.fcdd_augment import (confetti_noise, local_contrast_normalization, min_max, random_resized_crop,
                                         augment)
@@ -234,6 +234,17 @@ def test_training_batch_has_confetti_or_real_anomalies(brick):
     assert 0.4 < float(masks.float().mean()) < 0.6
     with pytest.raises(ValueError, match="masks"):
         model.set_real_anomalies(torch.rand(2, 3, 8, 8), torch.zeros(1, 8, 8, dtype=torch.bool))
+
+
+def test_checkpoint_keeps_real_anomalies_and_input_range(brick, tmp_path):
+    model = FCDD(width=0.25)
+    model.setup(brick[0])
+    model.set_real_anomalies(torch.rand(2, 3, 50, 60), torch.rand(2, 50, 60) > 0.5)
+    save_checkpoint(tmp_path, model, {})
+    loaded = load_checkpoint(tmp_path).model
+    for name in ("real_anomalies", "real_masks", "input_low", "input_high", "n_train"):
+        assert torch.equal(getattr(loaded, name), getattr(model, name)), name
+    assert loaded.real_masks.dtype == torch.bool and loaded.steps_per_epoch() == 1
 
 
 class Interrupted(Exception):
