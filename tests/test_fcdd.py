@@ -41,7 +41,8 @@ MASKS = torch.tensor([[[0, 1], [0, 0]],
 
 def test_pseudo_huber_and_push():
     x = torch.tensor([0.0, 0.5, 3.0], dtype=torch.float64)
-    assert torch.allclose(pseudo_huber(x), torch.tensor([0.0, math.sqrt(1.25) - 1, math.sqrt(10) - 1], dtype=torch.float64))
+    expected = torch.tensor([0.0, math.sqrt(1.25) - 1, math.sqrt(10) - 1], dtype=torch.float64)
+    assert torch.allclose(pseudo_huber(x), expected)
     assert torch.allclose(pseudo_huber(-x), pseudo_huber(x))
     with_eps = [-math.log(1 - math.exp(-v) + PUSH_EPS) for v in (0.5, 3.0)]
     assert push(x[1:]).tolist() == pytest.approx(with_eps, rel=1e-12)
