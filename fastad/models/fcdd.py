@@ -1,0 +1,239 @@
+"""FCDD (Liznerski et al., "Explainable Deep One-Class Classification", ICLR 2021) with the
+choice of its loss (eq. 4) or the pixel-wise hypersphere-classifier loss (eq. 5) of "Adapting
+the Hypersphere Loss Function from Anomaly Detection to Anomaly Segmentation".
+
+A fully convolutional network with a final 1x1 convolution (with bias: the hypersphere centre is
+folded into it) gives a low-resolution map; its pseudo-Huber value h is upsampled with FCDD's
+Gaussian receptive-field upsampling (fastad.ops.gaussian_upsample, geometry derived from the
+network) into the anomaly map A. Training pulls A down on normal pixels and pushes it up on the
+pixels of synthetic anomalies (confetti noise) or, semi-supervised, of a few real ones.
+
+    model = FCDD(loss="hsc-pixel")
+    fastad.engine.train(model, train_images)    # normal images [N, 3, 224, 224] in [0, 1]
+    result = model.score(test_images)           # AnomalyResult(image_scores [B], maps [B, H, W])
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastad.models.base import AnomalyModel
+from fastad.models.fcdd_augment import augment, confetti_noise, local_contrast_normalization, min_max
+from fastad.models.fcdd_parts import (fcdd_cnn224, fcdd_loss, frozen_vgg11_layers, hsc_pixel_loss, load_vgg11_weights,
+                                      pseudo_huber, vgg11_features)
+from fastad.models.registry import register_model
+from fastad.models.result import AnomalyResult
+from fastad.nn.score_map_upsampler import ScoreMapUpsampler
+
+LOSSES = {"fcdd": fcdd_loss, "hsc-pixel": hsc_pixel_loss}
+BACKBONES = ("cnn", "vgg11")
+
+
+def _resize(images: torch.Tensor, size) -> torch.Tensor:
+    """[B, C, H, W] -> [B, C, *size] bilinearly (size an int or (H, W)); unchanged if already so."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(images.shape[-2:]) == size:
+        return images
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+
+
+@register_model
+class FCDD(AnomalyModel):
+    """FCDD with the loss of eq. 4 ("fcdd") or eq. 5 ("hsc-pixel").
+
+    Args:
+        loss: "fcdd" (eq. 4) or "hsc-pixel" (eq. 5, the default: the paper's proposal).
+        backbone: "cnn" (FCDD's from-scratch CNN for 224 x 224, the default) or "vgg11" (VGG-11-BN
+            up to its fourth max-pool, 512 features).
+        width: filter-count multiplier of the "cnn" backbone (1.0: FCDD's 8-32-64-128-128). The
+            default 0.5 (4-16-32-64-64) keeps the demo-sized training (150 steps of 16 images at
+            224 px) to about two minutes on two busy CPU cores.
+        weights: for backbone "vgg11", a local torchvision vgg11_bn state_dict file; its layers
+            through the third max-pool are then frozen (weights and BatchNorm statistics). None:
+            random initialisation, nothing frozen, and a printed notice.
+        lr, momentum, weight_decay: SGD with Nesterov momentum (the paper's 1e-3, 0.9, 1e-4).
+        lr_decay: the learning rate is multiplied by (1 - lr_decay) after every epoch (paper:
+            1.5 %); an epoch here is ceil(N / batch_size) steps, one pass over the N training
+            images (the paper's epoch is 10 passes at batch size 128).
+        batch_size: images per step (the paper's 128 is too slow on a CPU; 16).
+        anomaly_probability: chance that a training image is replaced by an anomalous one (0.5).
+        sigma: the upsampling Gaussian's standard deviation in pixels (FCDD: 12 on MVTec-AD).
+        resize: training images are resized to resize x resize before the random 224 crop/resize.
+        max_squares: confetti squares per synthetic anomaly are drawn in [1, max_squares].
+
+    Image score: the maximum of the map (FCDD's image score is the mean of the heatmap; the max
+    suits small defects, and every fastad model reports it).
+    """
+
+    name = "fcdd"
+    image_size = 224
+    default_steps = 150
+
+    def __init__(self, loss: str = "hsc-pixel", backbone: str = "cnn", width: float = 0.5, weights: str | None = None,
+                 lr: float = 1e-3, momentum: float = 0.9, weight_decay: float = 1e-4, lr_decay: float = 0.015,
+                 batch_size: int = 16, anomaly_probability: float = 0.5, sigma: float = 12.0, resize: int = 240,
+                 max_squares: int = 12):
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
+        if backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
+        if weights is not None and backbone != "vgg11":
+            raise ValueError(f"weights are for backbone='vgg11' only, got weights={weights!r} with backbone={backbone!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        if not 0 <= anomaly_probability <= 1:
+            raise ValueError(f"anomaly_probability must be in [0, 1], got {anomaly_probability!r}")
+        if not 0 <= lr_decay < 1:
+            raise ValueError(f"lr_decay must be in [0, 1), got {lr_decay!r}")
+        if resize < self.image_size:
+            raise ValueError(f"resize must be >= image_size {self.image_size}, got {resize!r}")
+        super().__init__(loss=loss, backbone=backbone, width=width, weights=weights, lr=lr, momentum=momentum,
+                         weight_decay=weight_decay, lr_decay=lr_decay, batch_size=batch_size,
+                         anomaly_probability=anomaly_probability, sigma=sigma, resize=resize, max_squares=max_squares)
+        self.frozen_layers = 0  # leading backbone layers with frozen weights and statistics
+        if backbone == "cnn":
+            self.backbone = fcdd_cnn224(width)
+        else:
+            self.backbone = vgg11_features()
+            if weights is None:
+                print("fcdd: no VGG-11 weights file given (weights=None): the vgg11 backbone starts from random "
+                      "initialisation and nothing is frozen")
+            else:
+                load_vgg11_weights(self.backbone, weights)
+                self.frozen_layers = frozen_vgg11_layers(self.backbone)
+                for parameter in self.backbone[:self.frozen_layers].parameters():
+                    parameter.requires_grad_(False)
+        features = [m for m in self.backbone.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
+        self.head = nn.Conv2d(features, 1, 1, bias=True)
+        self.upsampler = ScoreMapUpsampler.from_network(nn.Sequential(self.backbone, self.head), self.image_size, sigma)
+        # set by setup(): the min-max range of the contrast-normalised training images, N
+        self.register_buffer("input_low", torch.zeros(()))
+        self.register_buffer("input_high", torch.ones(()))
+        self.register_buffer("n_train", torch.zeros((), dtype=torch.long))
+        # semi-supervised mode (set_real_anomalies): anomalous images [K, 3, H, W] and masks [K, H, W]
+        self.register_buffer("real_anomalies", torch.zeros(0, 3, 1, 1))
+        self.register_buffer("real_masks", torch.zeros(0, 1, 1, dtype=torch.bool))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen_layers:
+            self.backbone[:self.frozen_layers].eval()  # frozen layers keep their BatchNorm statistics too
+        return self
+
+    # --- the network -----------------------------------------------------------------------
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """images [B, 3, H, W] -> the network input [B, 3, 224, 224]: resized to 224 (if not
+        already), local contrast normalisation, min-max with the training set's range."""
+        x = local_contrast_normalization(_resize(images, self.image_size))
+        return min_max(x, self.input_low, self.input_high)
+
+    def heatmap(self, x: torch.Tensor) -> torch.Tensor:
+        """Network input x [B, 3, S, S] -> h(φ(x)) [B, 1, S/8, S/8], the low-resolution scores."""
+        return pseudo_huber(self.head(self.backbone(x)))
+
+    def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Network input x [B, 3, S, S] -> A [B, S, S] (>= 0): the heatmap upsampled."""
+        return self.upsampler(self.heatmap(x), x.shape[-2:])[:, 0]
+
+    # --- training ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def setup(self, train_images: torch.Tensor) -> None:
+        self.n_train.fill_(train_images.shape[0])
+        x = local_contrast_normalization(_resize(train_images, self.image_size))
+        self.input_low.copy_(x.min())
+        self.input_high.copy_(x.max())
+
+    @torch.no_grad()
+    def set_real_anomalies(self, images: torch.Tensor, masks: torch.Tensor) -> None:
+        """Semi-supervised mode: training replaces images by these real anomalous images
+        [K, 3, H, W] in [0, 1] with masks [K, H, W] (bool, True = anomalous) instead of confetti
+        noise (never both, as in the paper). They are kept in buffers (and checkpoints); they are
+        resized to the training images' size when drawn."""
+        if images.ndim != 4 or images.shape[0] < 1 or images.shape[1] != 3:
+            raise ValueError(f"images must be [K >= 1, 3, H, W], got {tuple(images.shape)}")
+        if masks.shape != (images.shape[0], *images.shape[2:]):
+            raise ValueError(f"masks must be [K, H, W] = {(images.shape[0], *images.shape[2:])}, "
+                             f"got {tuple(masks.shape)}")
+        self.real_anomalies = images.detach().to(self.input_low.device, torch.float32).clone()
+        self.real_masks = masks.detach().to(self.input_low.device).bool().clone()
+
+    def steps_per_epoch(self) -> int:
+        """ceil(N / batch_size), N the number of training images setup() saw."""
+        n = int(self.n_train)
+        if n < 1:
+            raise ValueError("steps_per_epoch needs the training set size: call setup(train_images) first")
+        return math.ceil(n / self.config["batch_size"])
+
+    @staticmethod
+    def steps_for_epochs(epochs: int, n_images: int, batch_size: int = 16) -> int:
+        """The optimizer steps of `epochs` passes over n_images at batch_size (for engine.train's
+        steps): epochs * ceil(n_images / batch_size)."""
+        for name, value in (("epochs", epochs), ("n_images", n_images), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        return epochs * math.ceil(n_images / batch_size)
+
+    def configure_optimizer(self, stage: str, steps: int):
+        """SGD (Nesterov) over the trainable parameters, and a LambdaLR that multiplies the
+        learning rate by (1 - lr_decay) once per epoch (stepped once per step)."""
+        c = self.config
+        optimizer = torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=c["lr"],
+                                    momentum=c["momentum"], weight_decay=c["weight_decay"], nesterov=True)
+        per_epoch, keep = self.steps_per_epoch(), 1 - c["lr_decay"]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: keep ** (step // per_epoch))
+        return optimizer, scheduler
+
+    def training_batch(self, train_images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """One augmented batch from train_images [N, 3, H, W]: batch_size images drawn with
+        replacement, each replaced with probability anomaly_probability by an anomalous one
+        (confetti noise, or a real anomaly in semi-supervised mode), then random crop/resize,
+        colour jitter and noise. -> (images [B, 3, 224, 224], masks [B, 224, 224] bool)."""
+        c, device = self.config, train_images.device
+        n, _, h, w = train_images.shape
+        index = torch.randint(n, (c["batch_size"],), generator=generator)
+        images = train_images[index.to(device)]
+        masks = torch.zeros(images.shape[0], h, w, dtype=torch.bool, device=device)
+        replace = torch.rand(images.shape[0], generator=generator) < c["anomaly_probability"]
+        chosen = replace.nonzero()[:, 0].to(device)
+        if len(chosen):
+            if len(self.real_anomalies):
+                pick = torch.randint(len(self.real_anomalies), (len(chosen),), generator=generator).to(device)
+                images[chosen] = _resize(self.real_anomalies[pick], (h, w))
+                masks[chosen] = F.interpolate(self.real_masks[pick, None].float(), size=(h, w), mode="nearest")[:, 0] > 0.5
+            else:
+                images[chosen], masks[chosen] = confetti_noise(images[chosen], generator, max_squares=c["max_squares"])
+        return augment(images, masks, generator, c["resize"], self.image_size)
+
+    def loss(self, images: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The configured loss on augmented images [B, 3, S, S] (before normalisation) with masks
+        [B, S, S] -> {"total", "normal" (mean A on normal pixels), "anomalous" (mean A on
+        anomalous pixels, 0 if none)}."""
+        scores = self.anomaly_map(self.normalize(images))
+        y = masks.to(scores.dtype)
+        with torch.no_grad():
+            normal = (scores * (1 - y)).sum() / (1 - y).sum().clamp_min(1)
+            anomalous = (scores * y).sum() / y.sum().clamp_min(1)
+        return {"total": LOSSES[self.config["loss"]](scores, masks), "normal": normal, "anomalous": anomalous}
+
+    def training_loss(self, stage: str, train_images: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return self.loss(*self.training_batch(train_images, generator))
+
+    # --- scoring -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def score(self, images: torch.Tensor, batch_size: int = 32) -> AnomalyResult:
+        """images [B, 3, H, W] in [0, 1] -> AnomalyResult(image_scores [B], maps [B, H, W]): the
+        anomaly map at 224 x 224 (images resized to it, as the paper's test pre-processing),
+        resized bilinearly to H x W if that differs; image score = max of the map."""
+        was_training = self.training
+        self.eval()
+        maps = torch.cat([self.anomaly_map(self.normalize(chunk)) for chunk in images.split(batch_size)])
+        self.train(was_training)
+        if maps.shape[-2:] != images.shape[-2:]:
+            maps = F.interpolate(maps[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        return AnomalyResult(image_scores=maps.flatten(1).amax(1), maps=maps)
