@@ -4,6 +4,7 @@ from fastad.models.base import AnomalyModel
 from fastad.models.pedenet import PEDENet, PatchEncoder, TrainingBatch, sample_training_batch
 from fastad.models.registry import MODELS, create_model, register_model
 from fastad.models.result import AnomalyResult
+from fastad.models.utad import UTAD
 
 __all__ = ["MODELS", "AnomalyModel", "AnomalyResult", "PEDENet", "PatchEncoder", "TrainingBatch", "create_model",
-           "register_model", "sample_training_batch"]
+           "register_model", "sample_training_batch", "UTAD"]
