@@ -45,9 +45,13 @@ class UTAD(AnomalyModel):
     """IE-Net, Expert-Net and the perceptual measurement; stages "impression" then "expert".
 
     Args:
+        ie_size: the side IE-Net works at (images are resized to it, the impression back to 128):
+            the impression is coarse by design, and at 64 IE-Net costs a quarter of 128.
         ie_widths: IE-Net inception block widths (4 blocks, each divisible by 4).
         latent_dim, ie_hidden: IE-Net latent size and MLP width.
         alpha, beta, gamma: eq. 6 weights of the MI (eq. 4), KL (eq. 2) and reconstruction (eq. 5) terms.
+            The reconstruction is a per-pixel mean and the KL a sum over latent dims, so beta is
+            small: at beta = 0.01 the posterior collapsed (mu = 0, one constant impression).
         expert_width, detail_dim, detail_width, mlp_hidden, n_residual, lambda_detail: Expert-Net
             (see fastad.models.utad_expert.ExpertNet).
         batch_size: images per training step (the paper: 4).
@@ -65,8 +69,8 @@ class UTAD(AnomalyModel):
     stages = ("impression", "expert")
     default_steps = 60
 
-    def __init__(self, ie_widths: tuple[int, ...] | list[int] = (8, 16, 32, 64), latent_dim: int = 64,
-                 ie_hidden: int = 256, alpha: float = 0.1, beta: float = 0.01, gamma: float = 1.0,
+    def __init__(self, ie_size: int = 64, ie_widths: tuple[int, ...] | list[int] = (8, 16, 32, 64), latent_dim: int = 64,
+                 ie_hidden: int = 256, alpha: float = 0.1, beta: float = 1e-5, gamma: float = 1.0,
                  expert_width: int = 8, detail_dim: int = 16, detail_width: int = 16, mlp_hidden: int = 64,
                  n_residual: int = 2, lambda_detail: float = 1.0, batch_size: int = 4, ie_lr: float = 1e-3,
                  expert_lr: float = 1e-3, vgg_weights: str | None = None, vgg_seed: int = 0,
@@ -80,13 +84,15 @@ class UTAD(AnomalyModel):
             raise ValueError(f"calibration_images must be >= 1, got {calibration_images}")
         if naive_weight < 0:
             raise ValueError(f"naive_weight must be >= 0, got {naive_weight}")
-        super().__init__(ie_widths=ie_widths, latent_dim=latent_dim, ie_hidden=ie_hidden, alpha=alpha, beta=beta,
+        if not 16 <= ie_size <= self.image_size:
+            raise ValueError(f"ie_size must be in [16, {self.image_size}], got {ie_size}")
+        super().__init__(ie_size=ie_size, ie_widths=ie_widths, latent_dim=latent_dim, ie_hidden=ie_hidden, alpha=alpha, beta=beta,
                          gamma=gamma, expert_width=expert_width, detail_dim=detail_dim, detail_width=detail_width,
                          mlp_hidden=mlp_hidden, n_residual=n_residual, lambda_detail=lambda_detail,
                          batch_size=batch_size, ie_lr=ie_lr, expert_lr=expert_lr, vgg_weights=vgg_weights,
                          vgg_seed=vgg_seed, naive_weight=naive_weight, threshold_quantile=threshold_quantile,
                          calibration_images=calibration_images)
-        self.ie = ImpressionExtractor(self.image_size, tuple(ie_widths), latent_dim, ie_hidden, alpha, beta, gamma)
+        self.ie = ImpressionExtractor(ie_size, tuple(ie_widths), latent_dim, ie_hidden, alpha, beta, gamma)
         self.expert = ExpertNet(expert_width, detail_dim, detail_width, mlp_hidden, n_residual, lambda_detail)
         self.vgg = VGG19Features(vgg_weights, vgg_seed)
         # layer_weights[t, l]: eq. 8 weight of term t (0: x vs x_hat, 1: h_tilde vs h) at layer l
@@ -110,10 +116,10 @@ class UTAD(AnomalyModel):
         index = torch.randperm(n, generator=generator)[:self.config["batch_size"]].to(train_images.device)
         images = self._native(train_images.index_select(0, index))
         if stage == "impression":
-            return self.ie.loss(images, generator)
+            return self.ie.loss(_resize(images, self.config["ie_size"]), generator)
         if stage == "expert":
             with torch.no_grad():
-                impressions = self.ie.impression(images)
+                impressions = self.impression(images)
             return self.expert.loss(images, impressions)
         raise ValueError(f"stage must be one of {self.stages}, got {stage!r}")
 
@@ -121,17 +127,19 @@ class UTAD(AnomalyModel):
     def _native(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
-        if images.shape[-2:] == (self.image_size, self.image_size):
-            return images
-        return F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False,
-                             antialias=True)
+        return _resize(images, self.image_size)
+
+    def impression(self, images: torch.Tensor) -> torch.Tensor:
+        """Native-size images [B, 3, 128, 128] -> IE-Net's impression h [B, 3, 128, 128] (computed at
+        ie_size and resized back)."""
+        return _resize(self.ie.impression(_resize(images, self.config["ie_size"])), self.image_size)
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """images [B, 3, H, W] -> {"impression" h, "reconstruction" x_hat, "naive_impression"
         h_tilde}, each [B, 3, 128, 128] (the images resized to the native size)."""
         x = self._native(images)
-        h = self.ie.impression(x)
+        h = self.impression(x)
         out = self.expert(x, h)
         return {"impression": h, "reconstruction": out.reconstruction, "naive_impression": out.naive_impression}
 
@@ -198,3 +206,11 @@ class UTAD(AnomalyModel):
     def segment(self, images: torch.Tensor) -> torch.Tensor:
         """Eq. 9: images [B, 3, H, W] -> bool anomaly segmentation [B, H, W] at `threshold`."""
         return segment(self.anomaly_maps(images), self.threshold)
+
+
+def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """[B, C, H, W] -> [B, C, size, size], bilinear (antialiased when shrinking); as is if already that size."""
+    if images.shape[-2:] == (size, size):
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=size < images.shape[-1])
