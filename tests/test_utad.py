@@ -18,7 +18,7 @@ from fastad.models.vgg_features import VGG19Features
 
 SIZE = UTAD.image_size
 TINY = dict(ie_widths=[4, 8, 8, 8], latent_dim=8, ie_hidden=32, expert_width=4, detail_dim=4, detail_width=4,
-            mlp_hidden=8, calibration_images=2)
+            mlp_hidden=8, calibration_images=2, batch_size=2)
 
 
 def tiny_utad(**overrides) -> UTAD:
@@ -209,6 +209,7 @@ def test_shapes_through_both_stages():
     assert all(parts[k].shape == x.shape for k in ("impression", "reconstruction", "naive_impression"))
     distances = model.layer_distances(x)
     assert distances.shape == (1, 2, 3, SIZE, SIZE) and (distances >= 0).all()
+    assert (distances[:, 1] == 0).all() and (distances[:, 0] > 0).any()      # naive term off by default
     result = model.score(x)
     assert isinstance(result, AnomalyResult)
     assert result.maps.shape == (1, SIZE, SIZE) and torch.equal(result.image_scores, result.maps.flatten(1).amax(1))
