@@ -7,6 +7,7 @@ from fastad.models.pedenet import PEDENet, PatchEncoder, TrainingBatch, sample_t
 from fastad.models.raw_pixel import RawPixelKNN
 from fastad.models.registry import MODELS, create_model, register_model
 from fastad.models.result import AnomalyResult
+from fastad.models.utad import UTAD
 
 __all__ = ["FCDD", "MODELS", "AnomalyModel", "AnomalyResult", "GlanceNet", "PEDENet", "PatchEncoder", "RawPixelKNN",
-           "TrainingBatch", "create_model", "register_model", "sample_training_batch"]
+           "TrainingBatch", "UTAD", "create_model", "register_model", "sample_training_batch"]
