@@ -186,3 +186,15 @@ def test_demo_writes_results_with_baseline(tmp_path):
     assert saved["baseline"]["model"] == "rawpixel" and saved["model"] == "pedenet"
     assert record["pixel_auroc"] == saved["pixel_auroc"]
     assert len(list((tmp_path / "overlays").glob("*.png"))) == 20
+
+
+@pytest.mark.parametrize("model_name", ["fcdd", "glance", "utad", "rawpixel"])
+def test_cli_trains_and_evaluates_every_model(model_name, tmp_path, capsys):
+    run = tmp_path / model_name
+    assert cli.main(["train", "--model", model_name, "--data", "builtin:gravel", "--out", str(run), "--steps", "1"]) == 0
+    capsys.readouterr()
+    assert cli.main(["eval", "--checkpoint", str(run), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["model"] == model_name and record["n_images"] == 20
+    assert all(0.0 <= record[k] <= 1.0 for k in ("image_auroc", "pixel_auroc", "pixel_ap", "aupro"))
+    assert ("iou" in record) == (model_name == "utad")

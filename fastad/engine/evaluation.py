@@ -9,9 +9,10 @@ from fastad.engine.scoring import ScoredImages
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "pixel_ap", "aupro")
 
 
-def compute_metrics(scored: ScoredImages) -> dict[str, float | None]:
-    """{image_auroc, pixel_auroc, pixel_ap, aupro} over the labelled images; a metric is None
-    when it is undefined (no anomalous or no normal images / pixels among them)."""
+def compute_metrics(scored: ScoredImages, threshold: float | None = None) -> dict[str, float | None]:
+    """{image_auroc, pixel_auroc, pixel_ap, aupro} over the labelled images, plus iou (of maps >=
+    threshold) when a segmentation threshold is given; a metric is None when it is undefined
+    (no anomalous or no normal images / pixels among them)."""
     labelled = scored.labels >= 0
     labels = scored.labels[labelled]
     result: dict[str, float | None] = dict.fromkeys(METRIC_KEYS)
@@ -23,21 +24,25 @@ def compute_metrics(scored: ScoredImages) -> dict[str, float | None]:
             result["pixel_auroc"] = metrics.pixel_auroc(maps, masks)
             result["pixel_ap"] = metrics.pixel_ap(maps, masks)
             result["aupro"] = metrics.aupro(maps, masks)
+    if threshold is not None:
+        result["iou"] = metrics.iou(maps, masks, threshold) if scored.maps.numel() and masks.numel() else None
     return result
 
 
-def evaluation_record(scored: ScoredImages, model: str, data: str) -> dict:
-    """The results.json object: the four metrics, model, data, n_images (scored), skipped (count
-    of unreadable files) and skipped_files [{path, reason}]."""
-    return {**compute_metrics(scored), "model": model, "data": data, "n_images": len(scored.paths),
+def evaluation_record(scored: ScoredImages, model: str, data: str, threshold: float | None = None) -> dict:
+    """The results.json object: the four metrics (and iou at `threshold`, for models that
+    segment), model, data, n_images (scored), skipped (count of unreadable files) and
+    skipped_files [{path, reason}]."""
+    return {**compute_metrics(scored, threshold), "model": model, "data": data, "n_images": len(scored.paths),
             "skipped": len(scored.skipped), "skipped_files": [{"path": p, "reason": r} for p, r in scored.skipped]}
 
 
 def format_table(records: dict[str, dict]) -> str:
     """{row name: record} -> an aligned text table of the four metrics (n/a where undefined)."""
-    header = ["", "image AUROC", "pixel AUROC", "pixel AP", "AUPRO@0.3"]
+    keys = METRIC_KEYS + (("iou",) if any("iou" in r for r in records.values()) else ())
+    header = ["", "image AUROC", "pixel AUROC", "pixel AP", "AUPRO@0.3", "IoU"][:len(keys) + 1]
     rows = [[name] + ["n/a" if r.get(k) is None or (isinstance(r[k], float) and math.isnan(r[k])) else f"{r[k]:.3f}"
-                      for k in METRIC_KEYS] for name, r in records.items()]
+                      for k in keys] for name, r in records.items()]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
              for row in [header, *rows]]

@@ -66,7 +66,8 @@ def evaluate(scorer: Scorer, data: str, overlays_dir=None, progress: bool = True
     scored = scorer.score_dataset(dataset, progress=progress)
     if overlays_dir is not None:
         write_overlays(overlays_dir, scored, dataset)
-    return evaluation_record(scored, scorer.model.name, data)
+    threshold = getattr(scorer.model, "threshold", None)  # models that segment (UTAD, eq. 9)
+    return evaluation_record(scored, scorer.model.name, data, None if threshold is None else float(threshold))
 
 
 def evaluate_run(run, data: str | None = None, device="cpu", batch_size: int = 8, precision: str = "fp32",
