@@ -100,13 +100,16 @@ class GlanceNet(AnomalyModel):
                  local_batch: int = 32, global_batch: int = 8, view_shift: int = 8, temperature: float = 0.2,
                  lambda_c: float = 1e-3, lambda_t: float = 1.0, lambda_s: float = 0.8, idw_power: float = 2.0,
                  score_batch: int = 64, inference: str = "shared", teacher_weights: str | None = None,
-                 lambda_k: float = 1.0):
+                 lambda_k: float = 1.0, view_jitter: float = 0.2,
+                 stains: str = "gray", dad_negatives: int = 0, ssl_stains: bool = False):
         global_widths = [int(w) for w in global_widths]
         super().__init__(in_channels=in_channels, patch_size=patch_size, stride=stride, feature_dim=feature_dim,
                          global_widths=global_widths, lr=lr, local_batch=local_batch, global_batch=global_batch,
                          view_shift=view_shift, temperature=temperature, lambda_c=lambda_c, lambda_t=lambda_t,
                          lambda_s=lambda_s, idw_power=idw_power, score_batch=score_batch, inference=inference,
-                         teacher_weights=None if teacher_weights is None else str(teacher_weights), lambda_k=lambda_k)
+                         teacher_weights=None if teacher_weights is None else str(teacher_weights), lambda_k=lambda_k,
+                         view_jitter=view_jitter, stains=stains,
+                         dad_negatives=dad_negatives, ssl_stains=ssl_stains)
         closes = 2 * 2 ** len(global_widths)
         if patch_size > closes:
             raise ValueError(f"patch_size must be at most {closes} for global_widths of {len(global_widths)} "
@@ -189,9 +192,15 @@ class GlanceNet(AnomalyModel):
         jitter = (torch.rand(2, b, 1, 1, 1, generator=generator) - 0.5).to(images.device)
         first = crop_patches(images, idx, rows, cols, k)
         second = crop_patches(images, idx, rows + offset[0], cols + offset[1], k)
-        second = second * (1 + 0.2 * jitter[0]) + 0.1 * jitter[1]              # contrast ±10 %, brightness ±5 %
-        z = self.local_features(torch.cat([first, second]))
-        ssl = info_nce(z[:b], z[b:], self.config["temperature"])
+        j = self.config["view_jitter"]
+        second = second * (1 + j * jitter[0]) + 0.5 * j * jitter[1]          # contrast ±j/2, brightness ±j/4
+        if self.config["ssl_stains"]:
+            stained = add_stain(second, generator, varied=self.config["stains"] == "varied")
+            z = self.local_features(torch.cat([first, second, stained]))
+            ssl = info_nce(z[:b], z[b:2 * b], self.config["temperature"], z[2 * b:])
+        else:
+            z = self.local_features(torch.cat([first, second]))
+            ssl = info_nce(z[:b], z[b:], self.config["temperature"])
         compact = compactness_loss(z[:b])
         return {"total": self.config["lambda_k"] * ssl + self.config["lambda_c"] * compact, "ssl": ssl,
                 "compact": compact}
@@ -223,15 +232,27 @@ class GlanceNet(AnomalyModel):
         rows = torch.randint(h - k + 1, (b,), generator=generator)
         cols = torch.randint(w - k + 1, (b,), generator=generator)
         patches = crop_patches(images, idx, rows, cols, k)
-        stained = add_stain(patches, generator)
-        normal = (torch.rand(b, generator=generator) < 0.5).to(images.device)
+        varied = self.config["stains"] == "varied"
+        m = self.config["dad_negatives"]
         self.local_net.eval()
-        with torch.no_grad():
-            z_local, z_stained = self.local_features(torch.cat([patches, stained])).split(b)
-        z_star = torch.where(normal[:, None], z_local, z_stained)
         z_global = self.global_features(images[idx.to(images.device)], hole_masks(rows, cols, k, (h, w), images.device))
+        if m == 0:
+            stained = add_stain(patches, generator, varied=varied)
+            normal = (torch.rand(b, generator=generator) < 0.5).to(images.device)
+            with torch.no_grad():
+                z_local, z_stained = self.local_features(torch.cat([patches, stained])).split(b)
+            z_star = torch.where(normal[:, None], z_local, z_stained)
+            dad = dad_loss(self.dad_head.logits(z_star, z_global), normal)
+        else:
+            stained = add_stain(patches.repeat(m, 1, 1, 1), generator, varied=varied)
+            with torch.no_grad():
+                z_all = self.local_features(torch.cat([patches, stained]))
+            z_local = z_all[:b]
+            logits = self.dad_head.logits(z_all, z_global.repeat(m + 1, 1))
+            normal = torch.zeros(b * (m + 1), device=images.device, dtype=torch.bool)
+            normal[:b] = True
+            dad = 0.5 * (dad_loss(logits[:b], normal[:b]) + dad_loss(logits[b:], normal[b:]))
         iad = iad_score(z_local, z_global).mean()
-        dad = dad_loss(self.dad_head.logits(z_star, z_global), normal)
         return {"total": iad + self.config["lambda_t"] * dad, "iad": iad, "dad": dad}
 
     # --- scoring ----------------------------------------------------------------------------
