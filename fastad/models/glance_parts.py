@@ -274,8 +274,10 @@ def add_stain(patches: torch.Tensor, generator: torch.Generator | None = None, m
 
     A stain is a rotated ellipse with semi-axes in [min_radius, max_radius] * K, centred anywhere
     in the patch, with a soft one-pixel edge, blended at opacity in [0.5, 1] towards a random gray
-    level in [0, 1] (one level for all channels, so gray images stay gray). Everything is drawn on
-    the CPU from `generator`.
+    level in [0, 1] (one level for all channels, so gray images stay gray). With varied, half of
+    the stains are instead thin lines (semi-axis 1-2 px across, 0.15-0.5 * K along: scratches),
+    and half of all stains blend towards a random colour (one level per channel) instead of a
+    gray. Everything is drawn on the CPU from `generator`.
 
     Args:
         patches: [N, C, K, K] in [0, 1].
