@@ -160,6 +160,32 @@ def test_info_nce_prefers_matching_views():
     torch.testing.assert_close(info_nce(b, c, 0.5), expected)
 
 
+def test_info_nce_hard_negative():
+    b = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    c = torch.randn(4, 3, generator=torch.Generator().manual_seed(1))
+    far = -b                                              # a hard negative pointing away: small extra term
+    near = c.clone()                                      # one equal to the positive: log 2 more at best
+    assert float(info_nce(b, c, 0.5)) < float(info_nce(b, c, 0.5, far)) < float(info_nce(b, c, 0.5, near))
+    nb, nc, nh = (torch.nn.functional.normalize(x, dim=1) for x in (b, c, near))
+    sim = nb @ nc.T / 0.5
+    extra = lambda x: (x * nh).sum(1, keepdim=True) / 0.5                               # noqa: E731
+    a_side, b_side = torch.cat([sim, extra(nb)], 1), torch.cat([sim.T, extra(nc)], 1)
+    expected = 0.5 * (-a_side.log_softmax(1).diagonal().mean() - b_side.log_softmax(1).diagonal().mean())
+    torch.testing.assert_close(info_nce(b, c, 0.5, near), expected)
+
+
+def test_recipe_losses_run_both_ways(brick):
+    """The first recipe's options (eq. 8's single DAD draw, gray stains, jittered views, no
+    stained InfoNCE negative) still train; the default recipe's losses are finite."""
+    torch.manual_seed(0)
+    for config in ({}, {"view_jitter": 0.2, "stains": "gray", "dad_negatives": 0, "ssl_stains": False}):
+        model = GlanceNet(local_batch=4, global_batch=2, **config)
+        model.setup(brick[0])
+        for stage in model.stages:
+            losses = model.training_loss(stage, brick[0][:4], torch.Generator().manual_seed(0))
+            assert torch.isfinite(losses["total"]) and losses["total"].requires_grad
+
+
 def test_global_loss_is_eq_10(trained, brick):
     model = trained[0]
     losses = model.global_loss(brick[0], torch.Generator().manual_seed(3))
@@ -209,6 +235,32 @@ def test_add_stain_is_small_and_seeded():
     assert stained.min() >= 0 and stained.max() <= 1
 
 
+def test_add_stain_varied_has_lines_and_colours():
+    patches = torch.full((64, 3, 32, 32), 0.5)
+    stained = add_stain(patches, torch.Generator().manual_seed(0), varied=True)
+    assert torch.equal(stained, add_stain(patches, torch.Generator().manual_seed(0), varied=True))
+    assert stained.min() >= 0 and stained.max() <= 1
+    changed = (stained != patches).any(1).float().mean((1, 2))
+    assert (changed > 0).all() and (changed < 0.5).all()
+    coloured = torch.tensor([not (torch.equal(s[0], s[1]) and torch.equal(s[1], s[2])) for s in stained])
+    assert 0 < coloured.sum() < 64                                                    # some gray, some coloured
+
+
+def test_map_blur(trained):
+    model = trained[0]
+    p = model.grid(SIZE, SIZE).num_patches
+    s = torch.zeros(1, p)
+    s[0, p // 2] = 1.0
+    sharp = model.combine(s, s, (SIZE, SIZE), 1.0)
+    model.config["blur_sigma"], sigma = 0.0, model.config["blur_sigma"]
+    try:
+        raw = model.combine(s, s, (SIZE, SIZE), 1.0)
+    finally:
+        model.config["blur_sigma"] = sigma
+    assert sigma > 0
+    torch.testing.assert_close(sharp.maps, fastad.ops.gaussian_blur(raw.maps[:, None], sigma)[:, 0])
+
+
 def test_hole_masks():
     hole = hole_masks(torch.tensor([0, 3]), torch.tensor([2, 1]), 2, (5, 6))
     assert hole.shape == (2, 1, 5, 6)
@@ -225,6 +277,12 @@ def test_config_errors():
         GlanceNet(stride=0)
     with pytest.raises(ValueError, match="inference"):
         GlanceNet(inference="loop")
+    with pytest.raises(ValueError, match="stains"):
+        GlanceNet(stains="pink")
+    with pytest.raises(ValueError, match="dad_negatives"):
+        GlanceNet(dad_negatives=-1)
+    with pytest.raises(ValueError, match="blur_sigma"):
+        GlanceNet(blur_sigma=-1.0)
     assert isinstance(create_model("glance"), GlanceNet)
 
 
