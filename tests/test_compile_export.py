@@ -88,3 +88,20 @@ def test_scoring_graph_exports(model_name):
     torch.testing.assert_close(program.module()(more)[1], model.score(more).maps)
     module = scoring_module(model)
     assert torch.equal(module(images)[0], expected.image_scores)
+
+
+def test_ops_run_in_float32_under_autocast():
+    torch.manual_seed(0)
+    query, bank = torch.randn(10, 8), torch.randn(30, 8)
+    heatmap = torch.rand(2, 1, 6, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        dist, _ = fastad.ops.knn(query.bfloat16(), bank, 2)
+        up = fastad.ops.gaussian_upsample(heatmap.bfloat16(), 16, 5, 2, 1.0, sigma=2.0)
+        layer = fastad.nn.PartialConv2d(3, 4, 3, padding=1)
+        x, mask = torch.rand(1, 3, 8, 8), (torch.rand(1, 1, 8, 8) > 0.3).float()
+        out = layer(x.bfloat16(), mask)                   # the convolution itself autocasts, as nn.Conv2d does
+    assert dist.dtype == up.dtype == torch.float32
+    torch.testing.assert_close(out.float(), layer(x, mask), rtol=0.05, atol=0.05)
+    torch.testing.assert_close(dist, fastad.ops.knn(query.bfloat16().float(), bank, 2)[0])
+    with pytest.raises(TypeError, match="float32"):   # outside autocast, low precision is still refused
+        fastad.ops.knn(query.bfloat16(), bank.bfloat16(), 2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fastad.ops._autocast import float32_under_autocast
 from fastad.nn.random_projection import sparse_random_matrix
 from fastad.ops import kcenter_coreset
 from fastad.ops.knn import _check_knn, knn_prepared
@@ -44,6 +45,7 @@ class NearestNeighborScorer(nn.Module):
         """[M, D] the bank as given (after any subsample)."""
         return self.centred_bank + self.centre
 
+    @float32_under_autocast
     def knn(self, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """query [N, D] -> (dist [N, k] ascending, index [N, k] into memory_bank)."""
         _check_knn(query, self.centred_bank, self.k, check_values=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fastad.ops._autocast import float32_under_autocast
 from fastad.backend import use_reference
 from fastad.ops import partial_conv as ops
 
@@ -42,6 +43,7 @@ class PartialConv2d(nn.Conv2d):
         self._cache_mask: torch.Tensor | None = None
         self._cache_coverage: ops.Coverage | None = None
 
+    @float32_under_autocast
     def forward(self, input: torch.Tensor, mask_in: torch.Tensor | None = None):
         args = (self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups, self.multi_channel)
         mask = ops.check_partial_conv2d(input, mask_in, *args)

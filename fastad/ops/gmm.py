@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from fastad.ops._autocast import float32_under_autocast
 from fastad import _extension
 from fastad.backend import use_reference
 from fastad.ops import reference
@@ -19,6 +20,7 @@ class NotPositiveDefiniteError(ValueError):
         self.component = component
 
 
+@float32_under_autocast
 def gmm_log_prob(z: torch.Tensor, log_phi: torch.Tensor, mu: torch.Tensor, scale_tril: torch.Tensor,
                  per_component: bool = False, *, check_values: bool = True) -> torch.Tensor:
     """log Σ_k φ_k N(z | μ_k, Σ_k) per sample (the log of PEDENet eq. 6, normalised by
@@ -48,6 +50,7 @@ def gmm_log_prob(z: torch.Tensor, log_phi: torch.Tensor, mu: torch.Tensor, scale
     return torch.ops.fastad.gmm_log_prob(z, log_phi, mu, scale_tril, per_component)
 
 
+@float32_under_autocast
 def gmm_params(z: torch.Tensor, gamma: torch.Tensor, eps: float = 1e-6):
     """The M-step of eqs. 3–5 from soft memberships, differentiable in z and gamma.
 
@@ -81,6 +84,7 @@ def gmm_params(z: torch.Tensor, gamma: torch.Tensor, eps: float = 1e-6):
     return phi, mu, sigma + eps * eye
 
 
+@float32_under_autocast
 def gmm_scale_tril(sigma: torch.Tensor) -> torch.Tensor:
     """Cholesky factors [K, D, D] of covariances sigma [K, D, D] (differentiable).
 
@@ -108,6 +112,7 @@ def gmm_scale_tril(sigma: torch.Tensor) -> torch.Tensor:
     return factor
 
 
+@float32_under_autocast
 def gmm_energy(z: torch.Tensor, gamma: torch.Tensor, eps: float = 1e-6):
     """DAGMM/PEDENet sample energy and covariance regulariser from soft memberships.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from fastad.ops._autocast import float32_under_autocast
 from fastad import _extension
 from fastad.backend import use_reference
 from fastad.ops import reference
@@ -12,6 +13,7 @@ from fastad.ops._checks import check_finite, check_float, check_int, check_same_
 CUDA_MAX_K = 64
 
 
+@float32_under_autocast
 def knn(query: torch.Tensor, bank: torch.Tensor, k: int = 1, *, check_values: bool = True):
     """Exact k nearest bank rows of each query row, by Euclidean distance.
 
@@ -63,6 +65,7 @@ def knn_prepared(query: torch.Tensor, bank: torch.Tensor, k: int, bank_sq_norms:
     return torch.ops.fastad.knn(query, bank, k, bank_sq_norms)
 
 
+@float32_under_autocast
 def kcenter_coreset(features: torch.Tensor, n: int, start: int = 0, *, check_values: bool = True) -> torch.Tensor:
     """Greedy k-center selection (PatchCore's coreset): starting from row `start`, repeatedly
     add the row farthest (Euclidean) from the rows chosen so far.

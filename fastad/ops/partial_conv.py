@@ -30,6 +30,7 @@ from typing import NamedTuple
 import torch
 from torch.nn.modules.utils import _pair
 
+from fastad.ops._autocast import float32_under_autocast
 from fastad import _extension
 from fastad.backend import use_reference
 from fastad.ops import reference
@@ -126,6 +127,7 @@ def mask_coverage(input_shape, mask: torch.Tensor | None, weight_shape, stride=1
     return Coverage(partial_conv_coverage(mask, kernel, stride, padding, dilation, groups), slide)
 
 
+@float32_under_autocast
 def partial_conv2d(input: torch.Tensor, mask: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor | None = None,
                    stride=1, padding=0, dilation=1, groups: int = 1, multi_channel: bool = False, *,
                    coverage: Coverage | None = None):

@@ -18,6 +18,7 @@ from numbers import Real
 
 import torch
 
+from fastad.ops._autocast import float32_under_autocast
 from fastad import _extension
 from fastad.backend import use_reference
 from fastad.ops import reference
@@ -88,6 +89,7 @@ class PatchGrid:
         return torch.stack(torch.meshgrid(cy, cx, indexing="ij"), -1).reshape(-1, 2)
 
 
+@float32_under_autocast
 def gaussian_upsample(heatmap: torch.Tensor, out_size, receptive_field: int, stride: int, start: float,
                       sigma: float = 12.0) -> torch.Tensor:
     """FCDD's receptive-field upsampling (Liznerski et al., ICLR 2021).
@@ -122,6 +124,7 @@ def gaussian_upsample(heatmap: torch.Tensor, out_size, receptive_field: int, str
     return torch.ops.fastad.gaussian_upsample(heatmap, list(size), receptive_field, stride, start, sigma)
 
 
+@float32_under_autocast
 def patch_average(patch_scores: torch.Tensor, grid: PatchGrid, out_size=None) -> torch.Tensor:
     """Pixel score = mean score of the patches covering the pixel (PEDENet sec. 3.3, Patch-SVDD).
 
@@ -144,6 +147,7 @@ def patch_average(patch_scores: torch.Tensor, grid: PatchGrid, out_size=None) ->
     return torch.ops.fastad.patch_average(patch_scores, *_grid_args(grid), list(size))
 
 
+@float32_under_autocast
 def idw_upsample(patch_scores: torch.Tensor, grid: PatchGrid, out_size=None, power: float = 2.0,
                  radius: float | None = None) -> torch.Tensor:
     """Inverse-distance-weighted score map ("Glancing at the Patch", sec. 3.3).
@@ -176,6 +180,7 @@ def idw_upsample(patch_scores: torch.Tensor, grid: PatchGrid, out_size=None, pow
     return torch.ops.fastad.idw_upsample(patch_scores, *_grid_args(grid), list(size), power, radius)
 
 
+@float32_under_autocast
 def gaussian_blur(maps: torch.Tensor, sigma: float, kernel_size: int | None = None) -> torch.Tensor:
     """Separable Gaussian blur with reflect padding (what anomalib applies to its maps, σ = 4).
 
