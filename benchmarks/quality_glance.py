@@ -16,6 +16,7 @@ import torch
 
 import fastad
 from fastad.models import GlanceNet
+from builtin_split import load_builtin
 
 
 def metrics(result, masks, labels) -> dict[str, float]:
@@ -39,14 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    size = GlanceNet.image_size
-    train = fastad.data.open_dataset(f"builtin:{args.texture}", "train", size=size)
-    test = fastad.data.open_dataset(f"builtin:{args.texture}", "test", size=size)
-    train_images = torch.stack([s.image for s in train])
-    samples = [test[i] for i in range(len(test))]
-    images = torch.stack([s.image for s in samples])
-    masks = torch.stack([s.mask for s in samples])
-    labels = torch.tensor([s.label for s in samples])
+    train_images, images, masks, labels = load_builtin(args.texture, GlanceNet.image_size)
 
     torch.manual_seed(args.seed)
     config = json.loads(args.config)

@@ -18,6 +18,7 @@ import torch
 
 import fastad
 from fastad.models import UTAD
+from builtin_split import load_builtin
 
 
 def best_iou(maps: torch.Tensor, masks: torch.Tensor, n: int = 50) -> float:
@@ -35,14 +36,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    size = UTAD.image_size
-    train = fastad.data.open_dataset(f"builtin:{args.texture}", "train", size=size)
-    test = fastad.data.open_dataset(f"builtin:{args.texture}", "test", size=size)
-    train_images = torch.stack([s.image for s in train])
-    samples = [test[i] for i in range(len(test))]
-    images = torch.stack([s.image for s in samples])
-    masks = torch.stack([s.mask for s in samples])
-    labels = torch.tensor([s.label for s in samples])
+    train_images, images, masks, labels = load_builtin(args.texture, UTAD.image_size)
 
     torch.manual_seed(args.seed)
     start, cpu_start = time.perf_counter(), time.process_time()
