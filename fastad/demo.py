@@ -1,7 +1,8 @@
 """`fastad demo`: train PEDENet on builtin:brick, localise the synthetic defects in the test
 crops, print the metrics next to the raw-pixel nearest-neighbour baseline, write overlays.
 
-Sized for 2 CPU cores: the whole run takes a few minutes, offline.
+Sized for 2 CPU cores: the whole run takes about 75 s on two idle cores, offline. The baseline is
+scored at its own 256 px geometry whatever the model.
 """
 from __future__ import annotations
 
