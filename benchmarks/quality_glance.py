@@ -40,7 +40,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    train_images, images, masks, labels = load_builtin(args.texture, GlanceNet.image_size)
+    size = GlanceNet.image_size
+    train_images, images, masks, labels = load_builtin(args.texture, size)
 
     torch.manual_seed(args.seed)
     config = json.loads(args.config)
@@ -56,7 +57,7 @@ def main() -> None:
     score_s = time.perf_counter() - start
     row = {"texture": args.texture, "size": size, "steps": args.steps or model.default_steps,
            "lambda_s": model.config["lambda_s"], **metrics(result, masks, labels), "train_s": round(train_s, 1),
-           "score_s": round(score_s, 1), "test_images": len(samples),
+           "score_s": round(score_s, 1), "test_images": len(images),
            "threads": args.threads, "config": json.loads(args.config)}
     if args.ablation:
         row["ablation"] = {f"{lam:.1f}": metrics(model.combine(s_iad, s_dad, (size, size), lam), masks, labels)

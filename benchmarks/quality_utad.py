@@ -36,7 +36,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    train_images, images, masks, labels = load_builtin(args.texture, UTAD.image_size)
+    size = UTAD.image_size
+    train_images, images, masks, labels = load_builtin(args.texture, size)
 
     torch.manual_seed(args.seed)
     start, cpu_start = time.perf_counter(), time.process_time()
