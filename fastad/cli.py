@@ -106,6 +106,9 @@ def _data(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastad", description="Fast anomaly localization operators and models.")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's; on a machine shared with other jobs, fewer "
+                             "threads than cores avoids OpenMP threads waiting on each other)")
     commands = parser.add_subparsers(dest="command", required=True)
     info = commands.add_parser("info", help="what was built and loaded")
     info.add_argument("--json", action="store_true", help="print the facts as JSON")
@@ -177,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"fastad: --threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     return args.run(args)
 
 
