@@ -6,10 +6,11 @@
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 from torch import nn
+
+from fastad.models.weights_file import read_state_dict
 
 #: Added inside the push function's log, so p(0) = -log(eps) stays finite (and its slope -1/eps).
 PUSH_EPS = 1e-6
@@ -112,14 +113,7 @@ def load_vgg11_weights(features: nn.Sequential, path) -> None:
     """Loads a torchvision vgg11_bn state_dict (a .safetensors file, or a .pth/.pt file read with
     torch.load(weights_only=True)) into vgg11_features() by its `features.<i>.*` keys.
     Raises ValueError naming the keys that are missing or have the wrong shape."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"weights must be the path of a local VGG-11-BN weights file, found nothing at {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_state_dict(path, "weights", "VGG-11-BN")
     wanted = features.state_dict()
     picked = {key: state.get(f"features.{key}") for key in wanted}
     missing = [key for key, value in picked.items() if value is None]

@@ -6,11 +6,12 @@ file in torchvision's layout (no torchvision needed, nothing downloaded).
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from fastad.models.weights_file import read_state_dict
 
 #: ImageNet's per-channel pixel statistics, which torchvision's ResNet weights expect.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -67,17 +68,7 @@ class ResNet18(nn.Module):
 def load_resnet18_teacher(path) -> ResNet18:
     """A frozen ResNet18 in eval mode from a torchvision resnet18 state_dict saved at `path`
     (.pth / .pt via torch.load(weights_only=True), or .safetensors)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"teacher_weights must be an existing local resnet18 weights file, got {str(path)!r}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise ValueError(f"teacher_weights must hold a state_dict, got a {type(state).__name__} in {str(path)!r}")
+    state = read_state_dict(path, "teacher_weights", "torchvision resnet18")
     teacher = ResNet18()
     try:
         teacher.load_state_dict(state, strict=True)

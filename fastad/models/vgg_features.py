@@ -16,10 +16,11 @@ then not the paper's.
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import torch
 from torch import nn
+
+from fastad.models.weights_file import read_state_dict
 
 #: (in, out) channels of VGG-19's convs up to conv3_4 with their torchvision `features` indices.
 VGG19_CONVS = ((0, 3, 64), (2, 64, 64), (5, 64, 128), (7, 128, 128), (10, 128, 256), (12, 256, 256),
@@ -35,17 +36,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def load_vgg19_state(path) -> dict[str, torch.Tensor]:
     """The tensors of a local VGG-19 weights file (.safetensors, or a torch.save'd state_dict)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"vgg_weights must be a local VGG-19 weights file, found nothing at {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise ValueError(f"vgg_weights {path} must hold a state_dict (a dict of tensors), got {type(state).__name__}")
-    return state
+    return read_state_dict(path, "vgg_weights", "VGG-19")
 
 
 class VGG19Features(nn.Module):
