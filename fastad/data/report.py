@@ -1,6 +1,8 @@
 """How datasets report files they skip: by path, as a warning, and in dataset.skipped."""
 from __future__ import annotations
 
+import contextlib
+import sys
 import warnings
 
 
@@ -24,3 +26,14 @@ def summarize(dataset) -> str:
         parts.append(f"{unlabelled} unlabelled")
     parts.append(f"{len(dataset.skipped)} skipped as unreadable")
     return ", ".join(parts)
+
+
+@contextlib.contextmanager
+def warnings_to_stderr():
+    """For command-line paths: the warnings raised inside (SkippedImageWarning always, even when
+    repeated) are printed one line each to stderr, `warning: <message>`, when the block ends."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SkippedImageWarning)
+        yield
+    for warning in caught:
+        print(f"warning: {warning.message}", file=sys.stderr)

@@ -1,11 +1,9 @@
 """Scoring a folder of production images: scores.csv, one .npy map per image, overlays."""
 from __future__ import annotations
 
-import sys
-import warnings
 from pathlib import Path
 
-from fastad.data import SkippedImageWarning
+from fastad.data.report import warnings_to_stderr
 from fastad.data.folder import FolderDataset
 from fastad.engine.results import output_name, save_map, write_overlays, write_scores_csv
 from fastad.engine.scoring import ScoredImages
@@ -13,12 +11,8 @@ from fastad.engine.scoring import ScoredImages
 
 def open_folder(path, size: int) -> FolderDataset:
     """Every image file in folder `path` at size x size; unreadable ones reported on stderr and skipped."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", SkippedImageWarning)
-        dataset = FolderDataset(normal_dir=path, test_dir=path, split="test", size=size)
-    for warning in caught:
-        print(f"warning: {warning.message}", file=sys.stderr)
-    return dataset
+    with warnings_to_stderr():
+        return FolderDataset(normal_dir=path, test_dir=path, split="test", size=size)
 
 
 def score_folder(scorer, path, out=None, save_maps: str | None = "npy", overlays: bool = False,
