@@ -115,21 +115,35 @@ def _resize_buffers(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> N
             setattr(model.get_submodule(module_name), leaf, torch.empty_like(saved, device=buffer.device))
 
 
-def load_checkpoint(run, device="cpu") -> Checkpoint:
-    """A run folder (or checkpoint file) -> Checkpoint with the model rebuilt from its registry
-    name and config, weights loaded, on `device`, in eval mode."""
+def _existing_checkpoint(run) -> Path:
     path = checkpoint_path(run)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint must be a run folder holding {CHECKPOINT_FILE} (or the file), "
                                 f"found nothing at {path}")
-    tensors = {}
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        metadata = f.metadata() or {}
-        for key in f.keys():
-            tensors[key] = f.get_tensor(key)
-    if "fastad" not in metadata:
+    return path
+
+
+def _parse_header(path: Path, metadata: dict | None) -> dict:
+    if not metadata or "fastad" not in metadata:
         raise ValueError(f"{path} is not a fastad checkpoint (its header has no 'fastad' entry)")
-    header = json.loads(metadata["fastad"])
+    return json.loads(metadata["fastad"])
+
+
+def read_header(run) -> dict:
+    """The JSON header of a run's checkpoint (model, config, data, training position) without
+    reading its tensors."""
+    path = _existing_checkpoint(run)
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        return _parse_header(path, f.metadata())
+
+
+def load_checkpoint(run, device="cpu") -> Checkpoint:
+    """A run folder (or checkpoint file) -> Checkpoint with the model rebuilt from its registry
+    name and config, weights loaded, on `device`, in eval mode."""
+    path = _existing_checkpoint(run)
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        header = _parse_header(path, f.metadata())
+        tensors = {key: f.get_tensor(key) for key in f.keys()}
     state = {key[len("model."):]: value for key, value in tensors.items() if key.startswith("model.")}
     model = model_from_state(header["model"], header["config"], state).to(device).eval()
     return Checkpoint(model, header, {k: v for k, v in tensors.items() if not k.startswith("model.")})

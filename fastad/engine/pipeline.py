@@ -6,15 +6,14 @@ checkpoint on a dataset's test split.
 """
 from __future__ import annotations
 
-import sys
-import warnings
 from pathlib import Path
 
 import torch
 
 from fastad._files import write_json
-from fastad.data import SkippedImageWarning, open_dataset
-from fastad.engine.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from fastad.data import open_dataset
+from fastad.data.report import warnings_to_stderr
+from fastad.engine.checkpoint import CHECKPOINT_FILE, read_header
 from fastad.engine.evaluation import evaluation_record
 from fastad.engine.results import write_overlays
 from fastad.engine.scorer import Scorer
@@ -43,7 +42,7 @@ def fit_run(model_name: str, data: str, out, steps=None, seed: int = 0, device="
     if resume_run:
         if not (out / CHECKPOINT_FILE).is_file():
             raise FileNotFoundError(f"--resume needs a checkpoint in {out}, found none")
-        header = load_checkpoint(out).header
+        header = read_header(out)
         images, _ = load_normal_images(header["data"], header["image_size"], header["training"]["seed"])
         return resume(out, images, device, progress, checkpoint_every)
     if (out / CHECKPOINT_FILE).exists():
@@ -58,11 +57,8 @@ def fit_run(model_name: str, data: str, out, steps=None, seed: int = 0, device="
 def evaluate(scorer: Scorer, data: str, overlays_dir=None, progress: bool = True, seed: int = 0) -> dict:
     """Scores the test split of `data` with scorer (a fastad.Scorer) and returns its results.json
     record; writes overlays into overlays_dir/overlays when given."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", SkippedImageWarning)
+    with warnings_to_stderr():
         dataset = open_dataset(data, "test", size=scorer.image_size, seed=seed)
-    for warning in caught:
-        print(f"warning: {warning.message}", file=sys.stderr)
     scored = scorer.score_dataset(dataset, progress=progress)
     if overlays_dir is not None:
         write_overlays(overlays_dir, scored, dataset)
