@@ -14,6 +14,7 @@ import torch
 import fastad
 from fastad.engine import Scorer
 from fastad.models import create_model
+from builtin_split import load_builtin
 from conftest import requires_cuda, run_pedantic, synchronized
 
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, requires_cuda])]
@@ -22,10 +23,9 @@ BATCH = 8
 
 @functools.lru_cache(maxsize=2)
 def builtin_images(size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train [40, 3, S, S], test batch [8, 3, S, S]) of builtin:brick."""
-    train = fastad.data.open_dataset("builtin:brick", "train", size=size)
-    test = fastad.data.open_dataset("builtin:brick", "test", size=size)
-    return torch.stack([s.image for s in train]), torch.stack([test[i].image for i in range(BATCH)])
+    """(train [40, 3, S, S], the first BATCH test images [8, 3, S, S]) of builtin:brick."""
+    train, test, _, _ = load_builtin("brick", size)
+    return train, test[:BATCH]
 
 
 def ready_model(name: str, device: str, **config):

@@ -20,6 +20,7 @@ import torch
 import fastad
 from fastad.engine import Scorer, train
 from fastad.models import MODELS, create_model
+from builtin_split import load_builtin
 
 PLAIN_PYTORCH = {"pedenet": {"dense_embedding": False}}  # what a straightforward port would do
 
@@ -30,13 +31,12 @@ def synchronize(device: torch.device) -> None:
 
 
 def build(name: str, device: torch.device, config: dict | None = None):
+    """(model set up on builtin:brick without training steps, test images [20, 3, S, S])."""
     torch.manual_seed(0)
     model = create_model(name, **(config or {}))
-    dataset = fastad.data.open_dataset("builtin:brick", "train", size=model.image_size)
-    images = torch.stack([dataset[i].image for i in range(len(dataset))]).to(device)
-    train(model.to(device), images, steps=0, progress=False)
-    test = fastad.data.open_dataset("builtin:brick", "test", size=model.image_size)
-    return model, torch.stack([test[i].image for i in range(len(test))])
+    train_images, test_images, _, _ = load_builtin("brick", model.image_size)
+    train(model.to(device), train_images.to(device), steps=0, progress=False)
+    return model, test_images
 
 
 def measure(scorer: Scorer, images: torch.Tensor, batch_size: int, rounds: int, latency_runs: int) -> dict:
