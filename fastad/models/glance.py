@@ -243,15 +243,20 @@ class GlanceNet(AnomalyModel):
         return {"total": self.config["lambda_k"] * ssl + self.config["lambda_c"] * compact, "ssl": ssl,
                 "compact": compact}
 
+    def _random_patches(self, images: torch.Tensor, generator: torch.Generator, count: int):
+        """count patches at uniformly random places of random images [N, C, H, W] -> (patches
+        [count, C, K, K], image index, top rows, left cols [count] each, on the CPU)."""
+        n, _, h, w = images.shape
+        k = self.patch_size
+        idx = torch.randint(n, (count,), generator=generator)
+        rows = torch.randint(h - k + 1, (count,), generator=generator)
+        cols = torch.randint(w - k + 1, (count,), generator=generator)
+        return crop_patches(images, idx, rows, cols, k), idx, rows, cols
+
     def distillation_loss(self, images: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """One distillation batch of local_batch random patches of images [N, C, H, W] (eq. 3):
         {"total": λk l_k + λc l_c, "distill": l_k (eq. 1, mean over the teacher's 512 dims), "compact"}."""
-        n, _, h, w = images.shape
-        k, b = self.patch_size, self.config["local_batch"]
-        idx = torch.randint(n, (b,), generator=generator)
-        rows = torch.randint(h - k + 1, (b,), generator=generator)
-        cols = torch.randint(w - k + 1, (b,), generator=generator)
-        patches = crop_patches(images, idx, rows, cols, k)
+        patches = self._random_patches(images, generator, self.config["local_batch"])[0]
         teacher = self._teacher[0].to(images.device)
         with torch.no_grad():
             target = teacher(patches)
@@ -264,12 +269,9 @@ class GlanceNet(AnomalyModel):
     def global_loss(self, images: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """One Global-Net + DAD batch from images [N, C, H, W] (eq. 10):
         {"total": l_IAD + λt l_DAD, "iad", "dad"}. Local-Net is frozen (eval mode, no gradient)."""
-        n, _, h, w = images.shape
+        h, w = images.shape[-2:]
         k, b = self.patch_size, self.config["global_batch"]
-        idx = torch.randint(n, (b,), generator=generator)
-        rows = torch.randint(h - k + 1, (b,), generator=generator)
-        cols = torch.randint(w - k + 1, (b,), generator=generator)
-        patches = crop_patches(images, idx, rows, cols, k)
+        patches, idx, rows, cols = self._random_patches(images, generator, b)
         varied = self.config["stains"] == "varied"
         m = self.config["dad_negatives"]
         self.local_net.eval()
