@@ -101,13 +101,25 @@ def test_shared_inference_matches_masked_copies(patch_size, corners):
     holes = hole_masks(corners[:, 0], corners[:, 1], patch_size, (SIZE, SIZE))
     with torch.no_grad():
         copies = net(image.expand(len(corners), -1, -1, -1), holes)
-        shared = net.forward_shared(image, corners, patch_size)
+        shared = net.forward_shared(image, corners, patch_size)[0]
         torch.testing.assert_close(shared, copies, rtol=1e-5, atol=1e-6)
         # no peeking in the shared form too: each patch's Z_g ignores its own pixels, bit for bit
         for i, (top, left) in enumerate(corners.tolist()):
-            changed = net.forward_shared(_changed_inside(image, top, left, patch_size), corners, patch_size)
+            changed = net.forward_shared(_changed_inside(image, top, left, patch_size), corners, patch_size)[0]
             assert torch.equal(changed[i], shared[i])
             assert not torch.equal(changed, shared)                      # other patches do see them
+
+
+def test_shared_inference_batches_images_independently():
+    torch.manual_seed(0)
+    net = GlobalNet().eval()
+    images = torch.randn(3, 3, SIZE, SIZE)
+    corners = torch.tensor([[0, 0], [40, 96], [112, 112]])
+    with torch.no_grad():
+        batched = net.forward_shared(images, corners, 16)
+        one_by_one = torch.stack([net.forward_shared(image[None], corners, 16)[0] for image in images])
+    assert batched.shape == (3, 3, net.readout[-1].out_features)
+    torch.testing.assert_close(batched, one_by_one, rtol=1e-5, atol=1e-6)
 
 
 def test_scores_agree_across_inference_modes(trained, brick):

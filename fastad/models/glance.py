@@ -81,6 +81,7 @@ from fastad.ops.upsample import PatchGrid, gaussian_blur, idw_upsample
 
 #: how patch_scores runs Global-Net over the patches of an image (see the module docstring)
 INFERENCE_MODES = ("shared", "copies")
+SHARED_BOXES_PER_PASS = 256  # patch boxes per forward_shared call (about 0.2 GB of float32 features)
 
 #: the width of the teacher's feature R(p) (ResNet-18's layer4)
 TEACHER_DIM = 512
@@ -305,24 +306,23 @@ class GlanceNet(AnomalyModel):
     def patch_scores(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images [B, C, H, W] in [0, 1] -> (s_IAD, s_DAD), each [B, P] over grid(H, W) in raster
         order (eqs. 11, 12). Global-Net runs per image as the config's `inference` says."""
-        b, _, h, w = images.shape
+        b, c, h, w = images.shape
         grid = self.grid(h, w)
         k, chunk = self.patch_size, self.config["score_batch"]
         corners = (grid.centres(torch.float32) - (k - 1) / 2).round().long()          # [P, 2] top-left
-        if self.config["inference"] == "copies":
+        patches = F.unfold(images, k, stride=grid.stride).transpose(1, 2).reshape(-1, c, k, k)  # [B * P, C, K, K]
+        z_local = self.local_features(patches)
+        if self.config["inference"] == "shared":
+            images_per_pass = max(1, SHARED_BOXES_PER_PASS // grid.num_patches)
+            z_global = torch.cat([self.global_net.forward_shared(self.normalize(part), corners, k).flatten(0, 1)
+                                  for part in images.split(images_per_pass)])
+        else:
             holes = hole_masks(corners[:, 0], corners[:, 1], k, (h, w), images.device)  # [P, 1, H, W]
-        iad, dad = [], []
-        for image in images:
-            patches = F.unfold(image[None], k, stride=grid.stride).transpose(1, 2).reshape(-1, image.shape[0], k, k)
-            z_local = self.local_features(patches)
-            if self.config["inference"] == "shared":
-                z_global = self.global_net.forward_shared(self.normalize(image[None]), corners, k)
-            else:
-                z_global = torch.cat([self.global_features(image.expand(len(hole), -1, -1, -1), hole)
-                                      for hole in holes.split(chunk)])
-            iad.append(iad_score(z_local, z_global))
-            dad.append(1.0 - self.dad_head(z_local, z_global))
-        return torch.stack(iad), torch.stack(dad)
+            z_global = torch.cat([self.global_features(image.expand(len(hole), -1, -1, -1), hole)
+                                  for image in images for hole in holes.split(chunk)])
+        iad = iad_score(z_local, z_global).view(b, -1)
+        dad = 1.0 - self.dad_head(z_local, z_global).view(b, -1)
+        return iad, dad
 
     def combine(self, s_iad: torch.Tensor, s_dad: torch.Tensor, image_size: tuple[int, int],
                 lambda_s: float | None = None) -> AnomalyResult:

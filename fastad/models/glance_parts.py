@@ -97,46 +97,47 @@ class GlobalNet(nn.Module):
             x = F.max_pool2d(F.relu(x), 2)
             mask = F.max_pool2d(mask, 2)
         x, mask = self.last(x, mask)
-        return self._read_out(F.relu(x), mask, hole)
+        return self._read_out(F.relu(x), mask, F.avg_pool2d(hole.to(x.dtype), self.stride))
 
-    def forward_shared(self, image: torch.Tensor, corners: torch.Tensor, patch_size: int) -> torch.Tensor:
-        """Z_g of P square patches of ONE image, sharing the computation the patches have in common.
+    def forward_shared(self, images: torch.Tensor, corners: torch.Tensor, patch_size: int) -> torch.Tensor:
+        """Z_g of the same P square patches in each of B images, sharing what the patches have in common.
 
-        Equal (up to float rounding) to forward(image.expand(P, ...), holes of the patches), but
-        cheaper: a hole changes a layer's output only within a box around it (the box grows by the
-        3x3 window at each conv and halves at each pooling), so one unmasked pass over the image
-        gives every feature outside the boxes, and each patch recomputes only its box, from a
-        crop of the shared input with the patch's own values pasted in. Crops are zero-padded
+        Equal (up to float rounding) to forward(image.expand(P, ...), holes of the patches) per image,
+        but cheaper: a hole changes a layer's output only within a box around it (the box grows by
+        the 3x3 window at each conv and halves at each pooling), so one unmasked pass over the
+        images gives every feature outside the boxes, and each patch recomputes only its box, from
+        a crop of the shared input with the patch's own values pasted in. Crops are zero-padded
         like the full convolution's border, so the renormalisation is the same. The boxes are
-        kept one size per layer (shifted inward at the image border) so the P crops form a batch.
+        kept one size per layer (shifted inward at the image border) so all B * P crops form one
+        batch, gathered and pasted by index.
 
         Args:
-            image: [1, C, H, H] standardised pixels (square), H a multiple of self.stride.
+            images: [B, C, H, H] standardised pixels (square), H a multiple of self.stride.
             corners: [P, 2] long, the patches' top-left (row, col).
             patch_size: the patches' side K.
         Returns:
-            Z_g [P, Z].
+            Z_g [B, P, Z].
         """
-        self._check_size(image.shape[-2:])
-        if image.dim() != 4 or image.shape[0] != 1 or image.shape[-1] != image.shape[-2]:
-            raise ValueError(f"image must be one square image [1, C, H, H], got {tuple(image.shape)}")
-        p = corners.shape[0]
-        hole = hole_masks(corners[:, 0], corners[:, 1], patch_size, tuple(image.shape[-2:]), image.device)
-        # level 0: the box is the patch; its values are the image's, its mask the hole's complement
-        start, size = corners.to(image.device), patch_size
-        values = _crops(image.expand(p, -1, -1, -1), start, size)
-        mask = 1.0 - _crops(hole, start, size)
-        shared = image
+        if images.dim() != 4 or images.shape[-1] != images.shape[-2]:
+            raise ValueError(f"images must be square images [B, C, H, H], got {tuple(images.shape)}")
+        self._check_size(images.shape[-2:])
+        b, p, device = images.shape[0], corners.shape[0], images.device
+        hole = hole_masks(corners[:, 0], corners[:, 1], patch_size, tuple(images.shape[-2:]), device)
+        # level 0: the box is the patch; its values are the image's, its mask all hole (0)
+        start, size = corners.cpu(), patch_size
+        values = _crops(images, start, size)                                         # [B * P, C, K, K]
+        mask = torch.zeros_like(values[:, :1])
+        shared = images
         layers = [(conv, True) for conv in self.convs] + [(self.last, False)]
         for conv, pooled in layers:
             out_start, out_size = _grown_box(start, size, shared.shape[-1], even=pooled)
             # the conv's input window around the out box, at out_start - 1, is at out_start in the
             # 1-padded map
-            x = _crops(F.pad(shared, (1, 1, 1, 1)).expand(p, -1, -1, -1), out_start, out_size + 2)
-            m = _crops(F.pad(torch.ones_like(shared[:, :1]), (1, 1, 1, 1)).expand(p, -1, -1, -1), out_start,
-                       out_size + 2)
-            _paste(x, values, start - out_start + 1)
-            _paste(m, mask, start - out_start + 1)
+            x = _crops(F.pad(shared, (1, 1, 1, 1)), out_start, out_size + 2)
+            m = _crops(F.pad(torch.ones_like(shared[:1, :1]), (1, 1, 1, 1)), out_start, out_size + 2).repeat(b, 1, 1, 1)
+            offset = (start - out_start + 1).repeat(b, 1)
+            _paste(x, values, offset)
+            _paste(m, mask, offset)
             values, mask = partial_conv2d(x, m, conv.weight, conv.bias, 1, 0)
             values = F.relu(values)
             shared = F.relu(conv(shared, None)[0])
@@ -144,19 +145,21 @@ class GlobalNet(nn.Module):
             if pooled:
                 values, mask, shared = F.max_pool2d(values, 2), F.max_pool2d(mask, 2), F.max_pool2d(shared, 2)
                 start, size = start // 2, size // 2
-        x = shared.expand(p, -1, -1, -1).clone()
+        x = shared.repeat_interleave(p, 0)
         full_mask = torch.ones_like(x[:, :1])
-        _paste(x, values, start)
-        _paste(full_mask, mask, start)
-        return self._read_out(x, full_mask, hole)
+        _paste(x, values, start.repeat(b, 1))
+        _paste(full_mask, mask, start.repeat(b, 1))
+        footprint = F.avg_pool2d(hole, self.stride).repeat(b, 1, 1, 1)
+        return self._read_out(x, full_mask, footprint).view(b, p, -1)
 
     def _check_size(self, size) -> None:
         if size[0] % self.stride or size[1] % self.stride:
             raise ValueError(f"images must have H, W multiples of {self.stride}, got {tuple(size)}")
 
-    def _read_out(self, x: torch.Tensor, mask: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
-        """final features x [N, W, h, w], final mask [N, 1, h, w], hole [N, 1, H, W] -> Z_g [N, Z]."""
-        share = F.avg_pool2d(hole.to(x.dtype), self.stride) * mask            # [N, 1, h, w]
+    def _read_out(self, x: torch.Tensor, mask: torch.Tensor, footprint: torch.Tensor) -> torch.Tensor:
+        """final features x [N, W, h, w], final mask [N, 1, h, w], footprint [N, 1, h, w] (each
+        final cell's share of the patch: the hole average-pooled by the stride) -> Z_g [N, Z]."""
+        share = footprint * mask
         local = (x * share).sum((2, 3)) / share.sum((2, 3)).clamp_min(1e-6)
         context = (x * mask).sum((2, 3)) / mask.sum((2, 3)).clamp_min(1e-6)
         return self.readout(torch.cat([local, context], 1))
@@ -177,15 +180,27 @@ def _grown_box(start: torch.Tensor, size: int, side: int, even: bool) -> tuple[t
 
 
 def _crops(maps: torch.Tensor, start: torch.Tensor, size: int) -> torch.Tensor:
-    """maps [P, C, H, W], start [P, 2] -> the P boxes [P, C, size, size] (views stacked)."""
-    return torch.stack([m[:, r:r + size, c:c + size] for m, (r, c) in zip(maps, start.tolist())])
+    """maps [B, C, H, W], start [P, 2] (top-left, the same boxes in every map) -> the boxes
+    [B * P, C, size, size], map-major, in maps' memory format."""
+    boxes = [maps[:, None, :, r:r + size, c:c + size] for r, c in start.tolist()]
+    return torch.cat(boxes, 1).flatten(0, 1) if maps.shape[0] > 1 else torch.cat([box[0] for box in boxes])
 
 
 def _paste(maps: torch.Tensor, values: torch.Tensor, start: torch.Tensor) -> None:
-    """Writes values [P, C, s, s] into maps [P, C, H, W] at start [P, 2], in place."""
+    """Writes values [Q, C, s, s] into maps [Q, C, H, W] at start [Q, 2], in place, one slice
+    assignment per distinct start (most boxes sit at the same offset in their crop)."""
     s = values.shape[-1]
-    for m, v, (r, c) in zip(maps, values, start.tolist()):
-        m[:, r:r + s, c:c + s] = v
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, (r, c) in enumerate(start.tolist()):
+        groups.setdefault((r, c), []).append(i)
+    for (r, c), rows in groups.items():
+        if len(rows) == maps.shape[0]:
+            maps[:, :, r:r + s, c:c + s] = values
+        elif len(rows) == 1:
+            maps[rows[0], :, r:r + s, c:c + s] = values[rows[0]]
+        else:
+            index = torch.tensor(rows, device=maps.device)
+            maps[index, :, r:r + s, c:c + s] = values[index]
 
 
 class DADHead(nn.Module):
