@@ -50,6 +50,13 @@ def test_pseudo_huber_and_push():
     assert float(push(torch.zeros(()))) == pytest.approx(-math.log(PUSH_EPS))
 
 
+@pytest.mark.parametrize("dtype, rel", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
+def test_pseudo_huber_keeps_small_scores(dtype, rel):
+    x = torch.tensor([1e-5, 1e-3, 0.05, 0.5, 30.0], dtype=torch.float64)
+    exact = torch.sqrt(x * x + 1) - 1
+    assert pseudo_huber(x.to(dtype)).double().tolist() == pytest.approx(exact.tolist(), rel=rel)
+
+
 def test_fcdd_loss_is_eq4():
     # image 0: normal (0.5 + 1.0 + 0.25)/4, anomalous mean 2.0/4; image 1: normal 0.5/4, anomalous
     # 3.2/4; image 2 has no anomalous pixel: its normal mean only

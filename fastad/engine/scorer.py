@@ -15,6 +15,7 @@ from fastad.models.base import AnomalyModel
 from fastad.models.result import AnomalyResult
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
 
 class Scorer:
@@ -29,10 +30,13 @@ class Scorer:
             neighbour searches and score maps stay float32 either way.
         cuda_graphs: on CUDA, capture the scoring of each new batch shape once as a CUDA graph
             and replay it (fixed-shape production batches skip the per-kernel launch cost).
+        memory_format: "channels_last" (default: the model's conv weights and every batch are
+            laid out NHWC, the layout oneDNN and cuDNN run fastest; the model passed in is
+            converted in place) or "contiguous" (NCHW, as trained).
     """
 
     def __init__(self, checkpoint, device="cpu", batch_size: int = 8, precision: str = "fp32",
-                 cuda_graphs: bool = False):
+                 cuda_graphs: bool = False, memory_format: str = "channels_last"):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
         self.device = torch.device(device)
@@ -40,6 +44,8 @@ class Scorer:
             raise ValueError("precision 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on the CPU")
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError("cuda_graphs needs a CUDA device")
+        if memory_format not in MEMORY_FORMATS:
+            raise ValueError(f"memory_format must be one of {tuple(MEMORY_FORMATS)}, got {memory_format!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         if isinstance(checkpoint, AnomalyModel):
@@ -47,6 +53,8 @@ class Scorer:
         else:
             loaded = load_checkpoint(checkpoint, self.device)
             self.model, self.header = loaded.model, loaded.header
+        self.memory_format = MEMORY_FORMATS[memory_format]
+        self.model.to(memory_format=self.memory_format)
         self.batch_size, self.precision, self.cuda_graphs = batch_size, precision, cuda_graphs
         self.image_size = self.model.image_size
         self._graphs: dict[tuple, tuple] = {}
@@ -63,7 +71,7 @@ class Scorer:
         if images.shape[-2:] != (self.image_size, self.image_size):
             images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear",
                                    align_corners=False, antialias=True)
-        return images
+        return images.contiguous(memory_format=self.memory_format)
 
     def _forward(self, images: torch.Tensor) -> AnomalyResult:
         dtype = PRECISIONS[self.precision]
