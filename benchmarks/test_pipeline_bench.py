@@ -1,6 +1,6 @@
 """Whole scoring pipelines: one batch of 8 builtin:brick test images through fastad.Scorer, with
-fastad's ops against the same pipeline on the reference ops (and, for PEDENet, the plain port that
-crops every patch). Groups: "pipeline <model> <device> <precision> b8".
+fastad's ops against the same pipeline on the reference ops, fastad with the network in NCHW
+instead of channels_last, and, for PEDENet, the plain port that crops every patch. Groups: "pipeline <model> <device> <precision> b8".
 
 benchmarks/throughput.py reports the same as images/s and single-image p50/p99 latency.
 """
@@ -37,10 +37,11 @@ def ready_model(name: str, device: str, **config):
     return model
 
 
-CONTENDERS = {
-    "fastad": ({}, "native"),
-    "reference": ({}, "reference"),
-    "plain port (crops, reference ops)": ({"dense_embedding": False}, "reference"),
+CONTENDERS = {  # name: (model config, ops backend, Scorer memory format)
+    "fastad": ({}, "native", "channels_last"),
+    "reference": ({}, "reference", "channels_last"),
+    "fastad NCHW": ({}, "native", "contiguous"),
+    "plain port (crops, reference ops, NCHW)": ({"dense_embedding": False}, "reference", "contiguous"),
 }
 
 
@@ -49,12 +50,12 @@ CONTENDERS = {
 @pytest.mark.parametrize("model_name", ["pedenet", "fcdd", "glance", "utad"])
 @pytest.mark.parametrize("contender", list(CONTENDERS))
 def test_pipeline(benchmark, contender, model_name, precision, device):
-    config, backend = CONTENDERS[contender]
+    config, backend, memory_format = CONTENDERS[contender]
     if config and model_name != "pedenet":
         pytest.skip("the crop-based port only differs for PEDENet")
     benchmark.group = f"pipeline {model_name} {device} {precision} b{BATCH}"
     benchmark.name = contender
-    scorer = Scorer(ready_model(model_name, device, **config), device, BATCH, precision)
+    scorer = Scorer(ready_model(model_name, device, **config), device, BATCH, precision, memory_format=memory_format)
     _, images = builtin_images(scorer.image_size)
     images = images.to(device)
     with fastad.use_backend(backend):

@@ -81,7 +81,9 @@ from fastad.ops.upsample import PatchGrid, gaussian_blur, idw_upsample
 
 #: how patch_scores runs Global-Net over the patches of an image (see the module docstring)
 INFERENCE_MODES = ("shared", "copies")
-SHARED_BOXES_PER_PASS = 256  # patch boxes per forward_shared call (about 0.2 GB of float32 features)
+#: patch boxes per forward_shared call: 256 keeps one 128-px image at stride 8 per pass; passes of
+#: several images measured slower on the CPU (their boxes' features fall out of cache)
+SHARED_BOXES_PER_PASS = 256
 
 #: the width of the teacher's feature R(p) (ResNet-18's layer4)
 TEACHER_DIM = 512

@@ -109,7 +109,7 @@ class GlobalNet(nn.Module):
         a crop of the shared input with the patch's own values pasted in. Crops are zero-padded
         like the full convolution's border, so the renormalisation is the same. The boxes are
         kept one size per layer (shifted inward at the image border) so all B * P crops form one
-        batch, gathered and pasted by index.
+        batch; each box is cut from (and pasted into) all B images with one slice.
 
         Args:
             images: [B, C, H, H] standardised pixels (square), H a multiple of self.stride.
