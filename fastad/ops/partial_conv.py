@@ -15,8 +15,10 @@ How the work is split:
   (grad_raw = grad·update·ratio and the bias gradient Σ grad·update in one pass): it cannot be
   the forward op again because with a bias the update factor is applied twice. In eager mode
   partial_conv2d runs the in-place form (fastad::partial_conv_renormalize_) on the fresh conv
-  output, which the convolution's backward does not need: no second output tensor to allocate
-  (on the CPU a fresh 30 MB tensor costs about as much in page faults as the kernel itself).
+  output (contiguous in NCHW, or in channels_last order when input and weight are: the kernels
+  read and write either layout directly), which the convolution's backward does not need: no
+  second output tensor to allocate (on the CPU a fresh 30 MB tensor costs about as much in page
+  faults as the kernel itself).
   Under torch.compile it runs the functional op.
 
 Groups: NVIDIA's layer counts coverage over all C_in channels (slide_winsize = C_in·kH·kW) even
@@ -85,7 +87,8 @@ def partial_conv_renormalize(raw: torch.Tensor, coverage: torch.Tensor, bias: to
     Returns:
         (out [B, Co, Ho, Wo], update_mask [B or 1, G, Ho, Wo]) with update = clamp(coverage, 0, 1),
         ratio = slide_winsize / (coverage + 1e-8) · update, out = (raw·ratio + bias)·update, or
-        raw·ratio without bias. Differentiable in raw and bias.
+        raw·ratio without bias. Differentiable in raw and bias. out has raw's layout when raw is
+        contiguous in NCHW or channels_last order (read without a copy), else it is NCHW.
     """
     if use_reference():
         return reference.partial_conv_renormalize(raw, coverage, bias, slide_winsize)
