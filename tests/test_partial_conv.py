@@ -489,3 +489,144 @@ def test_module_under_cuda_autocast():
     assert torch.equal(update.float(), want_update)
     out.float().sum().backward()
     assert layer.weight.grad is not None and torch.isfinite(layer.weight.grad).all()
+
+
+# --- channels_last (NHWC) raw: read without a copy, output in raw's layout ------------------------
+
+CL = torch.channels_last
+
+
+def is_channels_last_only(t):
+    return t.is_contiguous(memory_format=CL) and not t.is_contiguous()
+
+
+def renormalize_case(seed, device, dtype, batch=3, out_channels=6, groups=3, size=(5, 7), coverage_batch=None):
+    """raw [B, Co, H, W] contiguous, non-binary coverage [B or 1, G, H, W] (clamp edges included), bias [Co]."""
+    g = torch.Generator().manual_seed(seed)
+    raw = torch.randn(batch, out_channels, *size, generator=g, dtype=torch.float64).to(device, dtype)
+    coverage = (torch.rand(coverage_batch or batch, groups, *size, generator=g, dtype=torch.float64) * 12 - 1).round()
+    coverage[0, 0, 0, :3] = torch.tensor([0.0, 0.5, 1.0])
+    bias = torch.randn(out_channels, generator=g, dtype=torch.float64).to(device, dtype)
+    return raw, coverage.to(device, dtype), bias
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("groups,coverage_batch", [(1, None), (3, None), (3, 1), (2, 1)])
+def test_channels_last_renormalize_is_bit_identical_to_nchw(device, dtype, groups, coverage_batch):
+    raw, coverage, bias = renormalize_case(30, device, dtype, groups=groups, coverage_batch=coverage_batch)
+    raw_cl = raw.contiguous(memory_format=CL)
+    assert is_channels_last_only(raw_cl)
+    for b in (bias, None):
+        want, want_update = torch.ops.fastad.partial_conv_renormalize(raw, coverage, b, 9.0)
+        out, update = torch.ops.fastad.partial_conv_renormalize(raw_cl, coverage, b, 9.0)
+        assert is_channels_last_only(out) and want.is_contiguous()
+        assert torch.equal(out, want) and torch.equal(update, want_update)
+        in_place = raw_cl.clone()
+        address = in_place.data_ptr()
+        assert torch.equal(torch.ops.fastad.partial_conv_renormalize_(in_place, coverage, b, 9.0), want_update)
+        assert in_place.data_ptr() == address and is_channels_last_only(in_place)
+        assert torch.equal(in_place, want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("has_bias", [True, False])
+def test_channels_last_renormalize_backward(device, has_bias):
+    dtype = dtype_for(device)
+    grad, coverage, _ = renormalize_case(31, device, dtype, batch=2, out_channels=8, groups=2, size=(23, 29))
+    want_raw, want_bias = torch.ops.fastad.partial_conv_renormalize_backward(grad, coverage, 9.0, has_bias)
+    got_raw, got_bias = torch.ops.fastad.partial_conv_renormalize_backward(grad.contiguous(memory_format=CL), coverage,
+                                                                          9.0, has_bias)
+    assert is_channels_last_only(got_raw)
+    assert torch.equal(got_raw, want_raw)  # the same per-element formula
+    torch.testing.assert_close(got_bias, want_bias, **tolerance(dtype))  # summed in another order
+    assert got_bias.shape == (8 if has_bias else 0,)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("config", [dict(padding=1), dict(groups=2, multi_channel=True, padding=1),
+                                    dict(mask_batch=1, stride=2, padding=1), dict(bias=False, groups=2, padding=1),
+                                    dict(mask_none=True, multi_channel=True, groups=2, padding=1)],
+                         ids=["plain", "groups-multi", "mask-batch-1", "groups-no-bias", "mask-none"])
+def test_channels_last_partial_conv2d_takes_the_in_place_path(device, config, monkeypatch):
+    case, conv = split(config)
+    dtype = dtype_for(device)
+    x, mask, w, b = random_case(32, cin=4, cout=8, device=device, dtype=dtype, **case)
+    if config.get("mask_none"):
+        mask = None
+    want, want_update = fastad.ops.partial_conv2d(x, mask, w, b, **conv)
+    in_place_calls = []
+    apply = pc._RenormalizeInPlace.apply
+    monkeypatch.setattr(pc._RenormalizeInPlace, "apply", lambda *a: in_place_calls.append(a[0]) or apply(*a))
+    out, update = fastad.ops.partial_conv2d(x.contiguous(memory_format=CL), mask, w.contiguous(memory_format=CL), b,
+                                            **conv)
+    assert len(in_place_calls) == 1 and is_channels_last_only(in_place_calls[0])
+    assert is_channels_last_only(out) and out.data_ptr() == in_place_calls[0].data_ptr()
+    torch.testing.assert_close(out, want, **tolerance(dtype))  # the convolution algorithm may differ
+    assert torch.equal(update, want_update)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_channels_last_gradients(device):
+    dtype = dtype_for(device)
+    x, mask, w, b = random_case(33, batch=2, cin=4, cout=4, size=(6, 7), groups=2, device=device, dtype=dtype)
+    mask[0, :, 1:4, 2:5] = 0
+    leaves = [x.contiguous(memory_format=CL).requires_grad_(), w.contiguous(memory_format=CL).requires_grad_(),
+              b.clone().requires_grad_()]
+    fn = lambda *p: fastad.ops.partial_conv2d(p[0], mask, p[1], p[2], padding=1, groups=2)[0]  # noqa: E731
+    if dtype == torch.float64:
+        assert torch.autograd.gradcheck(fn, leaves, fast_mode=True)
+        raw, coverage, bias = renormalize_case(34, device, dtype, batch=2, out_channels=4, groups=2)
+        raw = raw.contiguous(memory_format=CL).requires_grad_()
+        bias.requires_grad_()
+        renorm = lambda r, bb: fastad.ops.partial_conv_renormalize(r, coverage, bb, 9.0)[0]  # noqa: E731
+        assert torch.autograd.gradcheck(renorm, (raw, bias), fast_mode=True)
+    # channels_last against contiguous leaves: the same gradients
+    flat = [t.detach().contiguous().requires_grad_() for t in leaves]
+    grad = torch.randn(fn(*flat).shape, dtype=torch.float64).to(device, dtype)
+    want = torch.autograd.grad(fn(*flat), flat, grad)
+    got = torch.autograd.grad(fn(*leaves), leaves, grad.contiguous(memory_format=CL))
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a, e, **tolerance(dtype))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_channels_last_opcheck(device):
+    raw, coverage, bias = renormalize_case(35, device, torch.float32, groups=2, out_channels=6)
+    raw_cl = raw.contiguous(memory_format=CL).requires_grad_()
+    bias.requires_grad_()
+    torch.library.opcheck(torch.ops.fastad.partial_conv_renormalize.default, (raw_cl, coverage, bias, 9.0))
+    torch.library.opcheck(torch.ops.fastad.partial_conv_renormalize.default, (raw_cl, coverage[:1], None, 9.0))
+    torch.library.opcheck(torch.ops.fastad.partial_conv_renormalize_.default,
+                          (raw_cl.detach().clone(), coverage, bias.detach(), 9.0))
+    for has_bias in (True, False):
+        torch.library.opcheck(torch.ops.fastad.partial_conv_renormalize_backward.default,
+                              (raw_cl.detach(), coverage, 9.0, has_bias))
+    transposed = raw.detach().transpose(2, 3).contiguous().transpose(2, 3)  # neither layout: NCHW output
+    torch.library.opcheck(torch.ops.fastad.partial_conv_renormalize.default, (transposed, coverage, None, 9.0))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_other_layouts_go_through_an_nchw_copy(device):
+    raw, coverage, bias = renormalize_case(36, device, dtype_for(device), groups=2)
+    want, want_update = torch.ops.fastad.partial_conv_renormalize(raw, coverage, bias, 9.0)
+    for odd in (raw.transpose(2, 3).contiguous().transpose(2, 3),
+                raw.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3),
+                torch.cat([raw, raw], 3)[..., :raw.shape[3]]):
+        assert not odd.is_contiguous() and not odd.is_contiguous(memory_format=CL) and torch.equal(odd, raw)
+        out, update = torch.ops.fastad.partial_conv_renormalize(odd, coverage, bias, 9.0)
+        assert out.is_contiguous() and torch.equal(out, want) and torch.equal(update, want_update)
+        grad_raw, _ = torch.ops.fastad.partial_conv_renormalize_backward(odd, coverage, 9.0, True)
+        assert grad_raw.is_contiguous()
+        with pytest.raises(RuntimeError, match="contiguous"):
+            torch.ops.fastad.partial_conv_renormalize_(odd, coverage, bias, 9.0)
+
+
+def test_torch_compile_channels_last_matches_eager():
+    x, mask, w, b = random_case(37, dtype=torch.float32)
+    x, w = x.contiguous(memory_format=CL), w.contiguous(memory_format=CL)
+    fn = lambda x, m: fastad.ops.partial_conv2d(x, m, w, b, padding=1)[0]  # noqa: E731
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    got, want = compiled(x, mask), fn(x, mask)
+    torch.testing.assert_close(got, want)
+    assert is_channels_last_only(got) and got.stride() == want.stride()

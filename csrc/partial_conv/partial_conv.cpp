@@ -173,6 +173,66 @@ void renormalize_planes(const scalar_t* raw, const at::Tensor& coverage,
   });
 }
 
+// The same as renormalize_planes for raw in channels_last order [B, HW, Co]: parallel over
+// (batch, pixel), the factors of a (pixel, group) computed once (the same mask_factors values
+// factor_planes stores) and the inner loop over the group's channels. Bit-identical to the NCHW
+// loop: same opmath formula, same order of operations. `out` may be `raw` (in place).
+template <typename scalar_t>
+void renormalize_channels_last(const scalar_t* raw, const at::Tensor& coverage,
+                               const std::optional<at::Tensor>& bias_in, double slide_winsize,
+                               int64_t batch, int64_t out_channels, int64_t hw, scalar_t* out) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const scalar_t* cov = coverage.data_ptr<scalar_t>();
+  std::vector<opmath_t> bias_values;
+  if (bias_in.has_value()) {
+    const at::Tensor bias = bias_in->contiguous();
+    const scalar_t* b = bias.data_ptr<scalar_t>();
+    bias_values.assign(b, b + out_channels);  // static_cast<opmath_t> per element, as the NCHW loop
+  }
+  const opmath_t* bv = bias_values.empty() ? nullptr : bias_values.data();
+  const int64_t groups = coverage.size(1), per_group = out_channels / groups;
+  const bool cov_batched = coverage.size(0) != 1;
+  const opmath_t slide = static_cast<opmath_t>(slide_winsize);
+  at::parallel_for(0, batch * hw, plane_grain(out_channels), [&](int64_t begin, int64_t end) {
+    for (int64_t q = begin; q < end; ++q) {
+      const int64_t n = q / hw, pixel = q % hw;
+      const scalar_t* cp = cov + (cov_batched ? n : 0) * groups * hw + pixel;
+      const scalar_t* rp = raw + q * out_channels;
+      scalar_t* op = out + q * out_channels;
+      for (int64_t g = 0; g < groups; ++g) {
+        opmath_t ratio, update;
+        mask_factors(static_cast<opmath_t>(cp[g * hw]), slide, ratio, update);
+        const int64_t first = g * per_group, last = first + per_group;
+        if (bv != nullptr) {
+          _Pragma("omp simd")
+          for (int64_t c = first; c < last; ++c) {
+            op[c] = static_cast<scalar_t>((static_cast<opmath_t>(rp[c]) * ratio + bv[c]) * update);
+          }
+        } else {
+          _Pragma("omp simd")
+          for (int64_t c = first; c < last; ++c) op[c] = static_cast<scalar_t>(static_cast<opmath_t>(rp[c]) * ratio);
+        }
+      }
+    }
+  });
+}
+
+// Dispatches on raw's loop order; raw is kernel_input()'s tensor, out may be raw (in place).
+void renormalize(const KernelInput& raw, const at::Tensor& coverage,
+                 const std::optional<at::Tensor>& bias, double slide_winsize, at::Tensor& out) {
+  const at::Tensor& r = raw.tensor;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, r.scalar_type(), "partial_conv_renormalize_cpu", [&] {
+    const int64_t batch = r.size(0), out_channels = r.size(1), hw = r.size(2) * r.size(3);
+    if (raw.channels_last) {
+      renormalize_channels_last<scalar_t>(r.data_ptr<scalar_t>(), coverage, bias, slide_winsize, batch,
+                                          out_channels, hw, out.data_ptr<scalar_t>());
+    } else {
+      renormalize_planes<scalar_t>(r.data_ptr<scalar_t>(), coverage, bias, slide_winsize, batch,
+                                   out_channels, hw, out.data_ptr<scalar_t>());
+    }
+  });
+}
+
 at::Tensor update_mask_of(const at::Tensor& coverage) {
   return at::clamp(coverage, 0, 1).contiguous();
 }
@@ -181,69 +241,136 @@ std::tuple<at::Tensor, at::Tensor> partial_conv_renormalize_cpu(
     const at::Tensor& raw_in, const at::Tensor& coverage_in, const std::optional<at::Tensor>& bias,
     double slide_winsize) {
   check_renormalize_args("partial_conv_renormalize", raw_in, coverage_in, bias);
-  const at::Tensor raw = raw_in.contiguous(), coverage = coverage_in.contiguous();
-  at::Tensor out = at::empty_like(raw, at::MemoryFormat::Contiguous);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, raw.scalar_type(), "partial_conv_renormalize_cpu", [&] {
-    renormalize_planes<scalar_t>(raw.data_ptr<scalar_t>(), coverage, bias, slide_winsize, raw.size(0),
-                                 raw.size(1), raw.size(2) * raw.size(3), out.data_ptr<scalar_t>());
-  });
+  const KernelInput raw = kernel_input(raw_in);
+  const at::Tensor coverage = coverage_in.contiguous();
+  at::Tensor out = at::empty_like(raw.tensor);  // raw's layout: NCHW or channels_last
+  if (out.numel() > 0) renormalize(raw, coverage, bias, slide_winsize, out);
   return {out, update_mask_of(coverage)};
 }
 
-// In-place variant for eager mode: raw (contiguous) becomes out; returns update_mask.
+// In-place variant for eager mode: raw (contiguous in NCHW or channels_last order) becomes out;
+// returns update_mask.
 at::Tensor partial_conv_renormalize_inplace_cpu(at::Tensor& raw, const at::Tensor& coverage_in,
                                                 const std::optional<at::Tensor>& bias,
                                                 double slide_winsize) {
   check_renormalize_args("partial_conv_renormalize_", raw, coverage_in, bias);
-  TORCH_CHECK(raw.is_contiguous(), "partial_conv_renormalize_: raw must be contiguous");
+  const KernelInput input = kernel_input(raw);
+  TORCH_CHECK(input.tensor.is_same(raw),
+              "partial_conv_renormalize_: raw must be contiguous (NCHW or channels_last)");
   const at::Tensor coverage = coverage_in.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, raw.scalar_type(), "partial_conv_renormalize_inplace_cpu", [&] {
-    renormalize_planes<scalar_t>(raw.data_ptr<scalar_t>(), coverage, bias, slide_winsize, raw.size(0),
-                                 raw.size(1), raw.size(2) * raw.size(3), raw.data_ptr<scalar_t>());
-  });
+  if (raw.numel() > 0) renormalize(input, coverage, bias, slide_winsize, raw);
   return update_mask_of(coverage);
+}
+
+// Backward over NCHW planes: grad_raw = grad·scale; per (batch, channel) bias partial sums.
+template <typename scalar_t>
+void renormalize_backward_planes(const scalar_t* g, const at::Tensor& coverage, double slide_winsize,
+                                 bool has_bias, int64_t batch, int64_t out_channels, int64_t hw,
+                                 scalar_t* gr, double* sums) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const int64_t groups = coverage.size(1), per_group = out_channels / groups;
+  const bool cov_batched = coverage.size(0) != 1;
+  // d out / d raw = ratio·update with a bias, ratio without; d out / d bias = update
+  at::Tensor scale_t, update_t;
+  factor_planes<scalar_t>(coverage, slide_winsize, has_bias, scale_t, update_t);
+  const opmath_t* scale = scale_t.data_ptr<opmath_t>();
+  const opmath_t* update = update_t.data_ptr<opmath_t>();
+  at::parallel_for(0, batch * out_channels, plane_grain(hw), [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t n = p / out_channels, c = p % out_channels;
+      const int64_t f = ((cov_batched ? n : 0) * groups + c / per_group) * hw;
+      const opmath_t* sc = scale + f;
+      const opmath_t* up = update + f;
+      const scalar_t* gp = g + p * hw;
+      scalar_t* rp = gr + p * hw;
+      _Pragma("omp simd")
+      for (int64_t i = 0; i < hw; ++i) rp[i] = static_cast<scalar_t>(static_cast<opmath_t>(gp[i]) * sc[i]);
+      if (has_bias) {
+        opmath_t acc = 0;
+        _Pragma("omp simd reduction(+ : acc)")
+        for (int64_t i = 0; i < hw; ++i) acc += static_cast<opmath_t>(gp[i]) * up[i];
+        sums[p] = static_cast<double>(acc);
+      }
+    }
+  });
+}
+
+// Pixels per bias partial sum of the channels_last backward: a fixed split, so the reduction
+// order does not depend on the thread count.
+constexpr int64_t kPixelBlock = 256;
+
+// Backward for grad in channels_last order [B, HW, Co]: grad_raw = grad·scale with the same
+// per-element formula as the NCHW loop; bias partial sums per (batch, block of kPixelBlock
+// pixels) and channel, so the bias gradient may differ from the NCHW path by rounding only.
+template <typename scalar_t>
+void renormalize_backward_channels_last(const scalar_t* g, const at::Tensor& coverage,
+                                        double slide_winsize, bool has_bias, int64_t batch,
+                                        int64_t out_channels, int64_t hw, int64_t blocks_per_image,
+                                        scalar_t* gr, double* sums) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const scalar_t* cov = coverage.data_ptr<scalar_t>();
+  const int64_t groups = coverage.size(1), per_group = out_channels / groups;
+  const bool cov_batched = coverage.size(0) != 1;
+  const opmath_t slide = static_cast<opmath_t>(slide_winsize);
+  at::parallel_for(0, batch * blocks_per_image, plane_grain(kPixelBlock * out_channels), [&](int64_t begin, int64_t end) {
+    std::vector<opmath_t> acc(static_cast<size_t>(has_bias ? out_channels : 0));
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / blocks_per_image;
+      const int64_t first_pixel = (item % blocks_per_image) * kPixelBlock;
+      const int64_t last_pixel = std::min(hw, first_pixel + kPixelBlock);
+      std::fill(acc.begin(), acc.end(), opmath_t(0));
+      opmath_t* ac = acc.data();
+      for (int64_t pixel = first_pixel; pixel < last_pixel; ++pixel) {
+        const scalar_t* cp = cov + (cov_batched ? n : 0) * groups * hw + pixel;
+        const scalar_t* gp = g + (n * hw + pixel) * out_channels;
+        scalar_t* rp = gr + (n * hw + pixel) * out_channels;
+        for (int64_t k = 0; k < groups; ++k) {
+          opmath_t ratio, update;
+          mask_factors(static_cast<opmath_t>(cp[k * hw]), slide, ratio, update);
+          const opmath_t scale = has_bias ? ratio * update : ratio;
+          const int64_t first = k * per_group, last = first + per_group;
+          _Pragma("omp simd")
+          for (int64_t c = first; c < last; ++c) rp[c] = static_cast<scalar_t>(static_cast<opmath_t>(gp[c]) * scale);
+          if (has_bias) {
+            _Pragma("omp simd")
+            for (int64_t c = first; c < last; ++c) ac[c] += static_cast<opmath_t>(gp[c]) * update;
+          }
+        }
+      }
+      for (int64_t c = 0; c < static_cast<int64_t>(acc.size()); ++c) {
+        sums[item * out_channels + c] = static_cast<double>(ac[c]);
+      }
+    }
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor> partial_conv_renormalize_backward_cpu(
     const at::Tensor& grad_in, const at::Tensor& coverage_in, double slide_winsize, bool has_bias) {
   check_renormalize_args("partial_conv_renormalize_backward", grad_in, coverage_in, std::nullopt);
-  const at::Tensor grad = grad_in.contiguous(), coverage = coverage_in.contiguous();
-  at::Tensor grad_raw = at::empty_like(grad, at::MemoryFormat::Contiguous);
-  const int64_t batch = grad.size(0), out_channels = grad.size(1), groups = coverage.size(1);
-  const int64_t per_group = out_channels / groups, hw = grad.size(2) * grad.size(3);
-  const bool cov_batched = coverage.size(0) != 1;
-  // per (batch, channel) partial bias sums, reduced over the batch afterwards (deterministic)
-  at::Tensor partial = at::zeros({batch, has_bias ? out_channels : 0}, grad.options().dtype(at::kDouble));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "partial_conv_renormalize_backward_cpu", [&] {
-    using opmath_t = at::opmath_type<scalar_t>;
-    // d out / d raw = ratio·update with a bias, ratio without; d out / d bias = update
-    at::Tensor scale_t, update_t;
-    factor_planes<scalar_t>(coverage, slide_winsize, has_bias, scale_t, update_t);
-    const opmath_t* scale = scale_t.data_ptr<opmath_t>();
-    const opmath_t* update = update_t.data_ptr<opmath_t>();
-    const scalar_t* g = grad.data_ptr<scalar_t>();
-    scalar_t* gr = grad_raw.data_ptr<scalar_t>();
-    double* sums = partial.data_ptr<double>();
-    at::parallel_for(0, batch * out_channels, plane_grain(hw), [&](int64_t begin, int64_t end) {
-      for (int64_t p = begin; p < end; ++p) {
-        const int64_t n = p / out_channels, c = p % out_channels;
-        const int64_t f = ((cov_batched ? n : 0) * groups + c / per_group) * hw;
-        const opmath_t* sc = scale + f;
-        const opmath_t* up = update + f;
-        const scalar_t* gp = g + p * hw;
-        scalar_t* rp = gr + p * hw;
-        _Pragma("omp simd")
-        for (int64_t i = 0; i < hw; ++i) rp[i] = static_cast<scalar_t>(static_cast<opmath_t>(gp[i]) * sc[i]);
-        if (has_bias) {
-          opmath_t acc = 0;
-          _Pragma("omp simd reduction(+ : acc)")
-          for (int64_t i = 0; i < hw; ++i) acc += static_cast<opmath_t>(gp[i]) * up[i];
-          sums[p] = static_cast<double>(acc);
-        }
+  const KernelInput grad = kernel_input(grad_in);
+  const at::Tensor& g = grad.tensor;
+  const at::Tensor coverage = coverage_in.contiguous();
+  at::Tensor grad_raw = at::empty_like(g);  // grad's layout: NCHW or channels_last
+  const int64_t batch = g.size(0), out_channels = g.size(1), hw = g.size(2) * g.size(3);
+  // partial bias sums [items, Co], reduced afterwards (deterministic): items are the (batch,
+  // channel) planes' batch rows in NCHW, the (batch, pixel block)s in channels_last
+  const int64_t blocks_per_image = grad.channels_last ? (hw + kPixelBlock - 1) / kPixelBlock : 1;
+  at::Tensor partial = at::zeros({batch * blocks_per_image, has_bias ? out_channels : 0},
+                                 g.options().dtype(at::kDouble));
+  if (g.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "partial_conv_renormalize_backward_cpu", [&] {
+      if (grad.channels_last) {
+        renormalize_backward_channels_last<scalar_t>(g.data_ptr<scalar_t>(), coverage, slide_winsize, has_bias,
+                                                     batch, out_channels, hw, blocks_per_image,
+                                                     grad_raw.data_ptr<scalar_t>(), partial.data_ptr<double>());
+      } else {
+        renormalize_backward_planes<scalar_t>(g.data_ptr<scalar_t>(), coverage, slide_winsize, has_bias, batch,
+                                              out_channels, hw, grad_raw.data_ptr<scalar_t>(),
+                                              partial.data_ptr<double>());
       }
     });
-  });
-  at::Tensor grad_bias = partial.sum(0).to(grad.scalar_type());
+  }
+  at::Tensor grad_bias = partial.sum(0).to(g.scalar_type());
   return {grad_raw, grad_bias};
 }
 

@@ -49,6 +49,21 @@ inline Axis make_axis(const at::Tensor& mask, int a, at::IntArrayRef kernel_size
           kernel_size[a], stride[a], padding[a], dilation[a]};
 }
 
+// raw / grad_out as the renormalisation kernels read it: the tensor itself when it is dense in
+// NCHW or in channels_last (NHWC) order, else an NCHW copy. The output is at::empty_like(tensor),
+// so it takes raw's own layout on the direct paths (the fake kernels in
+// fastad/ops/partial_conv.py follow the same rule).
+struct KernelInput {
+  at::Tensor tensor;
+  bool channels_last;  // loop order NHWC: element (n, c, pixel) at (n·HW + pixel)·Co + c
+};
+
+inline KernelInput kernel_input(const at::Tensor& t) {
+  if (t.is_contiguous()) return {t, false};
+  if (t.is_contiguous(at::MemoryFormat::ChannelsLast)) return {t, true};
+  return {t.contiguous(), false};
+}
+
 inline void check_renormalize_args(const char* op, const at::Tensor& raw, const at::Tensor& coverage,
                                    const std::optional<at::Tensor>& bias) {
   TORCH_CHECK(raw.dim() == 4, op, ": raw / grad_out must be [B, Co, Ho, Wo], got shape ", raw.sizes());

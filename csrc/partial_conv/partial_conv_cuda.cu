@@ -106,6 +106,17 @@ __device__ inline void mask_factors(opmath_t coverage, opmath_t slide, opmath_t&
   ratio = (opmath_t(1) / (coverage + opmath_t(kCoverageEps))) * slide * update;
 }
 
+// One output element: (raw·ratio + bias)·update, or raw·ratio without bias. Both layouts' kernels
+// call this one function, so they round (and contract) identically.
+template <typename scalar_t, typename opmath_t = at::opmath_type<scalar_t>>
+__device__ inline scalar_t renormalized(scalar_t raw, scalar_t coverage, opmath_t slide, bool has_bias,
+                                        opmath_t bias) {
+  opmath_t ratio, update;
+  mask_factors(static_cast<opmath_t>(coverage), slide, ratio, update);
+  const opmath_t v = static_cast<opmath_t>(raw) * ratio;
+  return static_cast<scalar_t>(has_bias ? (v + bias) * update : v);
+}
+
 // One block per (batch, channel) plane of raw [B, Co, HW]; out may be raw (in place), each
 // element is read before it is written by the same thread.
 template <typename scalar_t>
@@ -122,26 +133,54 @@ __global__ void renormalize_kernel(const scalar_t* raw, const scalar_t* __restri
   const opmath_t slide = static_cast<opmath_t>(slide_winsize);
   const opmath_t bv = bias != nullptr ? static_cast<opmath_t>(bias[c]) : opmath_t(0);
   for (int64_t i = threadIdx.x; i < hw; i += blockDim.x) {
-    opmath_t ratio, update;
-    mask_factors(static_cast<opmath_t>(cp[i]), slide, ratio, update);
-    const opmath_t v = static_cast<opmath_t>(rp[i]) * ratio;
-    op[i] = static_cast<scalar_t>(bias != nullptr ? (v + bv) * update : v);
+    op[i] = renormalized<scalar_t>(rp[i], cp[i], slide, bias != nullptr, bv);
   }
 }
 
-// Writes out = renormalised raw (out may alias raw); raw and coverage contiguous.
-void launch_renormalize(const at::Tensor& raw, const at::Tensor& coverage,
+// The same for raw in channels_last order [B, HW, Co]: one thread per element, element i is
+// (n, pixel, c) with c = i % Co, pixel = (i / Co) % HW, n = i / (Co·HW); grid-stride loop.
+// out may be raw (in place): each element is read before it is written by the same thread.
+template <typename scalar_t>
+__global__ void renormalize_channels_last_kernel(const scalar_t* raw, const scalar_t* __restrict__ coverage,
+                                                 const scalar_t* __restrict__ bias, int64_t total,
+                                                 int64_t out_channels, int64_t groups, bool cov_batched,
+                                                 int64_t hw, double slide_winsize, scalar_t* out) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const int64_t per_group = out_channels / groups;
+  const opmath_t slide = static_cast<opmath_t>(slide_winsize);
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t c = i % out_channels;
+    const int64_t pixel = (i / out_channels) % hw;
+    const int64_t n = i / (out_channels * hw);
+    const int64_t f = ((cov_batched ? n : 0) * groups + c / per_group) * hw + pixel;
+    const opmath_t bv = bias != nullptr ? static_cast<opmath_t>(bias[c]) : opmath_t(0);
+    out[i] = renormalized<scalar_t>(raw[i], coverage[f], slide, bias != nullptr, bv);
+  }
+}
+
+// Writes out = renormalised raw (out may alias raw): raw is kernel_input()'s tensor and out has
+// its layout; coverage contiguous.
+void launch_renormalize(const KernelInput& raw_in, const at::Tensor& coverage,
                         const std::optional<at::Tensor>& bias_in, double slide_winsize, at::Tensor& out) {
+  const at::Tensor& raw = raw_in.tensor;
   const at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::Tensor();
   const int64_t planes = raw.size(0) * raw.size(1), hw = raw.size(2) * raw.size(3);
-  TORCH_CHECK(planes < (int64_t(1) << 31), "partial_conv_renormalize (CUDA): B·Co must be below 2^31");
   if (planes == 0 || hw == 0) return;
+  TORCH_CHECK(raw_in.channels_last || planes < (int64_t(1) << 31),
+              "partial_conv_renormalize (CUDA): B·Co must be below 2^31");
   const auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, raw.scalar_type(), "partial_conv_renormalize_cuda", [&] {
-    renormalize_kernel<scalar_t><<<static_cast<unsigned>(planes), kThreads, 0, stream>>>(
-        raw.data_ptr<scalar_t>(), coverage.data_ptr<scalar_t>(),
-        bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, raw.size(1), coverage.size(1),
-        coverage.size(0) != 1, hw, slide_winsize, out.data_ptr<scalar_t>());
+    const scalar_t* bias_ptr = bias.defined() ? bias.data_ptr<scalar_t>() : nullptr;
+    if (raw_in.channels_last) {
+      renormalize_channels_last_kernel<scalar_t><<<blocks_for(raw.numel()), kThreads, 0, stream>>>(
+          raw.data_ptr<scalar_t>(), coverage.data_ptr<scalar_t>(), bias_ptr, raw.numel(), raw.size(1),
+          coverage.size(1), coverage.size(0) != 1, hw, slide_winsize, out.data_ptr<scalar_t>());
+    } else {
+      renormalize_kernel<scalar_t><<<static_cast<unsigned>(planes), kThreads, 0, stream>>>(
+          raw.data_ptr<scalar_t>(), coverage.data_ptr<scalar_t>(), bias_ptr, raw.size(1), coverage.size(1),
+          coverage.size(0) != 1, hw, slide_winsize, out.data_ptr<scalar_t>());
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -151,20 +190,24 @@ std::tuple<at::Tensor, at::Tensor> partial_conv_renormalize_cuda(
     double slide_winsize) {
   check_renormalize_args("partial_conv_renormalize", raw_in, coverage_in, bias);
   const c10::cuda::CUDAGuard guard(raw_in.device());
-  const at::Tensor raw = raw_in.contiguous(), coverage = coverage_in.contiguous();
-  at::Tensor out = at::empty_like(raw, at::MemoryFormat::Contiguous);
+  const KernelInput raw = kernel_input(raw_in);
+  const at::Tensor coverage = coverage_in.contiguous();
+  at::Tensor out = at::empty_like(raw.tensor);  // raw's layout: NCHW or channels_last
   launch_renormalize(raw, coverage, bias, slide_winsize, out);
   return {out, at::clamp(coverage, 0, 1).contiguous()};
 }
 
+// raw: contiguous in NCHW or channels_last order.
 at::Tensor partial_conv_renormalize_inplace_cuda(at::Tensor& raw, const at::Tensor& coverage_in,
                                                  const std::optional<at::Tensor>& bias,
                                                  double slide_winsize) {
   check_renormalize_args("partial_conv_renormalize_", raw, coverage_in, bias);
-  TORCH_CHECK(raw.is_contiguous(), "partial_conv_renormalize_: raw must be contiguous");
   const c10::cuda::CUDAGuard guard(raw.device());
+  const KernelInput input = kernel_input(raw);
+  TORCH_CHECK(input.tensor.is_same(raw),
+              "partial_conv_renormalize_: raw must be contiguous (NCHW or channels_last)");
   const at::Tensor coverage = coverage_in.contiguous();
-  launch_renormalize(raw, coverage, bias, slide_winsize, raw);
+  launch_renormalize(input, coverage, bias, slide_winsize, raw);
   return at::clamp(coverage, 0, 1).contiguous();
 }
 
@@ -219,6 +262,10 @@ std::tuple<at::Tensor, at::Tensor> partial_conv_renormalize_backward_cuda(
     const at::Tensor& grad_in, const at::Tensor& coverage_in, double slide_winsize, bool has_bias) {
   check_renormalize_args("partial_conv_renormalize_backward", grad_in, coverage_in, std::nullopt);
   const c10::cuda::CUDAGuard guard(grad_in.device());
+  // The kernel reads NCHW planes: channels_last grad is copied to NCHW here and grad_raw copied
+  // back into grad's own layout at the end (the layout the CPU kernel and the fake kernel give).
+  const bool channels_last =
+      !grad_in.is_contiguous() && grad_in.is_contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor grad = grad_in.contiguous(), coverage = coverage_in.contiguous();
   at::Tensor grad_raw = at::empty_like(grad, at::MemoryFormat::Contiguous);
   const int64_t batch = grad.size(0), out_channels = grad.size(1), hw = grad.size(2) * grad.size(3);
@@ -238,6 +285,11 @@ std::tuple<at::Tensor, at::Tensor> partial_conv_renormalize_backward_cuda(
     }
   });
   at::Tensor grad_bias = partial.sum(0).to(grad.scalar_type());
+  if (channels_last) {
+    at::Tensor grad_raw_channels_last = at::empty_like(grad_in);
+    grad_raw_channels_last.copy_(grad_raw);
+    return {grad_raw_channels_last, grad_bias};
+  }
   return {grad_raw, grad_bias};
 }
 

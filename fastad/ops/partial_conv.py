@@ -15,8 +15,10 @@ How the work is split:
   (grad_raw = grad·update·ratio and the bias gradient Σ grad·update in one pass): it cannot be
   the forward op again because with a bias the update factor is applied twice. In eager mode
   partial_conv2d runs the in-place form (fastad::partial_conv_renormalize_) on the fresh conv
-  output, which the convolution's backward does not need: no second output tensor to allocate
-  (on the CPU a fresh 30 MB tensor costs about as much in page faults as the kernel itself).
+  output (contiguous in NCHW, or in channels_last order when input and weight are: the kernels
+  read and write either layout directly), which the convolution's backward does not need: no
+  second output tensor to allocate (on the CPU a fresh 30 MB tensor costs about as much in page
+  faults as the kernel itself).
   Under torch.compile it runs the functional op.
 
 Groups: NVIDIA's layer counts coverage over all C_in channels (slide_winsize = C_in·kH·kW) even
@@ -85,7 +87,8 @@ def partial_conv_renormalize(raw: torch.Tensor, coverage: torch.Tensor, bias: to
     Returns:
         (out [B, Co, Ho, Wo], update_mask [B or 1, G, Ho, Wo]) with update = clamp(coverage, 0, 1),
         ratio = slide_winsize / (coverage + 1e-8) · update, out = (raw·ratio + bias)·update, or
-        raw·ratio without bias. Differentiable in raw and bias.
+        raw·ratio without bias. Differentiable in raw and bias. out has raw's layout when raw is
+        contiguous in NCHW or channels_last order (read without a copy), else it is NCHW.
     """
     if use_reference():
         return reference.partial_conv_renormalize(raw, coverage, bias, slide_winsize)
@@ -177,7 +180,7 @@ def partial_conv2d_checked(input, mask, weight, bias, stride, padding, dilation,
     counts = coverage.counts.to(raw.dtype)
     if bias is not None:
         bias = bias.to(raw.dtype)
-    if raw.is_contiguous() and not torch.compiler.is_compiling():
+    if _kernel_reads_directly(raw) and not torch.compiler.is_compiling():
         out, update = _RenormalizeInPlace.apply(raw, counts, bias, coverage.slide_winsize)
     else:
         out, update = torch.ops.fastad.partial_conv_renormalize(raw, counts, bias, coverage.slide_winsize)
@@ -260,12 +263,22 @@ def _coverage_fake(mask, kernel_size, stride, padding, dilation, groups):
     return mask.new_empty((mask.shape[0], groups, *size))
 
 
+def _kernel_reads_directly(t):
+    """Whether the renormalisation kernels read t [B, Co, Ho, Wo] without a copy: dense in NCHW or
+    in channels_last order. Their output then takes t's layout (empty_like), else it is NCHW."""
+    return t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last)
+
+
+def _output_like(t):
+    return torch.empty_like(t) if _kernel_reads_directly(t) else t.new_empty(t.shape)
+
+
 def _renormalize_fake(raw, coverage, bias, slide_winsize):
-    return raw.new_empty(raw.shape), coverage.new_empty(coverage.shape)
+    return _output_like(raw), coverage.new_empty(coverage.shape)
 
 
 def _renormalize_backward_fake(grad_out, coverage, slide_winsize, has_bias):
-    return grad_out.new_empty(grad_out.shape), grad_out.new_empty((grad_out.shape[1] if has_bias else 0,))
+    return _output_like(grad_out), grad_out.new_empty((grad_out.shape[1] if has_bias else 0,))
 
 
 def _renormalize_inplace_fake(raw, coverage, bias, slide_winsize):
@@ -303,16 +316,17 @@ class _MaskInput(torch.autograd.Function):
         (mask,) = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None
-        if torch.is_grad_enabled() or not grad.is_contiguous() or grad.dtype != mask.dtype:
+        dense = grad.is_contiguous() or grad.is_contiguous(memory_format=torch.channels_last)
+        if torch.is_grad_enabled() or not dense or grad.dtype != mask.dtype:
             return grad * mask, None
         return grad.mul_(mask), None
 
 
 class _RenormalizeInPlace(torch.autograd.Function):
-    """Eager path of partial_conv2d: the fresh, contiguous conv output raw is overwritten with the
-    result (fastad::partial_conv_renormalize_), which saves allocating and first-touching a second
-    [B, Co, Ho, Wo] tensor; the convolution's backward does not need raw. Same backward as the
-    functional op."""
+    """Eager path of partial_conv2d: the fresh conv output raw (contiguous in NCHW or channels_last
+    order) is overwritten with the result (fastad::partial_conv_renormalize_), which saves
+    allocating and first-touching a second [B, Co, Ho, Wo] tensor; the convolution's backward does
+    not need raw. Same backward as the functional op."""
 
     @staticmethod
     def forward(ctx, raw, coverage, bias, slide_winsize):
