@@ -147,6 +147,6 @@ def test_dense_embeddings_equal_the_cropped_patches(stride):
         dense = model.embed_images(images, stride, dense=True)
         crops = model.embed_images(images, stride, dense=False)
     assert dense.shape == crops.shape == (2, ((128 - 64) // stride + 1) * ((96 - 64) // stride + 1), 16)
-    torch.testing.assert_close(dense, crops, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(dense, crops, rtol=1e-4, atol=1e-5)  # the two paths run different conv layouts
     with pytest.raises(ValueError, match="even"):
         model.pe.forward_dense(images, 15)

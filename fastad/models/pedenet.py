@@ -106,9 +106,11 @@ class PatchEncoder(nn.Module):
             return starts[:, None] + offsets
 
         rows, cols = windows(h), windows(w)
-        grid = feats[:, :, rows[:, None, :, None], cols[None, :, None, :]]  # [B, F, Ph, Pw, 2q, 2q]
-        f, ph, pw = grid.shape[1], rows.shape[0], cols.shape[0]
-        grid = grid.permute(0, 2, 3, 1, 4, 5).reshape(b * ph * pw, f, 2 * q, 2 * q)
+        # gathered channels-last: each index copies one whole F-vector (a free view when feats is
+        # channels_last), and the patches' grids come out as a channels_last batch without a copy
+        grid = feats.permute(0, 2, 3, 1)[:, rows[:, None, :, None], cols[None, :, None, :]]  # [B, Ph, Pw, 2q, 2q, F]
+        ph, pw, f = rows.shape[0], cols.shape[0], feats.shape[1]
+        grid = grid.reshape(b * ph * pw, 2 * q, 2 * q, f).permute(0, 3, 1, 2)  # [N, F, 2q, 2q]
         return self.large(grid).reshape(b, ph * pw, -1)
 
 
