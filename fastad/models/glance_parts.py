@@ -189,7 +189,7 @@ def _crops(maps: torch.Tensor, start: torch.Tensor, size: int) -> torch.Tensor:
 def _paste(maps: torch.Tensor, values: torch.Tensor, start: torch.Tensor) -> None:
     """Writes values [Q, C, s, s] into maps [Q, C, H, W] at start [Q, 2], in place, one slice
     assignment per distinct start (most boxes sit at the same offset in their crop)."""
-    s = values.shape[-1]
+    s, values = values.shape[-1], values.to(maps.dtype)
     groups: dict[tuple[int, int], list[int]] = {}
     for i, (r, c) in enumerate(start.tolist()):
         groups.setdefault((r, c), []).append(i)
