@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastad.models.glance_boxes import BoxPlan, box_plan, crops, paste
 from fastad.nn.partial_conv import PartialConv2d
-from fastad.ops.partial_conv import partial_conv2d
+from fastad.ops.partial_conv import Coverage, partial_conv2d
 
 
 class LocalNet(nn.Module):
@@ -85,6 +86,7 @@ class GlobalNet(nn.Module):
         self.readout = nn.Sequential(nn.Linear(2 * widths[-1], 2 * widths[-1]), nn.ReLU(),
                                      nn.Linear(2 * widths[-1], feature_dim))
         self.stride = 2 ** len(widths)
+        self._plans: dict[tuple, BoxPlan] = {}
 
     def forward(self, images: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
         """images [N, C, H, W] (standardised pixels), hole [N, 1, H, W] (1 on the patch, 0 elsewhere;
@@ -109,7 +111,9 @@ class GlobalNet(nn.Module):
         a crop of the shared input with the patch's own values pasted in. Crops are zero-padded
         like the full convolution's border, so the renormalisation is the same. The boxes are
         kept one size per layer (shifted inward at the image border) so all B * P crops form one
-        batch; each box is cut from (and pasted into) all B images with one slice.
+        batch; each box is cut from (and pasted into) all B images with one slice. Where the
+        boxes lie and their masks depend on the patch geometry alone: they are built once per
+        grid (fastad.models.glance_boxes) and reused for every image.
 
         Args:
             images: [B, C, H, H] standardised pixels (square), H a multiple of self.stride.
@@ -121,36 +125,34 @@ class GlobalNet(nn.Module):
         if images.dim() != 4 or images.shape[-1] != images.shape[-2]:
             raise ValueError(f"images must be square images [B, C, H, H], got {tuple(images.shape)}")
         self._check_size(images.shape[-2:])
-        b, p, device = images.shape[0], corners.shape[0], images.device
-        hole = hole_masks(corners[:, 0], corners[:, 1], patch_size, tuple(images.shape[-2:]), device)
-        # level 0: the box is the patch; its values are the image's, its mask all hole (0)
-        start, size = corners.cpu(), patch_size
-        values = _crops(images, start, size)                                         # [B * P, C, K, K]
-        mask = torch.zeros_like(values[:, :1])
+        b, p = images.shape[0], corners.shape[0]
+        plan = self._box_plan(corners, patch_size, images.shape[-1], images.device, images.dtype)
+        values = crops(images, corners.cpu(), patch_size)                          # [B * P, C, K, K]
         shared = images
-        layers = [(conv, True) for conv in self.convs] + [(self.last, False)]
-        for conv, pooled in layers:
-            out_start, out_size = _grown_box(start, size, shared.shape[-1], even=pooled)
-            # the conv's input window around the out box, at out_start - 1, is at out_start in the
-            # 1-padded map
-            x = _crops(F.pad(shared, (1, 1, 1, 1)), out_start, out_size + 2)
-            m = _crops(F.pad(torch.ones_like(shared[:1, :1]), (1, 1, 1, 1)), out_start, out_size + 2).repeat(b, 1, 1, 1)
-            offset = (start - out_start + 1).repeat(b, 1)
-            _paste(x, values, offset)
-            _paste(m, mask, offset)
-            values, mask = partial_conv2d(x, m, conv.weight, conv.bias, 1, 0)
-            values = F.relu(values)
+        for conv, level in zip([*self.convs, self.last], plan.levels):
+            # the conv's input window around the out box, at start - 1, is at start in the 1-padded map
+            x = crops(F.pad(shared, (1, 1, 1, 1)), level.start, level.size + 2)
+            paste(x, values, level.offset.repeat(b, 1))
+            mask, coverage = level.mask, level.coverage
+            if b > 1:
+                mask, coverage = mask.repeat(b, 1, 1, 1), Coverage(coverage.counts.repeat(b, 1, 1, 1), coverage.slide_winsize)
+            values = F.relu(partial_conv2d(x, mask, conv.weight, conv.bias, 1, 0, coverage=coverage)[0])
             shared = F.relu(conv(shared, None)[0])
-            start, size = out_start, out_size
-            if pooled:
-                values, mask, shared = F.max_pool2d(values, 2), F.max_pool2d(mask, 2), F.max_pool2d(shared, 2)
-                start, size = start // 2, size // 2
+            if conv is not self.last:
+                values, shared = F.max_pool2d(values, 2), F.max_pool2d(shared, 2)
         x = shared.repeat_interleave(p, 0)
-        full_mask = torch.ones_like(x[:, :1])
-        _paste(x, values, start.repeat(b, 1))
-        _paste(full_mask, mask, start.repeat(b, 1))
-        footprint = F.avg_pool2d(hole, self.stride).repeat(b, 1, 1, 1)
-        return self._read_out(x, full_mask, footprint).view(b, p, -1)
+        paste(x, values, plan.start.repeat(b, 1))
+        return self._read_out(x, plan.mask.repeat(b, 1, 1, 1), plan.footprint.repeat(b, 1, 1, 1)).view(b, p, -1)
+
+    def _box_plan(self, corners: torch.Tensor, patch_size: int, side: int, device, dtype) -> BoxPlan:
+        """box_plan() of these patches, built once per geometry and kept (a few MB per grid)."""
+        key = (corners.cpu().numpy().tobytes(), patch_size, side, str(device), dtype)
+        if key not in self._plans:
+            if len(self._plans) >= 8:
+                self._plans.clear()
+            self._plans[key] = box_plan(corners, patch_size, side, [True] * len(self.convs) + [False],
+                                        self.last.kernel_size[0], device, dtype)
+        return self._plans[key]
 
     def _check_size(self, size) -> None:
         if size[0] % self.stride or size[1] % self.stride:
@@ -163,44 +165,6 @@ class GlobalNet(nn.Module):
         local = (x * share).sum((2, 3)) / share.sum((2, 3)).clamp_min(1e-6)
         context = (x * mask).sum((2, 3)) / mask.sum((2, 3)).clamp_min(1e-6)
         return self.readout(torch.cat([local, context], 1))
-
-
-def _grown_box(start: torch.Tensor, size: int, side: int, even: bool) -> tuple[torch.Tensor, int]:
-    """Square boxes [start, start + size) per row of start [P, 2] on a side x side map -> the
-    boxes a 3x3 conv's changed outputs can reach (grown by 1, clipped to the map; with even, on
-    even coordinates for a 2x2 pooling), as one size for all (shifted inward at the border)."""
-    low = (start - 1).clamp_min(0)
-    high = (start + size + 1).clamp_max(side)
-    if even:
-        low, high = low // 2 * 2, (high + 1) // 2 * 2
-    out_size = min(int((high - low).max()), side)
-    if even:
-        out_size += out_size % 2
-    return torch.minimum(low, torch.full_like(low, side - out_size)), out_size
-
-
-def _crops(maps: torch.Tensor, start: torch.Tensor, size: int) -> torch.Tensor:
-    """maps [B, C, H, W], start [P, 2] (top-left, the same boxes in every map) -> the boxes
-    [B * P, C, size, size], map-major, in maps' memory format."""
-    boxes = [maps[:, None, :, r:r + size, c:c + size] for r, c in start.tolist()]
-    return torch.cat(boxes, 1).flatten(0, 1) if maps.shape[0] > 1 else torch.cat([box[0] for box in boxes])
-
-
-def _paste(maps: torch.Tensor, values: torch.Tensor, start: torch.Tensor) -> None:
-    """Writes values [Q, C, s, s] into maps [Q, C, H, W] at start [Q, 2], in place, one slice
-    assignment per distinct start (most boxes sit at the same offset in their crop)."""
-    s, values = values.shape[-1], values.to(maps.dtype)
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, (r, c) in enumerate(start.tolist()):
-        groups.setdefault((r, c), []).append(i)
-    for (r, c), rows in groups.items():
-        if len(rows) == maps.shape[0]:
-            maps[:, :, r:r + s, c:c + s] = values
-        elif len(rows) == 1:
-            maps[rows[0], :, r:r + s, c:c + s] = values[rows[0]]
-        else:
-            index = torch.tensor(rows, device=maps.device)
-            maps[index, :, r:r + s, c:c + s] = values[index]
 
 
 class DADHead(nn.Module):
