@@ -39,10 +39,10 @@ class LocalNet(nn.Module):
         self.patch_size = patch_size
         w = widths
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, w[0], 3, padding=1), nn.LeakyReLU(0.1),
-            nn.Conv2d(w[0], w[1], 4, 2, 1), nn.LeakyReLU(0.1),
-            nn.Conv2d(w[1], w[2], 4, 2, 1), nn.LeakyReLU(0.1),
-            nn.Conv2d(w[2], w[3], 4, 2, 1), nn.LeakyReLU(0.1),
+            nn.Conv2d(in_channels, w[0], 3, padding=1), nn.LeakyReLU(0.1, inplace=True),
+            nn.Conv2d(w[0], w[1], 4, 2, 1), nn.LeakyReLU(0.1, inplace=True),
+            nn.Conv2d(w[1], w[2], 4, 2, 1), nn.LeakyReLU(0.1, inplace=True),
+            nn.Conv2d(w[2], w[3], 4, 2, 1), nn.LeakyReLU(0.1, inplace=True),
             nn.Conv2d(w[3], feature_dim, patch_size // 8))
         self.standardize = nn.BatchNorm1d(feature_dim, affine=False)
 
