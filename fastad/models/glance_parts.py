@@ -135,7 +135,8 @@ class GlobalNet(nn.Module):
             paste(x, values, level.offset.repeat(b, 1))
             mask, coverage = level.mask, level.coverage
             if b > 1:
-                mask, coverage = mask.repeat(b, 1, 1, 1), Coverage(coverage.counts.repeat(b, 1, 1, 1), coverage.slide_winsize)
+                mask = mask.repeat(b, 1, 1, 1)
+                coverage = Coverage(coverage.counts.repeat(b, 1, 1, 1), coverage.slide_winsize)
             values = F.relu(partial_conv2d(x, mask, conv.weight, conv.bias, 1, 0, coverage=coverage)[0])
             shared = F.relu(conv(shared, None)[0])
             if conv is not self.last:
