@@ -10,8 +10,8 @@ import torch
 import fastad
 from fastad.engine.checkpoint import load_checkpoint
 from fastad.models import AnomalyResult, GlanceNet, create_model
-from fastad.models.glance_parts import (GlobalNet, add_stain, compactness_loss, dad_loss, hole_masks, iad_score,
-                                        info_nce)
+from fastad.models.glance_boxes import hole_masks
+from fastad.models.glance_parts import GlobalNet, add_stain, compactness_loss, dad_loss, iad_score, info_nce
 from fastad.models.glance_teacher import ResNet18, load_resnet18_teacher
 
 SIZE = 128

@@ -73,8 +73,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastad.models.base import AnomalyModel
+from fastad.models.glance_boxes import hole_masks
 from fastad.models.glance_parts import (DADHead, GlobalNet, LocalNet, add_stain, compactness_loss, crop_patches,
-                                        dad_loss, hole_masks, iad_score, info_nce)
+                                        dad_loss, iad_score, info_nce)
 from fastad.models.glance_teacher import ResNet18, load_resnet18_teacher
 from fastad.models.registry import register_model
 from fastad.models.result import AnomalyResult

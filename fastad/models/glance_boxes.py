@@ -2,7 +2,8 @@
 layer, and the partial-convolution masks of those boxes.
 
 None of it depends on the image, only on the patch corners, the patch size and the image side,
-so box_plan() builds it once per grid and forward_shared reuses it for every image:
+so box_plan() builds it once per grid and forward_shared reuses it for every image
+(hole_masks gives the patches' holes at full resolution):
 
     plan = box_plan(corners, patch_size, side, pooled=[True, True, True, True, False], kernel_size=3)
     for level in plan.levels:   # crop at level.start, paste the previous box at level.offset, ...
@@ -67,8 +68,7 @@ def box_plan(corners: torch.Tensor, patch_size: int, side: int, pooled: list[boo
     full_mask = torch.ones(len(corners), 1, side, side, device=device, dtype=dtype)
     paste(full_mask, mask, start)
     stride = 2 ** sum(pooled)
-    hole = torch.zeros(len(corners), 1, side * stride, side * stride, device=device, dtype=dtype)
-    paste(hole, torch.ones(len(corners), 1, patch_size, patch_size, device=device, dtype=dtype), corners.cpu())
+    hole = hole_masks(corners[:, 0], corners[:, 1], patch_size, (side * stride, side * stride), device).to(dtype)
     return BoxPlan(levels, start, full_mask, F.avg_pool2d(hole, stride))
 
 
@@ -89,8 +89,8 @@ def grown_box(start: torch.Tensor, size: int, side: int, even: bool) -> tuple[to
 def crops(maps: torch.Tensor, start: torch.Tensor, size: int) -> torch.Tensor:
     """maps [B, C, H, W], start [P, 2] (top-left, the same boxes in every map) -> the boxes
     [B * P, C, size, size], map-major, in maps' memory format."""
-    boxes = [maps[:, None, :, r:r + size, c:c + size] for r, c in start.tolist()]
-    return torch.cat(boxes, 1).flatten(0, 1) if maps.shape[0] > 1 else torch.cat([box[0] for box in boxes])
+    corners = start.tolist()
+    return torch.cat([maps[i:i + 1, :, r:r + size, c:c + size] for i in range(maps.shape[0]) for r, c in corners])
 
 
 def paste(maps: torch.Tensor, values: torch.Tensor, start: torch.Tensor) -> None:
@@ -108,3 +108,15 @@ def paste(maps: torch.Tensor, values: torch.Tensor, start: torch.Tensor) -> None
         else:
             index = torch.tensor(rows, device=maps.device)
             maps[index, :, r:r + s, c:c + s] = values[index]
+
+
+def hole_masks(rows: torch.Tensor, cols: torch.Tensor, size: int, image_size: tuple[int, int],
+               device=None) -> torch.Tensor:
+    """rows, cols [N] (top-left corners) -> hole [N, 1, H, W] float: 1 on each patch, 0 elsewhere."""
+    h, w = image_size
+    ys = torch.arange(h, device=device)[None, :]
+    xs = torch.arange(w, device=device)[None, :]
+    rows, cols = rows.to(device)[:, None], cols.to(device)[:, None]
+    in_y = (ys >= rows) & (ys < rows + size)                                  # [N, H]
+    in_x = (xs >= cols) & (xs < cols + size)                                  # [N, W]
+    return (in_y[:, :, None] & in_x[:, None, :]).unsqueeze(1).float()

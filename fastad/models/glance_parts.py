@@ -5,7 +5,8 @@
     DADHead     Z*, Z_g [N, Z] -> p [N], probability that Z* is the normal patch's feature (eq. 8)
     iad_score, dad_loss, compactness_loss, info_nce    the formulas of eqs. 7/11, 9, 2 and the
                                                         self-supervised Local-Net objective
-    add_stain, hole_masks, crop_patches                 negative patches and patch geometry
+    add_stain, crop_patches                             negative patches and their crops
+    (hole_masks, the patches' holes, is in fastad.models.glance_boxes with the rest of the geometry)
 """
 from __future__ import annotations
 
@@ -234,18 +235,6 @@ def crop_patches(images: torch.Tensor, index: torch.Tensor, rows: torch.Tensor, 
     """images [B, C, H, W], index/rows/cols [N] long (top-left corners) -> patches [N, C, size, size]."""
     return torch.stack([images[i, :, r:r + size, c:c + size]
                         for i, r, c in zip(index.tolist(), rows.tolist(), cols.tolist())])
-
-
-def hole_masks(rows: torch.Tensor, cols: torch.Tensor, size: int, image_size: tuple[int, int],
-               device=None) -> torch.Tensor:
-    """rows, cols [N] (top-left corners) -> hole [N, 1, H, W] float: 1 on each patch, 0 elsewhere."""
-    h, w = image_size
-    ys = torch.arange(h, device=device)[None, :]
-    xs = torch.arange(w, device=device)[None, :]
-    rows, cols = rows.to(device)[:, None], cols.to(device)[:, None]
-    in_y = (ys >= rows) & (ys < rows + size)                                  # [N, H]
-    in_x = (xs >= cols) & (xs < cols + size)                                  # [N, W]
-    return (in_y[:, :, None] & in_x[:, None, :]).unsqueeze(1).float()
 
 
 def add_stain(patches: torch.Tensor, generator: torch.Generator | None = None, min_radius: float = 0.08,
