@@ -7,7 +7,7 @@ import numbers
 import numpy as np
 import torch
 
-from fastad.ops._checks import check_tensor
+from fastad.checks import check_tensor
 
 
 def as_cpu_tensor(name: str, value, ndim: int, shape_hint: str) -> torch.Tensor:

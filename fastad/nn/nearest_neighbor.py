@@ -8,7 +8,7 @@ from fastad.ops._autocast import float32_under_autocast
 from fastad.nn.random_projection import sparse_random_matrix
 from fastad.ops import kcenter_coreset
 from fastad.ops.knn import _check_knn, knn_prepared
-from fastad.ops._checks import check_finite, check_float, check_int, check_tensor
+from fastad.checks import check_finite, check_float, check_int, check_tensor
 
 
 class NearestNeighborScorer(nn.Module):

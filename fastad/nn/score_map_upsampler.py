@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fastad.ops.upsample import _pair, gaussian_upsample
+from fastad.checks import check_pair
+from fastad.ops.upsample import gaussian_upsample
 
 _GEOMETRY_FREE = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Identity,
                   nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm, nn.LayerNorm, nn.Dropout, nn.Dropout2d,
@@ -80,14 +81,14 @@ class ScoreMapUpsampler(nn.Module):
     def __init__(self, receptive_field: int, stride: int, start: float, sigma: float = 12.0, out_size=None):
         super().__init__()
         self.receptive_field, self.stride, self.start, self.sigma = receptive_field, stride, float(start), sigma
-        self.out_size = None if out_size is None else _pair("out_size", out_size)
+        self.out_size = None if out_size is None else check_pair("out_size", out_size)
 
     @classmethod
     def from_network(cls, net: nn.Module, input_size, sigma: float = 12.0) -> "ScoreMapUpsampler":
         """The upsampler for heatmaps of `net` (see receptive_field) on inputs of input_size
         (int or (H, W)), which becomes the output size."""
         field = receptive_field(net)
-        return cls(field.extent, field.stride, field.start, sigma, _pair("input_size", input_size))
+        return cls(field.extent, field.stride, field.start, sigma, check_pair("input_size", input_size))
 
     def forward(self, heatmap: torch.Tensor, out_size=None) -> torch.Tensor:
         size = out_size if out_size is not None else self.out_size

@@ -9,7 +9,7 @@ from fastad.ops._autocast import float32_under_autocast
 from fastad import _extension
 from fastad.backend import use_reference
 from fastad.ops import reference
-from fastad.ops._checks import check_finite, check_float, check_same_device, check_tensor, tracing_or_capturing
+from fastad.checks import check_finite, check_float, check_same_device, check_tensor, tracing_or_capturing
 
 
 class NotPositiveDefiniteError(ValueError):

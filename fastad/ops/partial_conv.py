@@ -36,7 +36,7 @@ from fastad.ops._autocast import float32_under_autocast
 from fastad import _extension
 from fastad.backend import use_reference
 from fastad.ops import reference
-from fastad.ops._checks import check_same_device, check_tensor
+from fastad.checks import check_same_device, check_tensor
 
 
 class Coverage(NamedTuple):

@@ -12,9 +12,7 @@ to every output they touch, as in any linear map.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from numbers import Real
 
 import torch
 
@@ -22,30 +20,7 @@ from fastad.ops._autocast import float32_under_autocast
 from fastad import _extension
 from fastad.backend import use_reference
 from fastad.ops import reference
-from fastad.ops._checks import check_float, check_int, check_tensor
-
-
-def _pair(name: str, value, low: int = 1) -> tuple[int, int]:
-    """An int or a pair of ints, each >= low, as (height, width)."""
-    if isinstance(value, (tuple, list)) and len(value) == 2:
-        check_int(name, value[0], low)
-        check_int(name, value[1], low)
-        return int(value[0]), int(value[1])
-    if isinstance(value, (tuple, list)):
-        raise ValueError(f"{name} must be an int or a pair of ints, got {len(value)} values")
-    check_int(name, value, low)
-    return int(value), int(value)
-
-
-def _real(name: str, value, low: float | None = None, strict: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    if low is not None and (value < low or (strict and value == low)):
-        raise ValueError(f"{name} must be {'>' if strict else '>='} {low}, got {value}")
-    return value
+from fastad.checks import check_float, check_int, check_pair, check_real, check_tensor
 
 
 @dataclass(frozen=True)
@@ -63,7 +38,7 @@ class PatchGrid:
     image_size: tuple[int, int]
 
     def __init__(self, patch_size, stride, image_size):
-        patch, step, image = _pair("patch_size", patch_size), _pair("stride", stride), _pair("image_size", image_size)
+        patch, step, image = check_pair("patch_size", patch_size), check_pair("stride", stride), check_pair("image_size", image_size)
         if patch[0] > image[0] or patch[1] > image[1]:
             raise ValueError(f"patch_size {patch} must fit in image_size {image}")
         object.__setattr__(self, "patch_size", patch)
@@ -113,11 +88,11 @@ def gaussian_upsample(heatmap: torch.Tensor, out_size, receptive_field: int, str
     check_float("heatmap", heatmap, cuda_float64=True)
     if heatmap.shape[2] < 1 or heatmap.shape[3] < 1:
         raise ValueError(f"heatmap must have h, w >= 1, got {tuple(heatmap.shape)}")
-    size = _pair("out_size", out_size)
+    size = check_pair("out_size", out_size)
     check_int("receptive_field", receptive_field, 1)
     check_int("stride", stride, 1)
-    start = _real("start", start)
-    sigma = _real("sigma", sigma, 0.0, strict=True)
+    start = check_real("start", start)
+    sigma = check_real("sigma", sigma, 0.0, strict=True)
     if use_reference():
         return reference.gaussian_upsample(heatmap, size, receptive_field, stride, start, sigma)
     _extension.require("gaussian_upsample")
@@ -171,9 +146,9 @@ def idw_upsample(patch_scores: torch.Tensor, grid: PatchGrid, out_size=None, pow
         (it raises under torch.use_deterministic_algorithms(True)).
     """
     size = _check_patch_scores("patch_scores", patch_scores, grid, out_size)
-    power = _real("power", power, 0.0)
+    power = check_real("power", power, 0.0)
     if radius is not None:
-        radius = _real("radius", radius, 0.0)
+        radius = check_real("radius", radius, 0.0)
     if use_reference():
         return reference.idw_upsample(patch_scores, grid, size, power, radius)
     _extension.require("idw_upsample")
@@ -195,7 +170,7 @@ def gaussian_blur(maps: torch.Tensor, sigma: float, kernel_size: int | None = No
     """
     check_tensor("maps", maps, 4, "[B, C, H, W]")
     check_float("maps", maps, cuda_float64=True)
-    sigma = _real("sigma", sigma, 0.0, strict=True)
+    sigma = check_real("sigma", sigma, 0.0, strict=True)
     if kernel_size is None:
         kernel_size = 2 * int(4 * sigma + 0.5) + 1
     check_int("kernel_size", kernel_size, 1)
@@ -218,7 +193,7 @@ def _check_patch_scores(name: str, scores, grid, out_size) -> tuple[int, int]:
     if scores.shape[1] != grid.num_patches:
         raise ValueError(f"{name} must have P = {grid.num_patches} ({grid.rows} x {grid.cols} patches), "
                          f"got P = {scores.shape[1]}")
-    return grid.image_size if out_size is None else _pair("out_size", out_size)
+    return grid.image_size if out_size is None else check_pair("out_size", out_size)
 
 
 def _grid_args(grid: PatchGrid) -> tuple[list[int], list[int], list[int]]:
