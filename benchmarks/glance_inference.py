@@ -16,7 +16,7 @@ import time
 import torch
 
 from fastad.models import GlanceNet
-from fastad.models.glance_boxes import hole_masks
+from fastad.models.glance.boxes import hole_masks
 
 
 def main() -> None:

@@ -11,9 +11,10 @@ import fastad
 from fastad.engine import resume, train
 from fastad.engine.checkpoint import load_checkpoint, save_checkpoint
 from fastad.models import FCDD, create_model
-from fastad.models.fcdd_augment import (confetti_noise, local_contrast_normalization, min_max, random_resized_crop,
+from fastad.models.fcdd.augment import (confetti_noise, local_contrast_normalization, min_max, random_resized_crop,
                                         augment)
-from fastad.models.fcdd_parts import PUSH_EPS, fcdd_cnn224, fcdd_loss, hsc_pixel_loss, pseudo_huber, push
+from fastad.models.fcdd.losses import PUSH_EPS, fcdd_loss, hsc_pixel_loss, push
+from fastad.models.fcdd.networks import fcdd_cnn224, pseudo_huber
 from fastad.nn.score_map_upsampler import receptive_field
 
 

@@ -10,9 +10,11 @@ import torch
 import fastad
 from fastad.engine.checkpoint import load_checkpoint
 from fastad.models import AnomalyResult, GlanceNet, create_model
-from fastad.models.glance_boxes import hole_masks
-from fastad.models.glance_parts import GlobalNet, add_stain, compactness_loss, dad_loss, iad_score, info_nce
-from fastad.models.glance_teacher import ResNet18, load_resnet18_teacher
+from fastad.models.components.backbones import ResNet18, load_resnet18_teacher
+from fastad.models.glance.boxes import hole_masks
+from fastad.models.glance.losses import compactness_loss, dad_loss, iad_score, info_nce
+from fastad.models.glance.networks import GlobalNet
+from fastad.models.glance.stains import add_stain
 
 SIZE = 128
 

@@ -7,7 +7,8 @@ import torch
 
 import fastad
 from fastad.models import AnomalyResult, PEDENet, PatchEncoder, sample_training_batch
-from fastad.models.pedenet import POSITIONS, extract_patches
+from fastad.models.components.patches import extract_patches
+from fastad.models.pedenet.sampling import POSITIONS
 
 SIZE, STRIDE = 128, 32
 

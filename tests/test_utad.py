@@ -10,11 +10,11 @@ import torch.nn.functional as F
 
 import fastad
 from fastad.models import UTAD, AnomalyResult, create_model
-from fastad.models.utad_expert import ExpertNet, adaptive_instance_norm
-from fastad.models.utad_ie import (ImpressionExtractor, InceptionBlock, kl_to_standard_normal,
+from fastad.models.utad.expert import ExpertNet, adaptive_instance_norm
+from fastad.models.utad.impression import (ImpressionExtractor, InceptionBlock, kl_to_standard_normal,
                                    mutual_information_loss, shuffle_codes)
-from fastad.models.utad_measure import layer_distances, segment
-from fastad.models.vgg_features import VGG19Features
+from fastad.models.utad.measure import layer_distances, segment
+from fastad.models.components.backbones import VGG19Features
 
 SIZE = UTAD.image_size
 TINY = dict(ie_widths=[4, 8, 8, 8], latent_dim=8, ie_hidden=32, expert_width=4, detail_dim=4, detail_width=4,
@@ -151,7 +151,7 @@ def test_vgg_features_one_pass_no_grad_and_random_notice():
 def test_vgg_features_load_a_local_torchvision_file(tmp_path):
     from safetensors.torch import save_file
 
-    from fastad.models.vgg_features import VGG19_CONVS
+    from fastad.models.components.backbones import VGG19_CONVS
 
     state = {}
     for index, cin, cout in VGG19_CONVS:

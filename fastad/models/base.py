@@ -18,12 +18,21 @@ change shape: the checkpoint loader resizes them before load_state_dict.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import nn
 
-from fastad.models.result import AnomalyResult
+
+
+@dataclass
+class AnomalyResult:
+    """What every model's score() returns. image_scores [B]: one anomaly score per image (higher =
+    more anomalous); maps [B, H, W]: per-pixel anomaly scores at the input resolution."""
+
+    image_scores: torch.Tensor
+    maps: torch.Tensor
 
 
 class AnomalyModel(nn.Module):

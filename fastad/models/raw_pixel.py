@@ -5,10 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fastad.models.base import AnomalyModel
-from fastad.models.memory_bank import MemoryBank
+from fastad.models.base import AnomalyModel, AnomalyResult
+from fastad.models.components.memory_bank import MemoryBank
 from fastad.models.registry import register_model
-from fastad.models.result import AnomalyResult
 from fastad.ops.upsample import PatchGrid, patch_average
 
 

@@ -20,15 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastad.models.base import AnomalyModel
-from fastad.models.fcdd_augment import augment, confetti_noise, local_contrast_normalization, min_max
-from fastad.models.fcdd_parts import (fcdd_cnn224, fcdd_loss, frozen_vgg11_layers, hsc_pixel_loss, load_vgg11_weights,
-                                      pseudo_huber, vgg11_features)
+from fastad.models.base import AnomalyModel, AnomalyResult
+from fastad.models.components.backbones import frozen_vgg11_layers, load_vgg11_weights, vgg11_features
+from fastad.models.fcdd.augment import augment, confetti_noise, local_contrast_normalization, min_max
+from fastad.models.fcdd.losses import LOSSES
+from fastad.models.fcdd.networks import fcdd_cnn224, pseudo_huber
 from fastad.models.registry import register_model
-from fastad.models.result import AnomalyResult
 from fastad.nn.score_map_upsampler import ScoreMapUpsampler
 
-LOSSES = {"fcdd": fcdd_loss, "hsc-pixel": hsc_pixel_loss}
 BACKBONES = ("cnn", "vgg11")
 
 

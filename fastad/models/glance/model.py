@@ -72,13 +72,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastad.models.base import AnomalyModel
-from fastad.models.glance_boxes import hole_masks
-from fastad.models.glance_parts import (DADHead, GlobalNet, LocalNet, add_stain, compactness_loss, crop_patches,
-                                        dad_loss, iad_score, info_nce)
-from fastad.models.glance_teacher import ResNet18, load_resnet18_teacher
+from fastad.models.base import AnomalyModel, AnomalyResult
+from fastad.models.components.backbones import ResNet18, load_resnet18_teacher
+from fastad.models.components.patches import crop_patches
+from fastad.models.glance.boxes import hole_masks
+from fastad.models.glance.losses import compactness_loss, dad_loss, iad_score, info_nce
+from fastad.models.glance.networks import DADHead, GlobalNet, LocalNet
+from fastad.models.glance.stains import add_stain
 from fastad.models.registry import register_model
-from fastad.models.result import AnomalyResult
 from fastad.ops.upsample import PatchGrid, gaussian_blur, idw_upsample
 
 #: how patch_scores runs Global-Net over the patches of an image (see the module docstring)

@@ -1,22 +1,16 @@
-"""The networks, heads, losses and training-batch helpers of GlanceNet (fastad.models.glance).
+"""GlanceNet's networks.
 
     LocalNet    patches [N, 3, K, K] -> Z_l [N, Z]                     (eq. 4)
     GlobalNet   images [N, 3, H, W], hole [N, 1, H, W] -> Z_g [N, Z]     (eq. 6, partial convolutions)
     DADHead     Z*, Z_g [N, Z] -> p [N], probability that Z* is the normal patch's feature (eq. 8)
-    iad_score, dad_loss, compactness_loss, info_nce    the formulas of eqs. 7/11, 9, 2 and the
-                                                        self-supervised Local-Net objective
-    add_stain, crop_patches                             negative patches and their crops
-    (hole_masks, the patches' holes, is in fastad.models.glance_boxes with the rest of the geometry)
 """
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastad.models.glance_boxes import BoxPlan, box_plan, crops, paste
+from fastad.models.glance.boxes import BoxPlan, box_plan, crops, paste
 from fastad.nn.partial_conv import PartialConv2d
 from fastad.ops.partial_conv import Coverage, partial_conv2d
 
@@ -190,93 +184,3 @@ class DADHead(nn.Module):
     def forward(self, z_star: torch.Tensor, z_global: torch.Tensor) -> torch.Tensor:
         """z_star, z_global [N, Z] -> p [N] in (0, 1)."""
         return torch.sigmoid(self.logits(z_star, z_global))
-
-
-def iad_score(z_local: torch.Tensor, z_global: torch.Tensor) -> torch.Tensor:
-    """Eqs. 7 / 11: z_local, z_global [N, Z] -> (1/Z) ||Z_l - Z_g||² per row, [N]."""
-    return (z_local - z_global).pow(2).mean(1)
-
-
-def dad_loss(logits: torch.Tensor, normal: torch.Tensor) -> torch.Tensor:
-    """Eq. 9 averaged over the batch: logits [N] of p, normal [N] (1 = normal patch, 0 = stained)
-    -> mean of -(y log p + (1 - y) log(1 - p)) with y = normal (computed stably from logits)."""
-    return F.binary_cross_entropy_with_logits(logits, normal.to(logits.dtype))
-
-
-def compactness_loss(features: torch.Tensor) -> torch.Tensor:
-    """Eq. 2: features [N, Z] -> Σ_{i≠j} c_ij over the Z x Z Pearson correlation matrix of the
-    feature dimensions within the batch (N >= 2)."""
-    if features.shape[0] < 2:
-        raise ValueError(f"compactness_loss needs N >= 2 rows, got {features.shape[0]}")
-    centred = features - features.mean(0)
-    normed = centred / centred.pow(2).sum(0).sqrt().clamp_min(1e-8)
-    corr = normed.T @ normed
-    return corr.sum() - corr.diagonal().sum()
-
-
-def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, hard: torch.Tensor | None = None) -> torch.Tensor:
-    """Symmetric InfoNCE between two views: a, b [N, Z], row i of a and of b are the same place.
-    -> mean cross-entropy of identifying i among the N rows, by cosine similarity / temperature.
-    hard [N, Z] (optional): one more negative per row, row i a corrupted copy of place i (its
-    stained view), scored against both a_i and b_i."""
-    a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
-    logits = a @ b.T / temperature
-    target = torch.arange(a.shape[0], device=a.device)
-    if hard is None:
-        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
-    hard = F.normalize(hard, dim=1)
-    a_side = torch.cat([logits, (a * hard).sum(1, keepdim=True) / temperature], 1)
-    b_side = torch.cat([logits.T, (b * hard).sum(1, keepdim=True) / temperature], 1)
-    return 0.5 * (F.cross_entropy(a_side, target) + F.cross_entropy(b_side, target))
-
-
-def crop_patches(images: torch.Tensor, index: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
-                 size: int) -> torch.Tensor:
-    """images [B, C, H, W], index/rows/cols [N] long (top-left corners) -> patches [N, C, size, size]."""
-    return torch.stack([images[i, :, r:r + size, c:c + size]
-                        for i, r, c in zip(index.tolist(), rows.tolist(), cols.tolist())])
-
-
-def add_stain(patches: torch.Tensor, generator: torch.Generator | None = None, min_radius: float = 0.08,
-              max_radius: float = 0.25, varied: bool = False) -> torch.Tensor:
-    """The negative patches p⁻ (sec. 3.2): one random small stain on each patch.
-
-    A stain is a rotated ellipse with semi-axes in [min_radius, max_radius] * K, centred anywhere
-    in the patch, with a soft one-pixel edge, blended at opacity in [0.5, 1] towards a random gray
-    level in [0, 1] (one level for all channels, so gray images stay gray). With varied, half of
-    the stains are instead thin lines (semi-axis 1-2 px across, 0.15-0.5 * K along: scratches),
-    and half of all stains blend towards a random colour (one level per channel) instead of a
-    gray. Everything is drawn on the CPU from `generator`.
-
-    Args:
-        patches: [N, C, K, K] in [0, 1].
-    Returns:
-        [N, C, K, K], the stained patches.
-    """
-    n, _, h, w = patches.shape
-    u = torch.rand(n, 7, generator=generator, dtype=torch.float32).to(patches.device)
-    if varied:
-        v = torch.rand(n, 2 + patches.shape[1], generator=generator, dtype=torch.float32).to(patches.device)
-    ry = (min_radius + (max_radius - min_radius) * u[:, 0]) * h
-    if varied:   # half of the stains are thin lines (semi-axis 1-2 px across, up to half the patch along)
-        line = v[:, 0] < 0.5
-        ry = torch.where(line, 1.0 + u[:, 0], ry)
-    rx = (min_radius + (max_radius - min_radius) * u[:, 1]) * w
-    cy, cx = u[:, 2] * (h - 1), u[:, 3] * (w - 1)
-    angle = u[:, 4] * math.pi
-    if varied:   # half get a colour (one level per channel), the rest a gray level
-        rx = torch.where(line, (0.15 + 0.35 * u[:, 1]) * w, rx)
-        colour = v[:, 1] < 0.5
-        level = torch.where(colour[:, None], v[:, 2:], u[:, 5:6].expand(-1, patches.shape[1]))[:, :, None, None]
-    else:
-        level = u[:, 5][:, None, None, None].expand(-1, patches.shape[1], -1, -1)
-    opacity = 0.5 + 0.5 * u[:, 6]
-    yy = torch.arange(h, device=patches.device, dtype=torch.float32)[None, :, None] - cy[:, None, None]
-    xx = torch.arange(w, device=patches.device, dtype=torch.float32)[None, None, :] - cx[:, None, None]
-    cos, sin = angle.cos()[:, None, None], angle.sin()[:, None, None]
-    along = (xx * cos + yy * sin) / rx[:, None, None]
-    across = (-xx * sin + yy * cos) / ry[:, None, None]
-    radius = (along.pow(2) + across.pow(2)).sqrt()                               # 1 on the rim
-    edge = (1.0 - (radius - 1.0) * torch.minimum(rx, ry)[:, None, None]).clamp(0, 1)   # ~1 px soft rim
-    alpha = (edge * opacity[:, None, None]).unsqueeze(1).to(patches.dtype)
-    return patches * (1 - alpha) + level.to(patches.dtype) * alpha

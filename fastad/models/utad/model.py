@@ -32,13 +32,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fastad.models.base import AnomalyModel
+from fastad.models.base import AnomalyModel, AnomalyResult
+from fastad.models.components.backbones import VGG19Features
 from fastad.models.registry import register_model
-from fastad.models.result import AnomalyResult
-from fastad.models.utad_expert import ExpertNet
-from fastad.models.utad_ie import ImpressionExtractor
-from fastad.models.utad_measure import layer_distances, segment
-from fastad.models.vgg_features import VGG19Features
+from fastad.models.utad.expert import ExpertNet
+from fastad.models.utad.impression import ImpressionExtractor
+from fastad.models.utad.measure import layer_distances, segment
 
 
 @register_model
