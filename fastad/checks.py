@@ -6,6 +6,7 @@ argument and what was expected; the value checks return the normalised value.
 from __future__ import annotations
 
 import math
+import os
 from numbers import Real
 
 import torch
@@ -92,3 +93,35 @@ def check_choice(name: str, value, choices) -> object:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
     return value
+
+
+def check_ints(name: str, value, low: int, min_length: int = 1) -> tuple[int, ...]:
+    """A list or tuple of at least min_length ints, each >= low, as a tuple."""
+    if not isinstance(value, (tuple, list)):
+        raise TypeError(f"{name} must be a list of ints, got {type(value).__name__}")
+    if len(value) < min_length:
+        raise ValueError(f"{name} must hold at least {min_length} ints, got {len(value)}")
+    for item in value:
+        check_int(f"each of {name}", item, low)
+    return tuple(value)
+
+
+def check_optional_path(name: str, value) -> str | None:
+    """None, or a file path (str or os.PathLike) as str."""
+    if value is None:
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a file path or null, got {type(value).__name__}")
+    return os.fspath(value)
+
+
+def check_fraction_or_count(name: str, value) -> float | int | None:
+    """None, a fraction in (0, 1] (a real number), or a count (an int >= 1)."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        check_int(name, value, 1)
+        return value
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a fraction in (0, 1], a count >= 1 or null, got {type(value).__name__}")
+    return check_real(name, value, 0.0, strict=True, high=1.0)

@@ -124,9 +124,9 @@ def test_receptive_field_contains_the_input_gradient():
     assert rows.max() - rows.min() > 30        # and it is wide, not a few pixels
 
 
-def test_vgg11_backbone_random_init_with_notice(capsys):
-    model = FCDD(backbone="vgg11")
-    assert "random initialisation" in capsys.readouterr().out
+def test_vgg11_backbone_random_init_with_notice():
+    with pytest.warns(UserWarning, match="random initialisation"):
+        model = FCDD(backbone="vgg11")
     # conv 3/1/1, pool 2/2/0 (x3 blocks), then two 512 convs: extent 62, stride 8, start 3.5
     up = model.upsampler
     assert (up.receptive_field, up.stride, up.start) == (62, 8, 3.5)

@@ -152,7 +152,7 @@ def load_checkpoint(run, device="cpu") -> Checkpoint:
 def model_from_state(name: str, config: dict, state: dict[str, torch.Tensor]) -> AnomalyModel:
     """The registry model `name` built with `config`, its data-sized buffers resized to `state`'s
     shapes and `state` (a state_dict) loaded; on the CPU, in training mode."""
-    model = create_model(name, **config)
+    model = create_model(name, read_weight_files=False, **config)
     _resize_buffers(model, state)
     model.load_state_dict(state)
     return model

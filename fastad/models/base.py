@@ -2,7 +2,7 @@
 
 The engine (fastad.engine) drives a model through these calls, in this order:
 
-    model = create_model("pedenet", **config)       # config: JSON-serialisable constructor kwargs
+    model = create_model("pedenet", **config)       # config: the keys of PEDENet.Config
     model.setup(train_images)                       # statistics of the normal images [N, 3, H, W]
     for stage in model.stages:                      # e.g. ("train",), or UTAD's two stages
         optimizer, scheduler = model.configure_optimizer(stage, steps)
@@ -15,14 +15,20 @@ The engine (fastad.engine) drives a model through these calls, in this order:
 Everything a trained model needs for scoring must live in its parameters and buffers (so that a
 safetensors checkpoint restores it); buffers whose size depends on the data (a memory bank) may
 change shape: the checkpoint loader resizes them before load_state_dict.
+
+Each model declares its configuration once, as a frozen dataclass `Config` (a ModelConfig) whose
+fields are the constructor's keyword arguments, validated in __post_init__. The constructor, the
+checkpoint header (model.config, the JSON dict of those fields) and the CLI's --set all read it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import torch
 from torch import nn
+
+from fastad.checks import check_bool
 
 
 
@@ -35,6 +41,30 @@ class AnomalyResult:
     maps: torch.Tensor
 
 
+@dataclass(frozen=True)
+class ModelConfig:
+    """Base of every model's Config: a frozen dataclass of JSON values whose subclasses declare the
+    keys with their defaults and check them in __post_init__ (TypeError / ValueError naming the
+    key and what was expected)."""
+
+    @classmethod
+    def from_dict(cls, values: dict, model: str) -> ModelConfig:
+        """The Config of `values` (missing keys take their defaults); TypeError naming an unknown key."""
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise TypeError(f"{model} has no config key {unknown[0]!r}; its keys are {', '.join(known)}")
+        return cls(**values)
+
+    def as_dict(self) -> dict:
+        """{key: value} with tuples as lists: what a checkpoint's JSON header holds."""
+        return {f.name: _json_value(getattr(self, f.name)) for f in fields(self)}
+
+
+def _json_value(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
 class AnomalyModel(nn.Module):
     """Base class of fastad's models.
 
@@ -43,6 +73,20 @@ class AnomalyModel(nn.Module):
         image_size: the native square input side the model is trained and scored at.
         stages: the training stages, trained one after the other, each with its own optimizer.
         default_steps: optimizer steps per stage of a demo-sized run (the CLI's --steps overrides).
+        Config: the model's configuration dataclass (see ModelConfig).
+
+    Args:
+        read_weight_files: True (the default) reads the pretrained weights files the config names
+            (e.g. vgg_weights) and warns when a pretrained part starts from random values; False
+            builds the same architecture without opening any file or initialising those parts,
+            for a state_dict that holds their tensors (a checkpoint). Parts only training needs
+            (GlanceNet's teacher) are then read when training first uses them.
+        **config: the Config's keys.
+
+    Attributes:
+        settings: the validated Config.
+        config: settings as a JSON dict (what checkpoints store); methods read their run-time
+            options (scoring stride, blur, ...) from it.
     """
 
     name: ClassVar[str] = ""
@@ -50,9 +94,13 @@ class AnomalyModel(nn.Module):
     stages: ClassVar[tuple[str, ...]] = ("train",)
     default_steps: ClassVar[int] = 100
 
-    def __init__(self, **config):
+    Config: ClassVar[type[ModelConfig]] = ModelConfig
+
+    def __init__(self, read_weight_files: bool = True, **config):
         super().__init__()
-        self.config = dict(config)
+        self.read_weight_files = check_bool("read_weight_files", read_weight_files)
+        self.settings = self.Config.from_dict(config, self.name or type(self).__name__)
+        self.config = self.settings.as_dict()
 
     def setup(self, train_images: torch.Tensor) -> None:
         """Called once before training with the normal images [N, 3, H, W] (input statistics)."""

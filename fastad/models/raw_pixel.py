@@ -2,10 +2,13 @@
 on downsampled raw pixels instead of learned embeddings. Every model should beat it."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from fastad.models.base import AnomalyModel, AnomalyResult
+from fastad.checks import check_fraction_or_count, check_int
+from fastad.models.base import AnomalyModel, AnomalyResult, ModelConfig
 from fastad.models.components.memory_bank import MemoryBank
 from fastad.models.registry import register_model
 from fastad.ops.upsample import PatchGrid, patch_average
@@ -16,7 +19,7 @@ class RawPixelKNN(AnomalyModel):
     """Patches of patch_size x patch_size at `stride`, average-pooled by `pool` (64 -> 8x8x3 =
     192 values by default), scored by Euclidean distance to the nearest training patch.
 
-    Args:
+    Config (RawPixelKNN.Config):
         patch_size, stride: the patch grid (PEDENet's 64 and 16).
         pool: average-pooling factor; must divide patch_size and stride.
         coreset: keep a k-center coreset of the memory bank (a fraction or a row count).
@@ -27,13 +30,26 @@ class RawPixelKNN(AnomalyModel):
     stages = ()
     default_steps = 0
 
-    def __init__(self, patch_size: int = 64, stride: int = 16, pool: int = 8, coreset: float | int | None = None):
-        super().__init__(patch_size=patch_size, stride=stride, pool=pool, coreset=coreset)
-        if patch_size % pool or stride % pool:
-            raise ValueError(f"pool must divide patch_size and stride, got pool={pool}, patch_size={patch_size}, "
-                             f"stride={stride}")
-        self.patch_size, self.stride, self.pool = patch_size, stride, pool
-        self.memory_bank = MemoryBank(3 * (patch_size // pool) ** 2)
+    @dataclass(frozen=True)
+    class Config(ModelConfig):
+        patch_size: int = 64
+        stride: int = 16
+        pool: int = 8
+        coreset: float | int | None = None
+
+        def __post_init__(self):
+            for key in ("patch_size", "stride", "pool"):
+                check_int(key, getattr(self, key), 1)
+            check_fraction_or_count("coreset", self.coreset)
+            if self.patch_size % self.pool or self.stride % self.pool:
+                raise ValueError(f"pool must divide patch_size and stride, got pool={self.pool}, "
+                                 f"patch_size={self.patch_size}, stride={self.stride}")
+
+    def __init__(self, **config):
+        super().__init__(**config)
+        c = self.settings
+        self.patch_size, self.stride, self.pool = c.patch_size, c.stride, c.pool
+        self.memory_bank = MemoryBank(3 * (c.patch_size // c.pool) ** 2)
 
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
         """images [B, 3, H, W] -> [B, P, 3 * (K / pool)^2], patches in raster order."""

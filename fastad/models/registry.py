@@ -14,10 +14,11 @@ def register_model(cls: type[AnomalyModel]) -> type[AnomalyModel]:
     return cls
 
 
-def create_model(name: str, **config) -> AnomalyModel:
-    """A new model by registry name with constructor kwargs `config`."""
+def create_model(name: str, read_weight_files: bool = True, **config) -> AnomalyModel:
+    """A new model by registry name with the keys of its Config; read_weight_files False builds it
+    for loading a checkpoint (no weights file is opened, see AnomalyModel)."""
     import fastad.models  # noqa: F401  (registers every model)
 
     if name not in MODELS:
         raise ValueError(f"model must be one of {sorted(MODELS)}, got {name!r}")
-    return MODELS[name](**config)
+    return MODELS[name](read_weight_files=read_weight_files, **config)

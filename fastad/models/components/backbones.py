@@ -105,37 +105,44 @@ class VGG19Features(nn.Module):
         weights: path of a local VGG-19 weights file (torchvision layout), or None for the fixed
             random initialisation (with a UserWarning).
         seed: seeds the random initialisation (ignored with a weights file).
+        load: False builds the layers only (no file read, no initialisation, no warning), for a
+            state_dict that holds their tensors.
     """
 
-    def __init__(self, weights: str | None = None, seed: int = 0):
+    def __init__(self, weights: str | None = None, seed: int = 0, load: bool = True):
         super().__init__()
         self.convs = nn.ModuleList(nn.Conv2d(cin, cout, 3, padding=1) for _, cin, cout in VGG19_CONVS)
-        if weights is None:
+        if load and weights is None:
             warnings.warn("UTAD: no VGG-19 weights file given (vgg_weights=None); the perceptual measurement uses "
                           f"a fixed random initialisation (seed {seed}), not ImageNet features", UserWarning,
                           stacklevel=3)
-            generator = torch.Generator().manual_seed(seed)
-            with torch.no_grad():
-                for conv in self.convs:
-                    conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator)
-                                      * (2.0 / conv.weight[0].numel()) ** 0.5)
-                    conv.bias.zero_()
-        else:
-            state = load_vgg19_state(weights)
-            with torch.no_grad():
-                for conv, (index, _, _) in zip(self.convs, VGG19_CONVS):
-                    for name in ("weight", "bias"):
-                        key = f"features.{index}.{name}"
-                        if key not in state:
-                            raise ValueError(f"vgg_weights {weights} has no {key!r}: expected torchvision's VGG-19 keys")
-                        target = getattr(conv, name)
-                        if state[key].shape != target.shape:
-                            raise ValueError(f"vgg_weights {weights}: {key} is {tuple(state[key].shape)}, expected "
-                                             f"{tuple(target.shape)} (VGG-19)")
-                        target.copy_(state[key])
+            self._initialize(seed)
+        elif load:
+            self._load(weights)
         self.requires_grad_(False)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    @torch.no_grad()
+    def _initialize(self, seed: int) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        for conv in self.convs:
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * (2.0 / conv.weight[0].numel()) ** 0.5)
+            conv.bias.zero_()
+
+    @torch.no_grad()
+    def _load(self, weights) -> None:
+        state = load_vgg19_state(weights)
+        for conv, (index, _, _) in zip(self.convs, VGG19_CONVS):
+            for name in ("weight", "bias"):
+                key = f"features.{index}.{name}"
+                if key not in state:
+                    raise ValueError(f"vgg_weights {weights} has no {key!r}: expected torchvision's VGG-19 keys")
+                target = getattr(conv, name)
+                if state[key].shape != target.shape:
+                    raise ValueError(f"vgg_weights {weights}: {key} is {tuple(state[key].shape)}, expected "
+                                     f"{tuple(target.shape)} (VGG-19)")
+                target.copy_(state[key])
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

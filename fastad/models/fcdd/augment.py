@@ -159,3 +159,11 @@ def augment(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generato
     ([B, 3, size, size], [B, size, size] bool)."""
     images, masks = random_resized_crop(images, masks, generator, resize, size)
     return gaussian_noise(color_jitter(images, generator), generator), masks
+
+
+def resize(images: torch.Tensor, size) -> torch.Tensor:
+    """[B, C, H, W] -> [B, C, *size] bilinearly (size an int or (H, W)); unchanged if already so."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(images.shape[-2:]) == size:
+        return images
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False)

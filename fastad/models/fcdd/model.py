@@ -15,99 +15,104 @@ pixels of synthetic anomalies (confetti noise) or, semi-supervised, of a few rea
 from __future__ import annotations
 
 import math
+import warnings
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastad.models.base import AnomalyModel, AnomalyResult
+from fastad.checks import check_choice, check_int, check_optional_path, check_real
+from fastad.models.base import AnomalyModel, AnomalyResult, ModelConfig
 from fastad.models.components.backbones import frozen_vgg11_layers, load_vgg11_weights, vgg11_features
-from fastad.models.fcdd.augment import augment, confetti_noise, local_contrast_normalization, min_max
+from fastad.models.fcdd.augment import augment, confetti_noise, local_contrast_normalization, min_max, resize
 from fastad.models.fcdd.losses import LOSSES
 from fastad.models.fcdd.networks import fcdd_cnn224, pseudo_huber
 from fastad.models.registry import register_model
 from fastad.nn.score_map_upsampler import ScoreMapUpsampler
 
+#: the `backbone` config values
 BACKBONES = ("cnn", "vgg11")
-
-
-def _resize(images: torch.Tensor, size) -> torch.Tensor:
-    """[B, C, H, W] -> [B, C, *size] bilinearly (size an int or (H, W)); unchanged if already so."""
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    if tuple(images.shape[-2:]) == size:
-        return images
-    return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+#: the native input side
+IMAGE_SIZE = 224
 
 
 @register_model
 class FCDD(AnomalyModel):
     """FCDD with the loss of eq. 4 ("fcdd") or eq. 5 ("hsc-pixel").
 
-    Args:
+    Config (FCDD.Config; the choices and their measurements: models/fcdd/README.md):
         loss: "fcdd" (eq. 4) or "hsc-pixel" (eq. 5, the default: the paper's proposal).
         backbone: "cnn" (FCDD's from-scratch CNN for 224 x 224, the default) or "vgg11" (VGG-11-BN
             up to its fourth max-pool, 512 features).
-        width: filter-count multiplier of the "cnn" backbone (1.0: FCDD's 8-32-64-128-128). The
-            default 0.5 (4-16-32-64-64) keeps the demo-sized training (150 steps of 16 images at
-            224 px) to about two minutes on two busy CPU cores.
-        weights: for backbone "vgg11", a local torchvision vgg11_bn state_dict file; its layers
-            through the third max-pool are then frozen (weights and BatchNorm statistics). None:
-            random initialisation, nothing frozen, and a printed notice.
+        width: filter-count multiplier of the "cnn" backbone (> 0; 1.0: FCDD's 8-32-64-128-128).
+        weights: for backbone "vgg11" only, a local torchvision vgg11_bn state_dict file; its
+            layers through the third max-pool are then frozen (weights and BatchNorm statistics).
+            None: random initialisation, nothing frozen, and a UserWarning.
         lr, momentum, weight_decay: SGD with Nesterov momentum (the paper's 1e-3, 0.9, 1e-4).
-        lr_decay: the learning rate is multiplied by (1 - lr_decay) after every epoch (paper:
-            1.5 %); an epoch here is ceil(N / batch_size) steps, one pass over the N training
-            images (the paper's epoch is 10 passes at batch size 128).
-        batch_size: images per step (the paper's 128 is too slow on a CPU; 16).
-        anomaly_probability: chance that a training image is replaced by an anomalous one (0.5).
-        sigma: the upsampling Gaussian's standard deviation in pixels (FCDD: 12 on MVTec-AD).
-        resize: training images are resized to resize x resize before the random 224 crop/resize.
+        lr_decay: in [0, 1); the learning rate is multiplied by (1 - lr_decay) after every epoch,
+            an epoch being ceil(N / batch_size) steps (one pass over the N training images).
+        batch_size: images per step (>= 1).
+        anomaly_probability: in [0, 1], the chance that a training image is replaced by an
+            anomalous one.
+        sigma: the upsampling Gaussian's standard deviation in pixels (> 0).
+        resize: training images are resized to resize x resize (>= 224) before the random 224
+            crop/resize.
         max_squares: confetti squares per synthetic anomaly are drawn in [1, max_squares].
 
-    Image score: the maximum of the map (FCDD's image score is the mean of the heatmap; the max
-    suits small defects, and every fastad model reports it).
+    Image score: the maximum of the map.
     """
 
+    @dataclass(frozen=True)
+    class Config(ModelConfig):
+        loss: str = "hsc-pixel"
+        backbone: str = "cnn"
+        width: float = 0.5
+        weights: str | None = None
+        lr: float = 1e-3
+        momentum: float = 0.9
+        weight_decay: float = 1e-4
+        lr_decay: float = 0.015
+        batch_size: int = 16
+        anomaly_probability: float = 0.5
+        sigma: float = 12.0
+        resize: int = 240
+        max_squares: int = 12
+
+        def __post_init__(self):
+            check_choice("loss", self.loss, LOSSES)
+            check_choice("backbone", self.backbone, BACKBONES)
+            object.__setattr__(self, "weights", check_optional_path("weights", self.weights))
+            if self.weights is not None and self.backbone != "vgg11":
+                raise ValueError(f"weights are for backbone='vgg11' only, got weights={self.weights!r} with "
+                                 f"backbone={self.backbone!r}")
+            for key in ("width", "lr", "sigma"):
+                check_real(key, getattr(self, key), 0.0, strict=True)
+            check_real("momentum", self.momentum, 0.0)
+            check_real("weight_decay", self.weight_decay, 0.0)
+            if check_real("lr_decay", self.lr_decay, 0.0, high=1.0) == 1.0:
+                raise ValueError(f"lr_decay must be in [0, 1), got {self.lr_decay!r}")
+            check_int("batch_size", self.batch_size, 1)
+            check_real("anomaly_probability", self.anomaly_probability, 0.0, high=1.0)
+            check_int("resize", self.resize, IMAGE_SIZE)
+            check_int("max_squares", self.max_squares, 1)
+
     name = "fcdd"
-    image_size = 224
+    image_size = IMAGE_SIZE
     default_steps = 150
 
-    def __init__(self, loss: str = "hsc-pixel", backbone: str = "cnn", width: float = 0.5, weights: str | None = None,
-                 lr: float = 1e-3, momentum: float = 0.9, weight_decay: float = 1e-4, lr_decay: float = 0.015,
-                 batch_size: int = 16, anomaly_probability: float = 0.5, sigma: float = 12.0, resize: int = 240,
-                 max_squares: int = 12):
-        if loss not in LOSSES:
-            raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
-        if backbone not in BACKBONES:
-            raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
-        if weights is not None and backbone != "vgg11":
-            raise ValueError(f"weights are for backbone='vgg11' only, got weights={weights!r} with backbone={backbone!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        if not 0 <= anomaly_probability <= 1:
-            raise ValueError(f"anomaly_probability must be in [0, 1], got {anomaly_probability!r}")
-        if not 0 <= lr_decay < 1:
-            raise ValueError(f"lr_decay must be in [0, 1), got {lr_decay!r}")
-        if resize < self.image_size:
-            raise ValueError(f"resize must be >= image_size {self.image_size}, got {resize!r}")
-        super().__init__(loss=loss, backbone=backbone, width=width, weights=weights, lr=lr, momentum=momentum,
-                         weight_decay=weight_decay, lr_decay=lr_decay, batch_size=batch_size,
-                         anomaly_probability=anomaly_probability, sigma=sigma, resize=resize, max_squares=max_squares)
+    def __init__(self, **config):
+        super().__init__(**config)
+        c = self.settings
         self.frozen_layers = 0  # leading backbone layers with frozen weights and statistics
-        if backbone == "cnn":
-            self.backbone = fcdd_cnn224(width)
+        if c.backbone == "cnn":
+            self.backbone = fcdd_cnn224(c.width)
         else:
-            self.backbone = vgg11_features()
-            if weights is None:
-                print("fcdd: no VGG-11 weights file given (weights=None): the vgg11 backbone starts from random "
-                      "initialisation and nothing is frozen")
-            else:
-                load_vgg11_weights(self.backbone, weights)
-                self.frozen_layers = frozen_vgg11_layers(self.backbone)
-                for parameter in self.backbone[:self.frozen_layers].parameters():
-                    parameter.requires_grad_(False)
+            self.backbone = self._vgg11_backbone(c.weights)
         features = [m for m in self.backbone.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
         self.head = nn.Conv2d(features, 1, 1, bias=True)
-        self.upsampler = ScoreMapUpsampler.from_network(nn.Sequential(self.backbone, self.head), self.image_size, sigma)
+        self.upsampler = ScoreMapUpsampler.from_network(nn.Sequential(self.backbone, self.head), self.image_size,
+                                                        c.sigma)
         # set by setup(): the min-max range of the contrast-normalised training images, N
         self.register_buffer("input_low", torch.zeros(()))
         self.register_buffer("input_high", torch.ones(()))
@@ -115,6 +120,22 @@ class FCDD(AnomalyModel):
         # semi-supervised mode (set_real_anomalies): anomalous images [K, 3, H, W] and masks [K, H, W]
         self.register_buffer("real_anomalies", torch.zeros(0, 3, 1, 1))
         self.register_buffer("real_masks", torch.zeros(0, 1, 1, dtype=torch.bool))
+
+    def _vgg11_backbone(self, weights: str | None) -> nn.Sequential:
+        """vgg11_features(), with `weights` read (when read_weight_files) and its first three blocks
+        frozen; without weights, random and trainable throughout."""
+        backbone = vgg11_features()
+        if weights is None:
+            if self.read_weight_files:
+                warnings.warn("fcdd: no VGG-11 weights file given (weights=None): the vgg11 backbone starts from "
+                              "random initialisation and nothing is frozen", UserWarning, stacklevel=3)
+            return backbone
+        if self.read_weight_files:
+            load_vgg11_weights(backbone, weights)
+        self.frozen_layers = frozen_vgg11_layers(backbone)
+        for parameter in backbone[:self.frozen_layers].parameters():
+            parameter.requires_grad_(False)
+        return backbone
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -127,7 +148,7 @@ class FCDD(AnomalyModel):
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """images [B, 3, H, W] -> the network input [B, 3, 224, 224]: resized to 224 (if not
         already), local contrast normalisation, min-max with the training set's range."""
-        x = local_contrast_normalization(_resize(images, self.image_size))
+        x = local_contrast_normalization(resize(images, self.image_size))
         return min_max(x, self.input_low, self.input_high)
 
     def heatmap(self, x: torch.Tensor) -> torch.Tensor:
@@ -143,7 +164,7 @@ class FCDD(AnomalyModel):
     @torch.no_grad()
     def setup(self, train_images: torch.Tensor) -> None:
         self.n_train.fill_(train_images.shape[0])
-        x = local_contrast_normalization(_resize(train_images, self.image_size))
+        x = local_contrast_normalization(resize(train_images, self.image_size))
         self.input_low.copy_(x.min())
         self.input_high.copy_(x.max())
 
@@ -173,8 +194,7 @@ class FCDD(AnomalyModel):
         """The optimizer steps of `epochs` passes over n_images at batch_size (for engine.train's
         steps): epochs * ceil(n_images / batch_size)."""
         for name, value in (("epochs", epochs), ("n_images", n_images), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+            check_int(name, value, 1)
         return epochs * math.ceil(n_images / batch_size)
 
     def configure_optimizer(self, stage: str, steps: int):
@@ -202,7 +222,7 @@ class FCDD(AnomalyModel):
         if len(chosen):
             if len(self.real_anomalies):
                 pick = torch.randint(len(self.real_anomalies), (len(chosen),), generator=generator).to(device)
-                images[chosen] = _resize(self.real_anomalies[pick], (h, w))
+                images[chosen] = resize(self.real_anomalies[pick], (h, w))
                 masks[chosen] = F.interpolate(self.real_masks[pick, None].float(), size=(h, w), mode="nearest")[:, 0] > 0.5
             else:
                 images[chosen], masks[chosen] = confetti_noise(images[chosen], generator, max_squares=c["max_squares"])

@@ -9,72 +9,21 @@ and an inverse-distance-weighted interpolation of the raster patch scores gives 
     result = model.score(test_images)                 # AnomalyResult(image_scores [B], maps [B, H, W])
     result = model.score(test_images, lambda_s=0.4)   # another λs of eq. 13, same trained model
 
-Decisions where the paper is vague or where this build differs (see also fastad.models.glance_parts):
-- Local-Net, distillation path (config teacher_weights = a local torchvision resnet18 weights
-  file): stage "local" minimises λk l_k + λc l_c (eq. 3) with l_k of eq. 1, the teacher R(p) being
-  ResNet-18's 512-d average-pooled layer4 output on the K x K patch (ImageNet-normalised, not
-  resized) and the decoder D a linear map Z -> 512; l_k is averaged over the 512 dimensions (the
-  squared norm / 512; λk absorbs the scale). Without ImageNet here, the paper's first step
-  (distillation on ImageNet) is skipped: the distillation runs on the training images' patches,
-  which is the paper's fine-tuning step.
-- Local-Net, self-supervised path (teacher_weights None, the default; no torchvision, no weights
-  here): λk InfoNCE + λc l_c, where the two views of a place are two patches of the same image
-  shifted by up to `view_shift` pixels per axis, the negatives are the other places of the batch,
-  and (ssl_stains, default on) one more, hard negative per place: its second view with a stain
-  (add_stain). This teaches features of the local texture that tolerate small shifts (so the
-  surroundings can predict them) while telling different structures apart AND telling a place
-  from the same place stained. Without the stained negative, and with the brightness/contrast
-  jitter of the views the first recipe used (view_jitter=0.2: contrast ±10 %, brightness ±5 %;
-  now 0), Z_l apparently learned to ignore the intensity and colour changes that scratches,
-  stains, holes and colour shifts make, and the DAD head sees a patch only through Z_l. Brick
-  pixel AUROC / AUPRO at λs = 0, no blur, varied stains, dad_negatives=4, scored at stride 4:
-  jitter + stained negative 0.922 / 0.873, no jitter without it 0.921 / 0.787, both changes
-  0.988 / 0.972 (at stride 8: 0.987 / 0.970; the first recipe: 0.946 / 0.855).
-  Concatenating the patch's per-channel mean and std to Z_l instead made brick worse (0.83-0.89
-  pixel AUROC): the raw moments of a brick patch are not predictable from its surroundings.
-- Global-Net: see glance_parts.GlobalNet (partial convs, binarised max-pooled masks, a readout of
-  the patch footprint and the image-wide context).
-- Negative patches: stains from glance_parts.add_stain. stains="varied" (default): half are
-  soft-edged ellipses, half thin lines 2-4 px wide (scratch-like), each blended towards a gray
-  level or (half of them) a random colour; stains="gray" is the first recipe's gray ellipse only.
-  dad_negatives=m >= 1 (default 4): each training sample feeds the DAD head its clean patch AND
-  m stained copies (the two classes' mean BCE losses averaged, so they weigh equally), m+1
-  Local-Net passes on 32 px patches for one Global-Net pass on the image; dad_negatives=0 is the
-  paper's eq. 8 draw, the clean or the stained patch with probability 1/2.
-- λs (eq. 13) defaults to 0, the DAD head alone, not the paper's 0.8: s_IAD (a mean squared
-  distance of standardised features) is on a larger scale than s_DAD (a probability), so eq. 13
-  at 0.8, or even 0.2, is in effect the IAD head, and with this recipe the DAD head localises
-  better on brick and gravel and about as well on grass (README ablation). The IAD head is still trained
-  (Global-Net learns Z_g through it) and score(lambda_s=...) mixes it in. Chosen from the
-  builtin textures' test splits (no separate validation split here): read the README numbers
-  as optimistic for λs and blur_sigma.
-- The map: the IDW interpolation of the patch scores, then a Gaussian blur of σ = blur_sigma
-  px (default 4, as anomalib does; 0 = off).
-- Training patches sit at any pixel offset; scoring uses the raster grid of `patch_size` at
-  `stride` (default 32 at 8: 13 x 13 overlapping patches on a 128 image; stride 16 scored brick
-  0.891 / 0.718 pixel AUROC / AUPRO against 0.905 / 0.776 at stride 8, same model of the first recipe;
-  stride 4 gained ~0.001-0.002 on this one, at twice the scoring time).
-- Image score: the maximum of the map.
-- Inference shares computation across patches (config inference="shared", the default; see
-  glance_parts.GlobalNet.forward_shared): one unmasked Global-Net pass per image, then each
-  patch recomputes only the box its hole can change at each layer, all P boxes as one batch.
-  It equals the masked-copies computation up to float rounding (~3e-8 here) and keeps the
-  no-peeking property bit for bit (tested). inference="copies" runs the plain form: the P masked
-  copies of the image through Global-Net, score_batch copies per forward pass. Measured with
-  benchmarks/glance_inference.py on the idle 2-core machine (1 thread, default net, one 128
-  image, Global-Net only, median of 3; the boxes' masks built once per grid and reused): 49
-  patches (stride 16) 0.030 s shared vs 0.31 s one batch of copies vs 0.24 s one copy at a time;
-  169 patches (stride 8) 0.10 s vs 1.28 s vs 0.83 s.
+The design decisions where the paper is vague, and the measurements behind the defaults, are in
+fastad/models/glance/README.md.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastad.models.base import AnomalyModel, AnomalyResult
+from fastad.checks import check_bool, check_choice, check_int, check_ints, check_optional_path, check_real
+from fastad.models.base import AnomalyModel, AnomalyResult, ModelConfig
 from fastad.models.components.backbones import ResNet18, load_resnet18_teacher
-from fastad.models.components.patches import crop_patches
+from fastad.models.components.patches import channel_statistics, crop_patches, standardize
 from fastad.models.glance.boxes import hole_masks
 from fastad.models.glance.losses import compactness_loss, dad_loss, iad_score, info_nce
 from fastad.models.glance.networks import DADHead, GlobalNet, LocalNet
@@ -82,8 +31,10 @@ from fastad.models.glance.stains import add_stain
 from fastad.models.registry import register_model
 from fastad.ops.upsample import PatchGrid, gaussian_blur, idw_upsample
 
-#: how patch_scores runs Global-Net over the patches of an image (see the module docstring)
+#: how patch_scores runs Global-Net over the patches of an image (the `inference` config values)
 INFERENCE_MODES = ("shared", "copies")
+#: the `stains` config values
+STAIN_KINDS = ("gray", "varied")
 #: patch boxes per forward_shared call: 256 keeps one 128-px image at stride 8 per pass; passes of
 #: several images measured slower on the CPU (their boxes' features fall out of cache)
 SHARED_BOXES_PER_PASS = 256
@@ -96,96 +47,127 @@ TEACHER_DIM = 512
 class GlanceNet(AnomalyModel):
     """Local-Net, Global-Net, IAD and DAD heads, their two training stages and patch scoring.
 
-    Args:
-        in_channels: image channels C.
+    Config (GlanceNet.Config):
+        in_channels: image channels C (3 with teacher_weights).
         patch_size: K, the patch side (a multiple of 8; at most 2 * 2**len(global_widths) so that
             Global-Net's hole closes).
         stride: the raster stride of the scored patches (overlap K - stride).
         feature_dim: Z, the dimension n of Z_l and Z_g.
         global_widths: Global-Net's conv widths, one pooling stage each.
         lr: Adam's learning rate in both stages.
-        local_batch: places (view pairs) per Local-Net step.
+        local_batch: places (view pairs) per Local-Net step (>= 2).
         global_batch: patches (each with its own masked copy of the image) per Global-Net step.
         view_shift: the largest shift, per axis in pixels, between the two views of a place.
-        temperature: InfoNCE temperature.
+        temperature: InfoNCE temperature (> 0).
         lambda_c: λc of eq. 3, the compactness loss weight.
         lambda_t: λt of eq. 10.
-        lambda_s: λs of eq. 13 (default 0, the DAD head alone; the paper's is 0.8);
+        lambda_s: λs of eq. 13, in [0, 1] (default 0, the DAD head alone; the paper's is 0.8);
             score(lambda_s=...) overrides it.
         idw_power: the distance exponent of the IDW score map.
         score_batch: masked copies per Global-Net forward pass when scoring with inference="copies".
-        inference: "shared" (one pass per image plus per-patch boxes) or "copies" (P masked
-            copies of the image); the same scores up to float rounding.
+        inference: one of INFERENCE_MODES: "shared" (one pass per image plus per-patch boxes) or
+            "copies" (P masked copies of the image); the same scores up to float rounding.
         teacher_weights: None (self-supervised Local-Net) or the path of a local torchvision
-            resnet18 state_dict (.pth or .safetensors) to distil Local-Net from (eq. 1).
+            resnet18 state_dict (.pth or .safetensors) to distil Local-Net from (eq. 1). Only
+            training reads it: a model built with read_weight_files=False reads it when a
+            "local" training step first needs the teacher.
         lambda_k: λk of eq. 3 (weights the distillation loss, or InfoNCE without a teacher).
-        view_jitter: brightness/contrast jitter of the second InfoNCE view (contrast ±j/2,
-            brightness ±j/4; default 0, the first recipe's 0.2 made Z_l blind to intensity).
-        stains: "varied" (ellipses and lines, gray or coloured) or "gray" (gray ellipses).
+        view_jitter: brightness/contrast jitter of the second InfoNCE view (>= 0; contrast ±j/2,
+            brightness ±j/4).
+        stains: one of STAIN_KINDS: "varied" (ellipses and lines, gray or coloured) or "gray"
+            (gray ellipses).
         dad_negatives: stained copies per DAD training sample besides its clean patch (0: eq. 8's
             one patch, clean or stained with probability 1/2).
         ssl_stains: a stained copy of each place as an extra InfoNCE negative.
-        blur_sigma: σ in pixels of the Gaussian blur of the final map (0: none).
+        blur_sigma: σ in pixels of the Gaussian blur of the final map (>= 0; 0: none).
     """
+
+    @dataclass(frozen=True)
+    class Config(ModelConfig):
+        in_channels: int = 3
+        patch_size: int = 32
+        stride: int = 8
+        feature_dim: int = 64
+        global_widths: tuple[int, ...] = (16, 32, 64, 64)
+        lr: float = 1e-3
+        local_batch: int = 32
+        global_batch: int = 8
+        view_shift: int = 8
+        temperature: float = 0.2
+        lambda_c: float = 1e-3
+        lambda_t: float = 1.0
+        lambda_s: float = 0.0
+        idw_power: float = 2.0
+        score_batch: int = 64
+        inference: str = "shared"
+        teacher_weights: str | None = None
+        lambda_k: float = 1.0
+        view_jitter: float = 0.0
+        stains: str = "varied"
+        dad_negatives: int = 4
+        ssl_stains: bool = True
+        blur_sigma: float = 4.0
+
+        def __post_init__(self):
+            for key in ("in_channels", "feature_dim", "stride", "global_batch", "score_batch"):
+                check_int(key, getattr(self, key), 1)
+            check_int("local_batch", self.local_batch, 2)
+            check_int("view_shift", self.view_shift, 0)
+            check_int("dad_negatives", self.dad_negatives, 0)
+            object.__setattr__(self, "global_widths", check_ints("global_widths", self.global_widths, 1))
+            check_int("patch_size", self.patch_size, 8)
+            closes = 2 * 2 ** len(self.global_widths)
+            if self.patch_size > closes:
+                raise ValueError(f"patch_size must be at most {closes} for global_widths of {len(self.global_widths)} "
+                                 f"stages (the hole must close), got {self.patch_size}")
+            for key in ("lr", "temperature"):
+                check_real(key, getattr(self, key), 0.0, strict=True)
+            for key in ("lambda_c", "lambda_t", "lambda_k", "view_jitter", "blur_sigma"):
+                check_real(key, getattr(self, key), 0.0)
+            check_real("lambda_s", self.lambda_s, 0.0, high=1.0)
+            check_real("idw_power", self.idw_power)
+            check_choice("inference", self.inference, INFERENCE_MODES)
+            check_choice("stains", self.stains, STAIN_KINDS)
+            check_bool("ssl_stains", self.ssl_stains)
+            object.__setattr__(self, "teacher_weights", check_optional_path("teacher_weights", self.teacher_weights))
+            if self.teacher_weights is not None and self.in_channels != 3:
+                raise ValueError(f"in_channels must be 3 to distil from a resnet18 teacher, got {self.in_channels}")
 
     name = "glance"
     image_size = 128
     stages = ("local", "global")
     default_steps = 400
 
-    def __init__(self, in_channels: int = 3, patch_size: int = 32, stride: int = 8, feature_dim: int = 64,
-                 global_widths: tuple[int, ...] | list[int] = (16, 32, 64, 64), lr: float = 1e-3,
-                 local_batch: int = 32, global_batch: int = 8, view_shift: int = 8, temperature: float = 0.2,
-                 lambda_c: float = 1e-3, lambda_t: float = 1.0, lambda_s: float = 0.0, idw_power: float = 2.0,
-                 score_batch: int = 64, inference: str = "shared", teacher_weights: str | None = None,
-                 lambda_k: float = 1.0, view_jitter: float = 0.0, stains: str = "varied", dad_negatives: int = 4,
-                 ssl_stains: bool = True, blur_sigma: float = 4.0):
-        global_widths = [int(w) for w in global_widths]
-        super().__init__(in_channels=in_channels, patch_size=patch_size, stride=stride, feature_dim=feature_dim,
-                         global_widths=global_widths, lr=lr, local_batch=local_batch, global_batch=global_batch,
-                         view_shift=view_shift, temperature=temperature, lambda_c=lambda_c, lambda_t=lambda_t,
-                         lambda_s=lambda_s, idw_power=idw_power, score_batch=score_batch, inference=inference,
-                         teacher_weights=None if teacher_weights is None else str(teacher_weights), lambda_k=lambda_k,
-                         view_jitter=view_jitter, stains=stains,
-                         dad_negatives=dad_negatives, ssl_stains=ssl_stains, blur_sigma=blur_sigma)
-        closes = 2 * 2 ** len(global_widths)
-        if patch_size > closes:
-            raise ValueError(f"patch_size must be at most {closes} for global_widths of {len(global_widths)} "
-                             f"stages (the hole must close), got {patch_size}")
-        for name, value in (("stride", stride), ("local_batch", local_batch), ("global_batch", global_batch),
-                            ("score_batch", score_batch)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1 + (name == "local_batch"):
-                raise ValueError(f"{name} must be an int >= {1 + (name == 'local_batch')}, got {value!r}")
-        if not 0.0 <= lambda_s <= 1.0:
-            raise ValueError(f"lambda_s must be in [0, 1], got {lambda_s}")
-        if stains not in ("gray", "varied"):
-            raise ValueError(f"stains must be 'gray' or 'varied', got {stains!r}")
-        if isinstance(dad_negatives, bool) or not isinstance(dad_negatives, int) or dad_negatives < 0:
-            raise ValueError(f"dad_negatives must be an int >= 0, got {dad_negatives!r}")
-        if blur_sigma < 0 or view_jitter < 0:
-            raise ValueError(f"blur_sigma and view_jitter must be >= 0, got {blur_sigma}, {view_jitter}")
-        if inference not in INFERENCE_MODES:
-            raise ValueError(f"inference must be one of {INFERENCE_MODES}, got {inference!r}")
-        self.patch_size = patch_size
-        self.local_net = LocalNet(in_channels, patch_size, feature_dim)
-        self.global_net = GlobalNet(in_channels, tuple(global_widths), feature_dim)
-        self.dad_head = DADHead(feature_dim)
-        # the teacher is only needed to train, and is re-read from teacher_weights on a rebuild:
-        # kept in a tuple so it is no submodule (not in the checkpoint, not moved by .to())
+    def __init__(self, **config):
+        super().__init__(**config)
+        c = self.settings
+        self.patch_size = c.patch_size
+        self.local_net = LocalNet(c.in_channels, c.patch_size, c.feature_dim)
+        self.global_net = GlobalNet(c.in_channels, c.global_widths, c.feature_dim)
+        self.dad_head = DADHead(c.feature_dim)
+        # the teacher is only needed to train: kept in a tuple so it is no submodule (not in the
+        # checkpoint, not moved by .to()), read from teacher_weights now or when first needed
         self._teacher: tuple[ResNet18, ...] = ()
-        if teacher_weights is not None:
-            if in_channels != 3:
-                raise ValueError(f"in_channels must be 3 to distil from a resnet18 teacher, got {in_channels}")
-            self._teacher = (load_resnet18_teacher(teacher_weights),)
-            self.decoder = nn.Linear(feature_dim, TEACHER_DIM)
-        self.register_buffer("pixel_mean", torch.zeros(in_channels))
-        self.register_buffer("pixel_std", torch.ones(in_channels))
+        if c.teacher_weights is not None:
+            if self.read_weight_files:
+                self._teacher = (load_resnet18_teacher(c.teacher_weights),)
+            self.decoder = nn.Linear(c.feature_dim, TEACHER_DIM)
+        self.register_buffer("pixel_mean", torch.zeros(c.in_channels))
+        self.register_buffer("pixel_std", torch.ones(c.in_channels))
+
+    def teacher(self) -> ResNet18:
+        """The frozen ResNet-18 teacher read from teacher_weights (ValueError without one)."""
+        if self.config["teacher_weights"] is None:
+            raise ValueError("teacher_weights is None: this GlanceNet trains its Local-Net without a teacher")
+        if not self._teacher:
+            self._teacher = (load_resnet18_teacher(self.config["teacher_weights"]),)
+        return self._teacher[0]
 
     # --- features ---------------------------------------------------------------------------
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """[N, C, h, w] in [0, 1] -> per-channel standardised pixels (statistics of the train set)."""
-        return (images - self.pixel_mean[:, None, None]) / self.pixel_std[:, None, None]
+        return standardize(images, self.pixel_mean, self.pixel_std)
 
     def local_features(self, patches: torch.Tensor) -> torch.Tensor:
         """patches [N, C, K, K] in [0, 1] -> Z_l [N, Z] (eq. 4)."""
@@ -199,13 +181,14 @@ class GlanceNet(AnomalyModel):
 
     def setup(self, train_images: torch.Tensor) -> None:
         with torch.no_grad():
-            self.pixel_mean.copy_(train_images.mean((0, 2, 3)))
-            self.pixel_std.copy_(train_images.std((0, 2, 3)).clamp_min(1e-6))
+            mean, std = channel_statistics(train_images)
+            self.pixel_mean.copy_(mean)
+            self.pixel_std.copy_(std)
 
     def configure_optimizer(self, stage: str, steps: int):
         if stage == "local":
             params = list(self.local_net.parameters())
-            if self._teacher:
+            if self.config["teacher_weights"] is not None:
                 params += list(self.decoder.parameters())
         elif stage == "global":
             params = list(self.global_net.parameters()) + list(self.dad_head.parameters())
@@ -223,7 +206,7 @@ class GlanceNet(AnomalyModel):
     def local_loss(self, images: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """One Local-Net batch from images [N, C, H, W]: the distillation loss if there is a
         teacher, else {"total": λk InfoNCE + λc l_c, "ssl", "compact"}."""
-        if self._teacher:
+        if self.config["teacher_weights"] is not None:
             return self.distillation_loss(images, generator)
         n, _, h, w = images.shape
         k, shift, b = self.patch_size, self.config["view_shift"], self.config["local_batch"]
@@ -263,7 +246,7 @@ class GlanceNet(AnomalyModel):
         """One distillation batch of local_batch random patches of images [N, C, H, W] (eq. 3):
         {"total": λk l_k + λc l_c, "distill": l_k (eq. 1, mean over the teacher's 512 dims), "compact"}."""
         patches = self._random_patches(images, generator, self.config["local_batch"])[0]
-        teacher = self._teacher[0].to(images.device)
+        teacher = self.teacher().to(images.device)
         with torch.no_grad():
             target = teacher(patches)
         z = self.local_features(patches)

@@ -108,7 +108,7 @@ class GlobalNet(nn.Module):
         kept one size per layer (shifted inward at the image border) so all B * P crops form one
         batch; each box is cut from (and pasted into) all B images with one slice. Where the
         boxes lie and their masks depend on the patch geometry alone: they are built once per
-        grid (fastad.models.glance_boxes) and reused for every image.
+        grid (fastad.models.glance.boxes) and reused for every image.
 
         Args:
             images: [B, C, H, H] standardised pixels (square), H a multiple of self.stride.

@@ -9,13 +9,16 @@ embedding to the nearest normal one (eq. 12), averaged over the patches covering
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastad.models.base import AnomalyModel, AnomalyResult
+from fastad.checks import check_bool, check_fraction_or_count, check_int, check_real
+from fastad.models.base import AnomalyModel, AnomalyResult, ModelConfig
 from fastad.models.components.memory_bank import MemoryBank
-from fastad.models.components.patches import extract_patches
+from fastad.models.components.patches import channel_statistics, extract_patches, standardize
 from fastad.models.pedenet.networks import PatchEncoder
 from fastad.models.pedenet.sampling import POSITIONS, sample_training_batch
 from fastad.models.registry import register_model
@@ -27,61 +30,79 @@ from fastad.ops.upsample import PatchGrid, patch_average
 class PEDENet(AnomalyModel):
     """PE, DE and LP networks, the joint loss of eq. 8, training, memory bank and scoring.
 
-    Args:
+    Config (PEDENet.Config; the choices and their measurements: models/pedenet/README.md):
         in_channels: image channels C.
         embedding_dim: Z (the paper: the last PE filter count, 64).
         n_components: K, the GMM components of the DE net (the paper leaves it open; 4).
-        lambda_den, lambda_lpn, lambda_reg: λ1, λ2, λ3 of eq. 8 (open in the paper): DAGMM's 0.1
-            for the energy, 1 for the LP cross-entropy, and 3e-4 for the covariance penalty. With
-            Z = 64 and K = 4, eq. 11 sums 256 inverse variances (~1e4 at initialisation): DAGMM's
-            0.005 makes it dominate the loss and drive the tanh embeddings into saturation, which
-            wrecks nearest-neighbour scoring (pixel AUROC 0.38 / 0.50 on builtin grass / gravel),
-            while 0 lets the energy collapse them; 3e-4 was the best of {0, 1e-4, 3e-4, 1e-3,
-            5e-3} over brick, grass and gravel (README).
-        gmm_eps: added to each batch covariance's diagonal (a batch of 128 patches under-determines
-            K covariances of size Z x Z; the eq. 11 penalty alone does not make them definite).
+        lambda_den, lambda_lpn, lambda_reg: λ1, λ2, λ3 of eq. 8 (>= 0): the weights of the
+            energy, the LP cross-entropy and the covariance penalty of eq. 11.
+        gmm_eps: added to each batch covariance's diagonal (>= 0; a batch of 128 patches
+            under-determines K covariances of size Z x Z).
         stride: S, the default patch stride of build_memory_bank and score.
         lr: Adam's learning rate (the paper's 1e-4).
         n_patches, n_pairs: patches for the DE loss and neighbour pairs for the LP loss per batch
             (the paper's 128 and 36).
-        coreset: keep a k-center coreset of the memory bank (a fraction or a row count); None keeps all.
+        coreset: keep a k-center coreset of the memory bank (a fraction in (0, 1] or a row
+            count); None keeps all.
         dense_embedding: embed all patches of an image fully convolutionally (PatchEncoder.
-            forward_dense, the same numbers ~3x faster) when the stride is even; False crops them.
+            forward_dense, the same numbers up to float rounding) when the stride is even; False
+            crops them.
     """
+
+    @dataclass(frozen=True)
+    class Config(ModelConfig):
+        in_channels: int = 3
+        embedding_dim: int = 64
+        n_components: int = 4
+        lambda_den: float = 0.1
+        lambda_lpn: float = 1.0
+        lambda_reg: float = 3e-4
+        gmm_eps: float = 1e-3
+        stride: int = 16
+        lr: float = 1e-4
+        n_patches: int = 128
+        n_pairs: int = 36
+        coreset: float | int | None = None
+        dense_embedding: bool = True
+
+        def __post_init__(self):
+            for key in ("in_channels", "embedding_dim", "n_components", "stride", "n_patches", "n_pairs"):
+                check_int(key, getattr(self, key), 1)
+            for key in ("lambda_den", "lambda_lpn", "lambda_reg", "gmm_eps"):
+                check_real(key, getattr(self, key), 0.0)
+            check_real("lr", self.lr, 0.0, strict=True)
+            check_fraction_or_count("coreset", self.coreset)
+            check_bool("dense_embedding", self.dense_embedding)
 
     name = "pedenet"
     image_size = 256
     default_steps = 60
     patch_size = PatchEncoder.patch_size
 
-    def __init__(self, in_channels: int = 3, embedding_dim: int = 64, n_components: int = 4,
-                 lambda_den: float = 0.1, lambda_lpn: float = 1.0, lambda_reg: float = 3e-4,
-                 gmm_eps: float = 1e-3, stride: int = 16, lr: float = 1e-4, n_patches: int = 128,
-                 n_pairs: int = 36, coreset: float | int | None = None, dense_embedding: bool = True):
-        super().__init__(in_channels=in_channels, embedding_dim=embedding_dim, n_components=n_components,
-                         lambda_den=lambda_den, lambda_lpn=lambda_lpn, lambda_reg=lambda_reg, gmm_eps=gmm_eps,
-                         stride=stride, lr=lr, n_patches=n_patches, n_pairs=n_pairs, coreset=coreset,
-                         dense_embedding=dense_embedding)
-        self.pe = PatchEncoder(in_channels, embedding_dim)
-        self.de = GaussianMixtureHead(embedding_dim, n_components, hidden=(128, 64, 32), eps=gmm_eps)
-        self.lp = nn.Sequential(nn.Linear(embedding_dim, 128), nn.LeakyReLU(0.1), nn.Linear(128, 128),
+    def __init__(self, **config):
+        super().__init__(**config)
+        c = self.settings
+        self.pe = PatchEncoder(c.in_channels, c.embedding_dim)
+        self.de = GaussianMixtureHead(c.embedding_dim, c.n_components, hidden=(128, 64, 32), eps=c.gmm_eps)
+        self.lp = nn.Sequential(nn.Linear(c.embedding_dim, 128), nn.LeakyReLU(0.1), nn.Linear(128, 128),
                                 nn.LeakyReLU(0.1), nn.Linear(128, len(POSITIONS)))
-        self.lambdas = (lambda_den, lambda_lpn, lambda_reg)
-        self.stride = stride
-        self.memory_bank = MemoryBank(embedding_dim)
-        # per-channel input standardisation, set from the training images by fit()
-        self.register_buffer("pixel_mean", torch.zeros(in_channels))
-        self.register_buffer("pixel_std", torch.ones(in_channels))
+        self.lambdas = (c.lambda_den, c.lambda_lpn, c.lambda_reg)
+        self.stride = c.stride
+        self.memory_bank = MemoryBank(c.embedding_dim)
+        # per-channel input standardisation, set from the training images by setup()
+        self.register_buffer("pixel_mean", torch.zeros(c.in_channels))
+        self.register_buffer("pixel_std", torch.ones(c.in_channels))
 
     def embed(self, patches: torch.Tensor) -> torch.Tensor:
         """patches [N, C, 64, 64] -> z [N, Z] (the PE network, on standardised pixels)."""
-        return self.pe((patches - self.pixel_mean[:, None, None]) / self.pixel_std[:, None, None])
+        return self.pe(standardize(patches, self.pixel_mean, self.pixel_std))
 
     @torch.no_grad()
     def set_normalization(self, images: torch.Tensor) -> None:
         """pixel_mean, pixel_std [C] := the per-channel statistics of images [N, C, H, W]."""
-        self.pixel_mean.copy_(images.mean((0, 2, 3)))
-        self.pixel_std.copy_(images.std((0, 2, 3)).clamp_min(1e-6))
+        mean, std = channel_statistics(images)
+        self.pixel_mean.copy_(mean)
+        self.pixel_std.copy_(std)
 
     def locate(self, z: torch.Tensor, z_neighbour: torch.Tensor) -> torch.Tensor:
         """z, z' [N, Z] -> LP logits [N, 8] of the position of p' relative to p (eq. 7)."""
@@ -131,7 +152,7 @@ class PEDENet(AnomalyModel):
         stride = self.stride if stride is None else stride
         dense = self.config["dense_embedding"] and stride % 2 == 0 if dense is None else dense
         if dense:
-            normalized = (images - self.pixel_mean[:, None, None]) / self.pixel_std[:, None, None]
+            normalized = standardize(images, self.pixel_mean, self.pixel_std)
             if torch.compiler.is_compiling():  # one graph for any batch size
                 return self.pe.forward_dense(normalized, stride)
             return torch.cat([self.pe.forward_dense(chunk, stride) for chunk in normalized.split(8)])

@@ -146,3 +146,11 @@ class ImpressionExtractor(nn.Module):
         rec = F.mse_loss(self.decode(z), images)
         alpha, beta, gamma = self.weights
         return {"total": alpha * mi + beta * kl + gamma * rec, "mi": mi, "kl": kl, "rec": rec}
+
+
+def resize_square(images: torch.Tensor, size: int) -> torch.Tensor:
+    """[B, C, H, W] -> [B, C, size, size], bilinear (antialiased when shrinking); as is if already that size."""
+    if images.shape[-2:] == (size, size):
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=size < images.shape[-1])

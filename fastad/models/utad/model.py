@@ -9,94 +9,108 @@ compares them in VGG-19 feature space.
     masks = model.segment(test_images)               # eq. 9 at the calibrated threshold
     fastad.metrics.iou(result.maps, gt_masks, float(model.threshold))
 
-Native size 128: the builtin crops are 128 px, IE-Net's latent is global (its MLP fixes the
-size), and VGG on 4 images per input stays affordable on a CPU. score() resizes other sizes to
-128 and the maps back.
-
-Eq. 8 as built: M = sum_l w_l up(d_l(x, x_hat)) + naive_weight * sum_l w'_l up(d_l(h_tilde, h))
-(naive_weight 0 by default, see its argument),
-l over conv1_2, conv2_2, conv3_4, d_l the per-location mean squared feature difference
-(fastad.models.utad_measure). The layer weights are not tuned by hand: prepare_scoring sets each
-to 1 / (its mean over normal training images), so every layer and term contributes on the same
-scale whatever the VGG weights. The image score is the map's maximum.
-
-Choosing the segmentation threshold (eq. 9, the paper sets it by hand): prepare_scoring stores
-`threshold` = the `threshold_quantile` quantile of the normal training images' map values (default
-0.99: about 1% of normal pixels flagged). Training images are reconstructed a little better than
-unseen normal ones, so on new data a higher quantile (or a quantile of held-out normal images'
-maps: model.calibrate_threshold(images, q)) flags fewer false positives; IoU is reported at that
-threshold, never at one picked on the test masks.
+Native size 128: score() resizes other sizes to 128 and the maps back. Eq. 8 as built:
+M = sum_l w_l up(d_l(x, x_hat)) + naive_weight * sum_l w'_l up(d_l(h_tilde, h)), l over conv1_2,
+conv2_2, conv3_4, d_l the per-location mean squared feature difference (fastad.models.utad.measure);
+prepare_scoring sets each layer weight to 1 / (its mean over normal training images) and
+`threshold` (eq. 9) to the `threshold_quantile` quantile of the normal training images' map
+values; the image score is the map's maximum. Why, and what was measured: models/utad/README.md.
 """
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from dataclasses import dataclass
 
-from fastad.models.base import AnomalyModel, AnomalyResult
+import torch
+
+from fastad.checks import check_int, check_ints, check_optional_path, check_real
+from fastad.models.base import AnomalyModel, AnomalyResult, ModelConfig
 from fastad.models.components.backbones import VGG19Features
 from fastad.models.registry import register_model
 from fastad.models.utad.expert import ExpertNet
-from fastad.models.utad.impression import ImpressionExtractor
+from fastad.models.utad.impression import ImpressionExtractor, resize_square
 from fastad.models.utad.measure import layer_distances, segment
+
+#: the native input side: the builtin crops are 128 px and IE-Net's global latent fixes the size
+IMAGE_SIZE = 128
 
 
 @register_model
 class UTAD(AnomalyModel):
     """IE-Net, Expert-Net and the perceptual measurement; stages "impression" then "expert".
 
-    Args:
-        ie_size: the side IE-Net works at (images are resized to it, the impression back to 128):
-            the impression is coarse by design, and at 64 IE-Net costs a quarter of 128.
+    Config (UTAD.Config):
+        ie_size: the side IE-Net works at, in [16, 128] (images are resized to it, the
+            impression back to 128).
         ie_widths: IE-Net inception block widths (4 blocks, each divisible by 4).
         latent_dim, ie_hidden: IE-Net latent size and MLP width.
-        alpha, beta, gamma: eq. 6 weights of the MI (eq. 4), KL (eq. 2) and reconstruction (eq. 5) terms.
-            The reconstruction is a per-pixel mean and the KL a sum over latent dims, so beta is
-            small: at beta = 0.01 the posterior collapsed (mu = 0, one constant impression).
+        alpha, beta, gamma: eq. 6 weights of the MI (eq. 4), KL (eq. 2) and reconstruction (eq. 5)
+            terms (>= 0; the KL is a sum over latent dims, so beta is small).
         expert_width, detail_dim, detail_width, mlp_hidden, n_residual, lambda_detail: Expert-Net
-            (see fastad.models.utad_expert.ExpertNet).
-        batch_size: images per training step (the paper: 4).
-        ie_lr, expert_lr: Adam learning rates of the two stages (the paper uses SGD with momentum
-            for IE-Net over 200 epochs; Adam reaches a usable impression in the demo's few steps).
-        vgg_weights: local VGG-19 weights file (torchvision layout) or None (fixed random features).
+            (see fastad.models.utad.expert.ExpertNet).
+        batch_size: images per training step (>= 2: the MI loss shuffles codes across the batch).
+        ie_lr, expert_lr: Adam learning rates of the two stages.
+        vgg_weights: local VGG-19 weights file (torchvision layout) or None (fixed random
+            features from vgg_seed, with a UserWarning).
         vgg_seed: seed of the random VGG features.
-        naive_weight: weight of the naive-impression term of eq. 8. Default 0 (dropped, and its two
-            VGG passes skipped): on builtin:brick after the default steps it alone scored pixel
-            AUROC 0.35 (below chance) and pulled the combined map from 0.85 to 0.73.
-        threshold_quantile: quantile of normal training map values that becomes `threshold`.
+        naive_weight: weight (>= 0) of the naive-impression term of eq. 8; 0 (the default) drops
+            the term and skips its two VGG passes.
+        threshold_quantile: quantile in (0, 1) of normal training map values that becomes `threshold`.
         calibration_images: how many training images prepare_scoring measures (the first ones).
     """
 
+    @dataclass(frozen=True)
+    class Config(ModelConfig):
+        ie_size: int = 64
+        ie_widths: tuple[int, ...] = (8, 16, 32, 64)
+        latent_dim: int = 64
+        ie_hidden: int = 256
+        alpha: float = 0.1
+        beta: float = 1e-5
+        gamma: float = 1.0
+        expert_width: int = 8
+        detail_dim: int = 16
+        detail_width: int = 16
+        mlp_hidden: int = 64
+        n_residual: int = 2
+        lambda_detail: float = 1.0
+        batch_size: int = 4
+        ie_lr: float = 1e-3
+        expert_lr: float = 1e-3
+        vgg_weights: str | None = None
+        vgg_seed: int = 0
+        naive_weight: float = 0.0
+        threshold_quantile: float = 0.99
+        calibration_images: int = 8
+
+        def __post_init__(self):
+            check_int("ie_size", self.ie_size, 16, IMAGE_SIZE)
+            object.__setattr__(self, "ie_widths", check_ints("ie_widths", self.ie_widths, 4))
+            for key in ("latent_dim", "ie_hidden", "expert_width", "detail_dim", "detail_width", "mlp_hidden",
+                        "calibration_images"):
+                check_int(key, getattr(self, key), 1)
+            check_int("n_residual", self.n_residual, 0)
+            check_int("vgg_seed", self.vgg_seed, 0)
+            check_int("batch_size", self.batch_size, 2)  # the MI loss shuffles codes across the batch
+            for key in ("alpha", "beta", "gamma", "lambda_detail", "naive_weight"):
+                check_real(key, getattr(self, key), 0.0)
+            for key in ("ie_lr", "expert_lr"):
+                check_real(key, getattr(self, key), 0.0, strict=True)
+            if not 0.0 < check_real("threshold_quantile", self.threshold_quantile) < 1.0:
+                raise ValueError(f"threshold_quantile must be in (0, 1), got {self.threshold_quantile}")
+            object.__setattr__(self, "vgg_weights", check_optional_path("vgg_weights", self.vgg_weights))
+
     name = "utad"
-    image_size = 128
+    image_size = IMAGE_SIZE
     stages = ("impression", "expert")
     default_steps = 60
 
-    def __init__(self, ie_size: int = 64, ie_widths: tuple[int, ...] | list[int] = (8, 16, 32, 64), latent_dim: int = 64,
-                 ie_hidden: int = 256, alpha: float = 0.1, beta: float = 1e-5, gamma: float = 1.0,
-                 expert_width: int = 8, detail_dim: int = 16, detail_width: int = 16, mlp_hidden: int = 64,
-                 n_residual: int = 2, lambda_detail: float = 1.0, batch_size: int = 4, ie_lr: float = 1e-3,
-                 expert_lr: float = 1e-3, vgg_weights: str | None = None, vgg_seed: int = 0,
-                 naive_weight: float = 0.0, threshold_quantile: float = 0.99, calibration_images: int = 8):
-        ie_widths = list(ie_widths)
-        if batch_size < 2:
-            raise ValueError(f"batch_size must be >= 2 (the MI loss shuffles codes across the batch), got {batch_size}")
-        if not 0.0 < threshold_quantile < 1.0:
-            raise ValueError(f"threshold_quantile must be in (0, 1), got {threshold_quantile}")
-        if calibration_images < 1:
-            raise ValueError(f"calibration_images must be >= 1, got {calibration_images}")
-        if naive_weight < 0:
-            raise ValueError(f"naive_weight must be >= 0, got {naive_weight}")
-        if not 16 <= ie_size <= self.image_size:
-            raise ValueError(f"ie_size must be in [16, {self.image_size}], got {ie_size}")
-        super().__init__(ie_size=ie_size, ie_widths=ie_widths, latent_dim=latent_dim, ie_hidden=ie_hidden, alpha=alpha, beta=beta,
-                         gamma=gamma, expert_width=expert_width, detail_dim=detail_dim, detail_width=detail_width,
-                         mlp_hidden=mlp_hidden, n_residual=n_residual, lambda_detail=lambda_detail,
-                         batch_size=batch_size, ie_lr=ie_lr, expert_lr=expert_lr, vgg_weights=vgg_weights,
-                         vgg_seed=vgg_seed, naive_weight=naive_weight, threshold_quantile=threshold_quantile,
-                         calibration_images=calibration_images)
-        self.ie = ImpressionExtractor(ie_size, tuple(ie_widths), latent_dim, ie_hidden, alpha, beta, gamma)
-        self.expert = ExpertNet(expert_width, detail_dim, detail_width, mlp_hidden, n_residual, lambda_detail)
-        self.vgg = VGG19Features(vgg_weights, vgg_seed)
+    def __init__(self, **config):
+        super().__init__(**config)
+        c = self.settings
+        self.ie = ImpressionExtractor(c.ie_size, c.ie_widths, c.latent_dim, c.ie_hidden, c.alpha, c.beta, c.gamma)
+        self.expert = ExpertNet(c.expert_width, c.detail_dim, c.detail_width, c.mlp_hidden, c.n_residual,
+                                c.lambda_detail)
+        self.vgg = VGG19Features(c.vgg_weights, c.vgg_seed, load=self.read_weight_files)
         # layer_weights[t, l]: eq. 8 weight of term t (0: x vs x_hat, 1: h_tilde vs h) at layer l
         self.register_buffer("layer_weights", torch.ones(2, 3))
         self.register_buffer("threshold", torch.tensor(float("inf")))
@@ -118,7 +132,7 @@ class UTAD(AnomalyModel):
         index = torch.randperm(n, generator=generator)[:self.config["batch_size"]].to(train_images.device)
         images = self._native(train_images.index_select(0, index))
         if stage == "impression":
-            return self.ie.loss(_resize(images, self.config["ie_size"]), generator)
+            return self.ie.loss(resize_square(images, self.config["ie_size"]), generator)
         if stage == "expert":
             with torch.no_grad():
                 impressions = self.impression(images)
@@ -129,12 +143,12 @@ class UTAD(AnomalyModel):
     def _native(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
-        return _resize(images, self.image_size)
+        return resize_square(images, self.image_size)
 
     def impression(self, images: torch.Tensor) -> torch.Tensor:
         """Native-size images [B, 3, 128, 128] -> IE-Net's impression h [B, 3, 128, 128] (computed at
         ie_size and resized back)."""
-        return _resize(self.ie.impression(_resize(images, self.config["ie_size"])), self.image_size)
+        return resize_square(self.ie.impression(resize_square(images, self.config["ie_size"])), self.image_size)
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -208,11 +222,3 @@ class UTAD(AnomalyModel):
     def segment(self, images: torch.Tensor) -> torch.Tensor:
         """Eq. 9: images [B, 3, H, W] -> bool anomaly segmentation [B, H, W] at `threshold`."""
         return segment(self.anomaly_maps(images), self.threshold)
-
-
-def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
-    """[B, C, H, W] -> [B, C, size, size], bilinear (antialiased when shrinking); as is if already that size."""
-    if images.shape[-2:] == (size, size):
-        return images
-    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
-                         antialias=size < images.shape[-1])
