@@ -31,7 +31,6 @@ from torch import nn
 from fastad.checks import check_bool
 
 
-
 @dataclass
 class AnomalyResult:
     """What every model's score() returns. image_scores [B]: one anomaly score per image (higher =
