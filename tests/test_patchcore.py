@@ -218,6 +218,16 @@ def test_checkpoint_round_trip(normal_images, test_images, tmp_path):
     assert torch.equal(again.maps, expected.maps) and torch.equal(again.image_scores, expected.image_scores)
 
 
+def test_ray_replicas_rebuild_the_model(normal_images, test_images):
+    from fastad.distributed.weights import pack_model, unpack_model
+
+    model = fitted(normal_images)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        replica = unpack_model(pack_model(model))
+    assert torch.equal(replica.score(test_images).maps, model.score(test_images).maps)
+
+
 def test_backbone_stays_in_eval_mode(normal_images):
     model = fitted(normal_images)
     model.train()
