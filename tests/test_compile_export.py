@@ -71,10 +71,11 @@ def test_coreset_compiles_fullgraph():
     assert torch.equal(compiled(features), fastad.ops.kcenter_coreset(features, 5))
 
 
-@pytest.mark.parametrize("model_name", ["pedenet", "rawpixel"])
+@pytest.mark.parametrize("model_name", ["pedenet", "rawpixel", "patchcore"])
 def test_scoring_graph_exports(model_name):
     torch.manual_seed(0)
-    config = {"n_patches": 8, "n_pairs": 4, "stride": 32} if model_name == "pedenet" else {"stride": 32}
+    config = {"pedenet": {"n_patches": 8, "n_pairs": 4, "stride": 32}, "rawpixel": {"stride": 32},
+              "patchcore": {"image_size": 128}}[model_name]
     model = create_model(model_name, **config)
     train(model, torch.rand(3, 3, 128, 128), steps=1, progress=False)
     images = torch.rand(2, 3, 128, 128)

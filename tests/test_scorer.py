@@ -9,7 +9,7 @@ from fastad.models import create_model
 from conftest import requires_cuda
 
 QUICK = {"pedenet": {"n_patches": 8, "n_pairs": 4}, "fcdd": {}, "glance": {"stride": 32}, "utad": {},
-         "rawpixel": {}}
+         "rawpixel": {}, "patchcore": {}}
 
 
 def ready(name: str, device="cpu"):
@@ -28,7 +28,7 @@ def fcdd():
     return ready("fcdd")
 
 
-@pytest.mark.filterwarnings("ignore:UTAD. no VGG-19 weights")
+@pytest.mark.filterwarnings("ignore:UTAD. no VGG-19 weights", "ignore:PatchCore. no backbone weights")
 @pytest.mark.parametrize("name", sorted(QUICK))
 def test_channels_last_scores_like_contiguous(name):
     model, images = ready(name)
@@ -55,7 +55,7 @@ def test_uint8_and_other_sizes_are_accepted(fcdd):
     assert torch.isfinite(result.maps).all()
 
 
-@pytest.mark.filterwarnings("ignore:UTAD. no VGG-19 weights")
+@pytest.mark.filterwarnings("ignore:UTAD. no VGG-19 weights", "ignore:PatchCore. no backbone weights")
 @pytest.mark.parametrize("name", sorted(QUICK))
 def test_bf16_stays_close_to_fp32(name):
     model, images = ready(name)
@@ -87,7 +87,7 @@ def test_bad_images_are_named(fcdd):
 
 @requires_cuda
 @pytest.mark.cuda
-@pytest.mark.parametrize("name", ["pedenet", "fcdd", "glance"])
+@pytest.mark.parametrize("name", ["pedenet", "fcdd", "glance", "patchcore"])
 def test_cuda_graphs_replay_matches_eager_and_cpu(name):
     model, images = ready(name)
     on_cpu = fastad.Scorer(model).score(images).maps
