@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 import fastad
 from fastad.engine import load_checkpoint, train
 from fastad.models import PatchCore, create_model
-from fastad.models.patchcore.networks import ResNet
+from fastad.models.components.backbones import ResNet
 from conftest import DEVICES
 
 SIZE = 64
@@ -255,7 +255,7 @@ def test_scoring_before_fitting_is_refused():
     ({"sigma": 10, "image_size": 32}, ValueError, "sigma must leave the blur's radius"),
     ({"image_size": 16}, ValueError, "image_size must be in >= 32"),
     ({"seed": -1}, ValueError, "seed must be in >= 0"),
-    ({"coreset": 0.1}, TypeError, "patchcore has no setting 'coreset'"),
+    ({"coreset": 0.1}, TypeError, "patchcore has no config key 'coreset'"),
 ])
 def test_bad_settings_name_the_key(settings, error, match):
     with pytest.raises(error, match=match):

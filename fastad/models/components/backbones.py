@@ -3,6 +3,7 @@
     read_state_dict(path, "vgg_weights", "VGG-19")   # the tensors of a local weights file
     vgg11_features()                                   # VGG-11-BN up to its 4th max-pool (FCDD)
     VGG19Features(weights)                             # VGG-19 conv1_2/conv2_2/conv3_4 taps (UTAD)
+    ResNet("resnet18", last_layer="layer3")            # torchvision's ResNet family, stage taps (PatchCore)
     ResNet18()                                         # torchvision's ResNet-18 (GlanceNet's teacher)
 
 Every network keeps torchvision's parameter names, so a torchvision state_dict saved with
@@ -178,32 +179,126 @@ class BasicBlock(nn.Module):
         return F.relu(out + (x if self.downsample is None else self.downsample(x)))
 
 
-class ResNet18(nn.Module):
-    """ResNet-18 with torchvision's parameter names (so its state_dict loads strictly).
+#: The residual stages in order; a stage's output has stride 4, 8, 16, 32.
+LAYERS = ("layer1", "layer2", "layer3", "layer4")
+
+
+class Bottleneck(nn.Module):
+    """torchvision's ResNet Bottleneck (1x1, 3x3 at `stride`, 1x1 to 4*planes; BatchNorm after each;
+    identity or 1x1 shortcut). `width` is the 3x3 convolution's width (planes for resnet50,
+    2*planes for wide_resnet50_2)."""
+
+    expansion = 4
+
+    def __init__(self, cin: int, planes: int, stride: int, width: int):
+        super().__init__()
+        cout = planes * self.expansion
+        self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+#: name -> (block, blocks per stage, width multiplier of the bottleneck's 3x3 conv)
+ARCHITECTURES = {
+    "resnet18": (BasicBlock, (2, 2, 2, 2), 1),
+    "wide_resnet50_2": (Bottleneck, (3, 4, 6, 3), 2),
+}
+
+
+class ResNet(nn.Module):
+    """A torchvision ResNet up to `last_layer` (the later stages and fc are not built).
+
+    forward(images [B, 3, H, W] in [0, 1], taps) -> {layer: feature map} for each name in taps
+    (a subset of LAYERS up to last_layer), after ImageNet normalisation. The stages output
+    64/128/256/512 channels (resnet18) or 256/512/1024/2048 (wide_resnet50_2) at strides
+    4/8/16/32.
+    """
+
+    def __init__(self, name: str, last_layer: str = "layer4"):
+        super().__init__()
+        block, counts, width = ARCHITECTURES[name]
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.channels: dict[str, int] = {}
+        cin = 64
+        for index, layer in enumerate(LAYERS[:LAYERS.index(last_layer) + 1]):
+            planes, stride = 64 * 2 ** index, 1 if index == 0 else 2
+            blocks = []
+            for position in range(counts[index]):
+                if block is BasicBlock:
+                    blocks.append(BasicBlock(cin, planes, stride if position == 0 else 1))
+                    cin = planes
+                else:
+                    blocks.append(Bottleneck(cin, planes, stride if position == 0 else 1, planes * width))
+                    cin = planes * Bottleneck.expansion
+            setattr(self, layer, nn.Sequential(*blocks))
+            self.channels[layer] = cin
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN)[:, None, None], persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD)[:, None, None], persistent=False)
+
+    def forward(self, images: torch.Tensor, taps: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        x = (images - self.mean) / self.std
+        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)
+        features = {}
+        for layer in LAYERS[:max(LAYERS.index(t) for t in taps) + 1]:
+            x = getattr(self, layer)(x)
+            if layer in taps:
+                features[layer] = x
+        return features
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        """torchvision's initialisation (He normal, fan_out, for convolutions; BatchNorm weight 1,
+        bias 0, running statistics 0 and 1), drawn from `generator`."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu", generator=generator)
+            elif isinstance(module, nn.BatchNorm2d):
+                module.reset_parameters()
+
+
+def load_torchvision_state(net: ResNet, state: dict[str, torch.Tensor], source) -> None:
+    """Copies a torchvision ResNet state_dict into `net`. Keys of the stages `net` does not build
+    (and of fc) are ignored; ValueError naming `source` (the weights file) when a key `net` needs
+    is missing, has another shape, or the file holds keys no torchvision ResNet has."""
+    own = net.state_dict()
+    skipped = tuple(f"{layer}." for layer in LAYERS if not hasattr(net, layer)) + ("fc.",)
+    unknown = sorted(k for k in state if k not in own and not k.startswith(skipped))
+    missing = sorted(k for k in own if k not in state)
+    if unknown or missing:
+        raise ValueError(f"weights {source} is not a torchvision ResNet state_dict of this architecture: "
+                         f"missing {missing[:3]}, unexpected {unknown[:3]}")
+    for key, value in own.items():
+        if state[key].shape != value.shape:
+            raise ValueError(f"weights {source}: {key} is {tuple(state[key].shape)}, expected {tuple(value.shape)}")
+    net.load_state_dict({key: state[key] for key in own})
+
+
+class ResNet18(ResNet):
+    """ResNet-18 with torchvision's parameter names, fc included (so its state_dict loads strictly).
 
     forward(images [N, 3, H, W] in [0, 1]) -> [N, 512], the global average of layer4 after
     ImageNet normalisation (a 32x32 patch gives a 1x1 layer4 map).
     """
 
     def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        widths = (64, 128, 256, 512)
-        cin = 64
-        for i, width in enumerate(widths):
-            stride = 1 if i == 0 else 2
-            setattr(self, f"layer{i + 1}", nn.Sequential(BasicBlock(cin, width, stride), BasicBlock(width, width, 1)))
-            cin = width
+        super().__init__("resnet18")
         self.fc = nn.Linear(512, 1000)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN)[:, None, None], persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD)[:, None, None], persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = (images - self.mean) / self.std
-        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return x.mean((2, 3))
+        return super().forward(images, ("layer4",))["layer4"].mean((2, 3))
 
 
 def load_resnet18_teacher(path) -> ResNet18:

@@ -18,18 +18,16 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from fastad.checks import check_choice, check_int, check_real
-from fastad.models.base import AnomalyModel
-from fastad.models.memory_bank import MemoryBank
-from fastad.models.patchcore.networks import ARCHITECTURES, LAYERS, ResNet, load_torchvision_state
+from fastad.models.base import AnomalyModel, AnomalyResult, ModelConfig
+from fastad.models.components.backbones import ARCHITECTURES, LAYERS, ResNet, load_torchvision_state, read_state_dict
+from fastad.models.components.memory_bank import MemoryBank
 from fastad.models.registry import register_model
-from fastad.models.result import AnomalyResult
-from fastad.models.weights_file import read_state_dict
 from fastad.nn.nearest_neighbor import NearestNeighborScorer
 from fastad.ops import gaussian_blur
 from fastad.ops.knn import CUDA_MAX_K, knn_prepared
@@ -39,7 +37,7 @@ EMBED_BATCH = 16
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(ModelConfig):
     """PatchCore's settings (the `fastad train --set KEY=VALUE` keys).
 
     Args:
@@ -93,15 +91,6 @@ class Config:
         for key, value in normalised.items():
             object.__setattr__(self, key, value)
 
-    @classmethod
-    def from_kwargs(cls, kwargs: dict) -> "Config":
-        """Config(**kwargs); TypeError naming any key PatchCore does not have."""
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(set(kwargs) - set(known))
-        if unknown:
-            raise TypeError(f"patchcore has no setting {', '.join(map(repr, unknown))}; its settings are {known}")
-        return cls(**kwargs)
-
 
 @register_model
 class PatchCore(AnomalyModel):
@@ -115,11 +104,11 @@ class PatchCore(AnomalyModel):
     name = "patchcore"
     stages = ()
     default_steps = 0
+    Config = Config
 
-    def __init__(self, **kwargs):
-        settings = Config.from_kwargs(kwargs)
-        super().__init__(**asdict(settings))
-        self.settings = settings
+    def __init__(self, read_weight_files: bool = True, **config):
+        super().__init__(read_weight_files, **config)
+        settings = self.settings
         self.image_size = settings.image_size
         self.backbone = ResNet(settings.backbone, last_layer=settings.layers[-1])
         self.backbone.requires_grad_(False)
