@@ -1,0 +1,84 @@
+"""Image AUROC of every image-score rule (fastad.metrics.image_score) on the maps that
+benchmarks/quality.py saved, per model x texture, on the val and the test split.
+
+    python benchmarks/image_score_study.py --maps results/quality/maps [--out study.md]
+
+The norm_* rules normalise by the maps of the model's own training images; where those are
+constant (a memory bank scoring its own patches gives 0 everywhere) the rule is n/a. Choose a rule
+on the val columns; the test columns only report how the choice holds.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+import torch
+
+from fastad.metrics import image_auroc
+from fastad.metrics.image_score import IMAGE_SCORE_RULES, NORMALISED_RULES, image_score
+
+SPLITS = ("val", "test")
+
+
+def rule_aurocs(saved: dict, split: str) -> dict[str, float | None]:
+    """{rule: image AUROC on `split`, None where the rule cannot be applied}."""
+    maps, labels = saved[split]["maps"].float(), saved[split]["labels"]
+    reference = saved["train"]["maps"].float()
+    out = {}
+    for rule in IMAGE_SCORE_RULES:
+        try:
+            scores = image_score(maps, rule, reference=reference if rule in NORMALISED_RULES else None)
+        except ValueError as error:
+            if "cannot normalise" not in str(error):
+                raise
+            out[rule] = None
+            continue
+        out[rule] = image_auroc(scores, labels)
+    return out
+
+
+def cell(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--maps", default="results/quality/maps", help="the maps/ folder of a quality.py run")
+    parser.add_argument("--out", default=None, help="also write the Markdown here")
+    args = parser.parse_args()
+    files = sorted(Path(args.maps).glob("*.pt"))
+    if not files:
+        raise SystemExit(f"--maps {args.maps}: no <model>_<texture>_s<seed>.pt files (run benchmarks/quality.py first)")
+    results: dict[tuple[str, str, int], dict] = {}
+    for path in files:
+        saved = torch.load(path, weights_only=False)
+        row = saved["row"]
+        results[(row["model"], row["texture"], row["seed"])] = {s: rule_aurocs(saved, s) for s in SPLITS if s in saved}
+    header = "| model | texture | seed | split | " + " | ".join(IMAGE_SCORE_RULES) + " |"
+    lines = ["Image AUROC per rule (rows: one trained model on one texture; val and test labelled).", "",
+             header, "|---" * (4 + len(IMAGE_SCORE_RULES)) + "|"]
+    for (model, texture, seed), by_split in sorted(results.items()):
+        for split, aurocs in by_split.items():
+            lines.append(f"| {model} | {texture} | {seed} | {split} | " + " | ".join(cell(aurocs[r]) for r in IMAGE_SCORE_RULES) + " |")
+    lines += ["", "Mean over textures (and seeds); best = the rule with the highest val mean.", "",
+              "| model | split | " + " | ".join(IMAGE_SCORE_RULES) + " | best on val |", "|---" * (3 + len(IMAGE_SCORE_RULES)) + "|"]
+    for model in sorted({m for m, _, _ in results}):
+        means = {}
+        for split in SPLITS:
+            runs = [v[split] for (m, _, _), v in results.items() if m == model and split in v]
+            means[split] = {r: (statistics.mean(a[r] for a in runs) if runs and all(a[r] is not None for a in runs) else None)
+                            for r in IMAGE_SCORE_RULES}
+        valid = {r: v for r, v in means["val"].items() if v is not None}
+        best = max(valid, key=valid.get) if valid else None
+        for split in SPLITS:
+            chosen = f"{best} ({cell(means[split][best])})" if best else "n/a"
+            lines.append(f"| {model} | {split} | " + " | ".join(cell(means[split][r]) for r in IMAGE_SCORE_RULES) + f" | {chosen} |")
+    text = "\n".join(lines) + "\n"
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
