@@ -158,21 +158,28 @@ def shuffle(image: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor
     return _composite(image, changed, mask)
 
 
-def swirl(image: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """A local twist: inside a disc the texture is rotated by up to 1.5-3 rad at the centre, fading
-    to no rotation at the rim (continuous with the surroundings)."""
+def _rotate_disc(image: torch.Tensor, rng: np.random.Generator, twist: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The texture inside a disc (radius 8-15 % of the side) rotated about the disc's centre:
+    by a twist that fades from 1.5-3 rad at the centre to 0 at the rim, or rigidly by 30-150 degrees."""
     _, h, w = image.shape
     yy, xx = _grid(h, w)
     r = rng.uniform(0.08, 0.15) * min(h, w)
     cy, cx = rng.uniform(0.2, 0.8, 2) * (h, w)
-    strength = rng.uniform(1.5, 3.0) * (1 if rng.random() < 0.5 else -1)
     dy, dx = yy - cy, xx - cx
     d = torch.sqrt(dy * dy + dx * dx)
-    mask = d < r
-    angle = strength * (1 - (d / r).clamp(max=1)) ** 2
+    if twist:
+        angle = rng.uniform(1.5, 3.0) * (1 if rng.random() < 0.5 else -1) * (1 - (d / r).clamp(max=1)) ** 2
+    else:
+        angle = torch.full_like(d, math.radians(rng.uniform(30, 150)) * (1 if rng.random() < 0.5 else -1))
     sy = cy + dy * torch.cos(angle) - dx * torch.sin(angle)
     sx = cx + dy * torch.sin(angle) + dx * torch.cos(angle)
-    return _composite(image, _warp(image, sy, sx), mask)
+    return _composite(image, _warp(image, sy, sx), d < r)
+
+
+def swirl(image: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A local twist: inside a disc the texture is rotated by up to 1.5-3 rad at the centre, fading
+    to no rotation at the rim (continuous with the surroundings)."""
+    return _rotate_disc(image, rng, twist=True)
 
 
 def smooth_fill(image: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,16 +219,7 @@ def contrast_loss(image: torch.Tensor, rng: np.random.Generator) -> tuple[torch.
 
 def rotate_patch(image: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """A misprinted / misplaced part: a disc of the texture rotated about its centre by 30-150 degrees."""
-    _, h, w = image.shape
-    yy, xx = _grid(h, w)
-    r = rng.uniform(0.08, 0.15) * min(h, w)
-    cy, cx = rng.uniform(0.2, 0.8, 2) * (h, w)
-    angle = math.radians(rng.uniform(30, 150)) * (1 if rng.random() < 0.5 else -1)
-    dy, dx = yy - cy, xx - cx
-    mask = dy * dy + dx * dx < r * r
-    sy = cy + dy * math.cos(angle) - dx * math.sin(angle)
-    sx = cx + dy * math.sin(angle) + dx * math.cos(angle)
-    return _composite(image, _warp(image, sy, sx), mask)
+    return _rotate_disc(image, rng, twist=False)
 
 
 SUBTLE_DEFECTS = ("local_blur", "shuffle", "swirl", "smooth_fill", "faint_scratch", "contrast_loss", "rotate_patch")
