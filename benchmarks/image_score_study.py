@@ -54,20 +54,23 @@ def main() -> None:
              header, "|---" * (4 + len(IMAGE_SCORE_RULES)) + "|"]
     for (model, texture, seed), by_split in sorted(results.items()):
         for split, aurocs in by_split.items():
-            lines.append(f"| {model} | {texture} | {seed} | {split} | " + " | ".join(cell(aurocs[r]) for r in IMAGE_SCORE_RULES) + " |")
+            cells = " | ".join(cell(aurocs[r]) for r in IMAGE_SCORE_RULES)
+            lines.append(f"| {model} | {texture} | {seed} | {split} | {cells} |")
     lines += ["", "Mean over textures (and seeds); best = the rule with the highest val mean.", "",
-              "| model | split | " + " | ".join(IMAGE_SCORE_RULES) + " | best on val |", "|---" * (3 + len(IMAGE_SCORE_RULES)) + "|"]
+              "| model | split | " + " | ".join(IMAGE_SCORE_RULES) + " | best on val |",
+              "|---" * (3 + len(IMAGE_SCORE_RULES)) + "|"]
     for model in sorted({m for m, _, _ in results}):
         means = {}
         for split in SPLITS:
             runs = [v[split] for (m, _, _), v in results.items() if m == model and split in v]
-            means[split] = {r: (statistics.mean(a[r] for a in runs) if runs and all(a[r] is not None for a in runs) else None)
-                            for r in IMAGE_SCORE_RULES}
+            means[split] = {r: statistics.mean(a[r] for a in runs) if runs and all(a[r] is not None for a in runs)
+                            else None for r in IMAGE_SCORE_RULES}
         valid = {r: v for r, v in means["val"].items() if v is not None}
         best = max(valid, key=valid.get) if valid else None
         for split in SPLITS:
             chosen = f"{best} ({cell(means[split][best])})" if best else "n/a"
-            lines.append(f"| {model} | {split} | " + " | ".join(cell(means[split][r]) for r in IMAGE_SCORE_RULES) + f" | {chosen} |")
+            cells = " | ".join(cell(means[split][r]) for r in IMAGE_SCORE_RULES)
+            lines.append(f"| {model} | {split} | {cells} | {chosen} |")
     text = "\n".join(lines) + "\n"
     if args.out:
         Path(args.out).write_text(text)

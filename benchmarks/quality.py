@@ -92,7 +92,8 @@ def tables(rows: list[dict], splits) -> str:
     lines = ["| model | texture | " + " | ".join(cols) + " | train s | seeds |", "|---" * (len(cols) + 4) + "|"]
     for (model, texture), runs in sorted(groups.items()):
         cells = [fmt([r.get(f"{s}_{k}") for r in runs]) for s in splits for k, _ in METRICS]
-        lines.append(f"| {model} | {texture} | " + " | ".join(cells) + f" | {statistics.mean(r['train_s'] for r in runs):.0f} | {len(runs)} |")
+        train_s = statistics.mean(r["train_s"] for r in runs)
+        lines.append(f"| {model} | {texture} | " + " | ".join(cells) + f" | {train_s:.0f} | {len(runs)} |")
     lines += ["", "| model | split | " + " | ".join(f"mean {l} | worst {l}" for _, l in METRICS) + " |",
               "|---" * (2 + 2 * len(METRICS)) + "|"]
     for model in sorted({m for m, _ in groups}):

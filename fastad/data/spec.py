@@ -48,7 +48,8 @@ def parse_spec(spec: str) -> tuple[str, dict]:
         if missing:
             raise ValueError(f"folder spec needs {' and '.join(k + '=DIR' for k in missing)}, got {spec!r}")
         return kind, {"masks_dir": None, **args}
-    raise ValueError(f"spec kind must be builtin, mvtec or folder, or wide for the wider builtin benchmark ({FORMS}), got {kind!r} in {spec!r}")
+    raise ValueError(f"spec kind must be builtin, mvtec or folder, or wide for the wider builtin benchmark "
+                     f"({FORMS}), got {kind!r} in {spec!r}")
 
 
 def spec_name(spec: str) -> str:
