@@ -1,5 +1,6 @@
 """Image AUROC of every image-score rule (fastad.metrics.image_score) on the maps that
-benchmarks/quality.py saved, per model x texture, on the val and the test split.
+benchmarks/quality.py saved, per model x texture, on the val and the test split; then pixel and
+image AUROC per defect family.
 
     python benchmarks/image_score_study.py --maps results/quality/maps [--out study.md]
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from fastad.metrics import image_auroc
+from fastad.metrics import image_auroc, pixel_auroc
 from fastad.metrics.image_score import IMAGE_SCORE_RULES, NORMALISED_RULES, image_score
 
 SPLITS = ("val", "test")
@@ -32,6 +33,35 @@ def rule_aurocs(saved: dict, split: str) -> dict[str, float | None]:
             if usable or rule not in NORMALISED_RULES else None for rule in IMAGE_SCORE_RULES}
 
 
+def family_aurocs(saved: dict, split: str) -> dict[str, tuple[float, float]]:
+    """{defect family: (pixel AUROC, image AUROC by the map maximum)} over that family's images
+    plus every normal image of `split`: which defects a model misses."""
+    data = saved[split]
+    maps, masks, labels, defects = data["maps"].float(), data["masks"], data["labels"], data["defects"]
+    normal = [i for i, d in enumerate(defects) if d == "good"]
+    out = {}
+    for family in dict.fromkeys(d for d in defects if d != "good"):
+        index = [i for i, d in enumerate(defects) if d == family] + normal
+        out[family] = (pixel_auroc(maps[index], masks[index]), image_auroc(image_score(maps[index]), labels[index]))
+    return out
+
+
+def family_table(per_family: dict) -> list[str]:
+    """Markdown rows: model x family, mean over textures of pixel / image AUROC, val and test."""
+    lines = ["", "Per defect family (that family's images + the normal ones), mean over textures: "
+             "pixel AUROC / image AUROC (max).", "", "| model | family | val | test |", "|---|---|---|---|"]
+    for model in sorted({m for m, _, _ in per_family}):
+        families = dict.fromkeys(f for (m, _, _), v in per_family.items() if m == model for s in v for f in v[s])
+        for family in families:
+            cells = []
+            for split in SPLITS:
+                pairs = [v[split][family] for (m, _, _), v in per_family.items()
+                         if m == model and family in v.get(split, {})]
+                cells.append(" / ".join(f"{statistics.mean(p[k] for p in pairs):.2f}" for k in (0, 1)) if pairs else "n/a")
+            lines.append(f"| {model} | {family} | {cells[0]} | {cells[1]} |")
+    return lines
+
+
 def cell(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -45,10 +75,12 @@ def main() -> None:
     if not files:
         raise SystemExit(f"--maps {args.maps}: no <model>_<texture>_s<seed>.pt files (run benchmarks/quality.py first)")
     results: dict[tuple[str, str, int], dict] = {}
+    per_family: dict[tuple[str, str, int], dict] = {}
     for path in files:
         saved = torch.load(path, weights_only=False)
-        row = saved["row"]
-        results[(row["model"], row["texture"], row["seed"])] = {s: rule_aurocs(saved, s) for s in SPLITS if s in saved}
+        key = (saved["row"]["model"], saved["row"]["texture"], saved["row"]["seed"])
+        results[key] = {s: rule_aurocs(saved, s) for s in SPLITS if s in saved}
+        per_family[key] = {s: family_aurocs(saved, s) for s in SPLITS if s in saved}
     header = "| model | texture | seed | split | " + " | ".join(IMAGE_SCORE_RULES) + " |"
     lines = ["Image AUROC per rule (rows: one trained model on one texture; val and test labelled).", "",
              header, "|---" * (4 + len(IMAGE_SCORE_RULES)) + "|"]
@@ -71,7 +103,7 @@ def main() -> None:
             chosen = f"{best} ({cell(means[split][best])})" if best else "n/a"
             cells = " | ".join(cell(means[split][r]) for r in IMAGE_SCORE_RULES)
             lines.append(f"| {model} | {split} | {cells} | {chosen} |")
-    text = "\n".join(lines) + "\n"
+    text = "\n".join(lines + family_table(per_family)) + "\n"
     if args.out:
         Path(args.out).write_text(text)
     print(text)
