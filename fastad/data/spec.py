@@ -1,6 +1,8 @@
 """Dataset specs: one string names a dataset everywhere (command line, export, training).
 
     builtin:<texture>                           brick, grass or gravel (fastad.data.builtin)
+    wide:<texture>                              the wider builtin benchmark (fastad.data.builtin:
+                                                more photos, twelve defect families)
     mvtec:<root>/<category>                     an MVTec-AD layout folder (fastad.data.mvtec)
     folder:normal=DIR,test=DIR[,masks=DIR]      plain folders (fastad.data.folder); DIRs
                                                 must not contain commas
@@ -9,23 +11,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-FORMS = "builtin:<texture>, mvtec:<root>/<category> or folder:normal=DIR,test=DIR[,masks=DIR]"
+FORMS = "builtin:<texture>, wide:<texture>, mvtec:<root>/<category> or folder:normal=DIR,test=DIR[,masks=DIR]"
 FOLDER_KEYS = ("normal", "test", "masks")
 
 
 def parse_spec(spec: str) -> tuple[str, dict]:
-    """spec -> (kind, arguments): ("builtin", {"texture"}), ("mvtec", {"root", "category"}) or
+    """spec -> (kind, arguments): ("builtin" or "wide", {"texture"}), ("mvtec", {"root", "category"}) or
     ("folder", {"normal_dir", "test_dir", "masks_dir"}); ValueError saying what was expected."""
     if not isinstance(spec, str):
         raise TypeError(f"spec must be a str ({FORMS}), got {type(spec).__name__}")
     kind, colon, rest = spec.partition(":")
     if not colon or not rest:
         raise ValueError(f"spec must be {FORMS}, got {spec!r}")
-    if kind == "builtin":
-        from fastad.data.builtin import TEXTURES
+    if kind in ("builtin", "wide"):
+        from fastad.data.builtin import TEXTURES, WIDE_TEXTURES
 
-        if rest not in TEXTURES:
-            raise ValueError(f"builtin texture must be one of {TEXTURES}, got {rest!r} in spec {spec!r}")
+        textures = TEXTURES if kind == "builtin" else WIDE_TEXTURES
+        if rest not in textures:
+            raise ValueError(f"{kind} texture must be one of {textures}, got {rest!r} in spec {spec!r}")
         return kind, {"texture": rest}
     if kind == "mvtec":
         path = Path(rest.rstrip("/"))
@@ -45,13 +48,14 @@ def parse_spec(spec: str) -> tuple[str, dict]:
         if missing:
             raise ValueError(f"folder spec needs {' and '.join(k + '=DIR' for k in missing)}, got {spec!r}")
         return kind, {"masks_dir": None, **args}
-    raise ValueError(f"spec kind must be builtin, mvtec or folder ({FORMS}), got {kind!r} in {spec!r}")
+    raise ValueError(f"spec kind must be builtin, mvtec or folder, or wide for the wider builtin benchmark "
+                     f"({FORMS}), got {kind!r} in {spec!r}")
 
 
 def spec_name(spec: str) -> str:
     """A short name for the dataset: the texture, the MVTec category or the test folder's name."""
     kind, args = parse_spec(spec)
-    if kind == "builtin":
+    if kind in ("builtin", "wide"):
         return args["texture"]
     if kind == "mvtec":
         return args["category"]
@@ -59,13 +63,15 @@ def spec_name(spec: str) -> str:
 
 
 def open_dataset(spec: str, split: str = "train", size=256, seed: int = 0):
-    """spec, split "train"|"test" -> a torch Dataset of fastad.data.Sample (image [3, H, W],
-    mask [H, W], (H, W) = size); seed only matters for builtin datasets."""
+    """spec, split "train"|"test" (or "val" for wide specs: normal crops and synthetic defects
+    from the training region, never the test region) -> a torch Dataset of
+    fastad.data.Sample (image [3, H, W], mask [H, W], (H, W) = size); seed only matters for
+    builtin and wide datasets."""
     kind, args = parse_spec(spec)
-    if kind == "builtin":
-        from fastad.data.builtin import BuiltinDataset
+    if kind in ("builtin", "wide"):
+        from fastad.data.builtin import BuiltinDataset, WideDataset
 
-        return BuiltinDataset(args["texture"], split, seed=seed, size=size)
+        return (BuiltinDataset if kind == "builtin" else WideDataset)(args["texture"], split, seed=seed, size=size)
     if kind == "mvtec":
         from fastad.data.mvtec import MVTecDataset
 
