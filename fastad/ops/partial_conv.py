@@ -36,7 +36,7 @@ from fastad.ops._autocast import float32_under_autocast
 from fastad import _extension
 from fastad.backend import use_reference
 from fastad.ops import reference
-from fastad.checks import check_same_device, check_tensor
+from fastad.checks import check_float, check_same_device, check_tensor
 
 
 class Coverage(NamedTuple):
@@ -137,7 +137,7 @@ def partial_conv2d(input: torch.Tensor, mask: torch.Tensor | None, weight: torch
     """Partial convolution with NVIDIA PartialConv2d semantics (zero padding).
 
     Args:
-        input: [B, C_in, H, W] float.
+        input: [B, C_in, H, W] float32 or float64 (float16/bfloat16 under torch.autocast only).
         mask: None (all ones); [B or 1, 1, H, W] when not multi_channel, [B or 1, C_in, H, W]
             when multi_channel; floating or bool, cast to input's dtype. Not differentiable.
         weight: [C_out, C_in/groups, kH, kW]; bias: [C_out] or None.
@@ -197,8 +197,7 @@ def check_partial_conv2d(input, mask, weight, bias, stride, padding, dilation, g
     dtype (None stays None)."""
     check_tensor("input", input, 4, "[B, C_in, H, W]")
     check_tensor("weight", weight, 4, "[C_out, C_in/groups, kH, kW]")
-    if not input.is_floating_point():
-        raise TypeError(f"input must be a floating tensor, got {input.dtype}")
+    check_float("input", input, cuda_float64=True)
     if weight.dtype != input.dtype:
         raise TypeError(f"weight must have input's dtype {input.dtype}, got {weight.dtype}")
     check_same_device(("input", "weight"), input, weight)
