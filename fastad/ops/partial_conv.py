@@ -47,11 +47,12 @@ class Coverage(NamedTuple):
     slide_winsize: float
 
 
+@float32_under_autocast
 def partial_conv_coverage(mask: torch.Tensor, kernel_size, stride=1, padding=0, dilation=1, groups: int = 1) -> torch.Tensor:
     """Box sum of a mask as a convolution with a ones kernel would compute it.
 
     Args:
-        mask: [B, C, H, W] float.
+        mask: [B, C, H, W] float32 or float64.
         kernel_size, stride, padding, dilation: int or pair, as for conv2d (zero padding).
         groups: divides C; each group's C/groups channels are summed together.
 
@@ -59,8 +60,7 @@ def partial_conv_coverage(mask: torch.Tensor, kernel_size, stride=1, padding=0, 
         coverage [B, groups, Ho, Wo] in mask's dtype.
     """
     check_tensor("mask", mask, 4, "[B, C, H, W]")
-    if not mask.is_floating_point():
-        raise TypeError(f"mask must be a floating tensor, got {mask.dtype}")
+    check_float("mask", mask, cuda_float64=True)
     kernel_size, stride, padding, dilation = _conv_params(kernel_size, stride, padding, dilation)
     _check_int_param("groups", groups, 1)
     if mask.shape[1] % groups:
@@ -74,11 +74,12 @@ def partial_conv_coverage(mask: torch.Tensor, kernel_size, stride=1, padding=0, 
     return torch.ops.fastad.partial_conv_coverage(mask, kernel_size, stride, padding, dilation, groups)
 
 
+@float32_under_autocast
 def partial_conv_renormalize(raw: torch.Tensor, coverage: torch.Tensor, bias: torch.Tensor | None, slide_winsize: float):
     """The fused tail of a partial convolution.
 
     Args:
-        raw: [B, Co, Ho, Wo], the convolution of input ⊙ mask without bias.
+        raw: [B, Co, Ho, Wo] float32 or float64, the convolution of input ⊙ mask without bias.
         coverage: [B or 1, G, Ho, Wo], same dtype as raw; G divides Co (channel o uses group
             o // (Co/G)).
         bias: [Co] or None.
@@ -90,6 +91,7 @@ def partial_conv_renormalize(raw: torch.Tensor, coverage: torch.Tensor, bias: to
         raw·ratio without bias. Differentiable in raw and bias. out has raw's layout when raw is
         contiguous in NCHW or channels_last order (read without a copy), else it is NCHW.
     """
+    check_float("raw", raw, cuda_float64=True)
     if use_reference():
         return reference.partial_conv_renormalize(raw, coverage, bias, slide_winsize)
     _extension.require("partial_conv_renormalize")
