@@ -2,24 +2,13 @@
 (fastad::partial_conv_coverage, fastad::partial_conv_renormalize[_backward]): argument checks,
 autograd, fake kernels and backend dispatch.
 
-How the work is split:
-- conv(input ⊙ mask) runs through torch.nn.functional.conv2d WITHOUT bias (cuDNN / oneDNN), so
-  autograd gives the input and weight gradients. torch's convolution takes no mask, so the
-  multiply stays one broadcast torch kernel; it is skipped when the mask is None (all ones), and
-  its backward masks the convolution's fresh input gradient in place (_MaskInput).
-- the mask coverage (conv of the mask with a ones kernel) is a box sum in fastad's kernels:
-  group channel sum, then separable window sums; never a convolution.
-- one fused kernel turns raw, coverage and bias into the output and the update mask:
-  out = (raw·ratio + b)·update. NVIDIA computes ((raw + b) − b)·ratio + b, then ·update: the same
-  value up to the rounding of the "+ b − b" round trip. Its backward is its own fused kernel
-  (grad_raw = grad·update·ratio and the bias gradient Σ grad·update in one pass): it cannot be
-  the forward op again because with a bias the update factor is applied twice. In eager mode
-  partial_conv2d runs the in-place form (fastad::partial_conv_renormalize_) on the fresh conv
-  output (contiguous in NCHW, or in channels_last order when input and weight are: the kernels
-  read and write either layout directly), which the convolution's backward does not need: no
-  second output tensor to allocate (on the CPU a fresh 30 MB tensor costs about as much in page
-  faults as the kernel itself).
-  Under torch.compile it runs the functional op.
+partial_conv2d = torch's conv2d of input ⊙ mask without bias (cuDNN / oneDNN, differentiated by
+autograd), the mask coverage as a box sum in fastad's kernels (never a convolution), and one fused
+renormalisation kernel: out = (raw·ratio + b)·update, which equals NVIDIA's ((raw + b) − b)·ratio
++ b, ·update, up to the rounding of the "+ b − b" round trip. In eager mode the renormalisation
+runs in place on the fresh convolution output (NCHW or channels_last, read directly); under
+torch.compile the functional op runs. The design's measurements are in benchmarks/RESULTS.md
+(partial_conv2d).
 
 Groups: NVIDIA's layer counts coverage over all C_in channels (slide_winsize = C_in·kH·kW) even
 when groups > 1; fastad counts each group's own C_in/groups channels. With groups=1, or with
@@ -32,7 +21,7 @@ from typing import NamedTuple
 import torch
 from torch.nn.modules.utils import _pair
 
-from fastad.ops._autocast import float32_under_autocast
+from fastad.ops.autocast import float32_under_autocast
 from fastad import _extension
 from fastad.backend import use_reference
 from fastad.ops import reference
