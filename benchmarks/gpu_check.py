@@ -11,7 +11,7 @@ Steps, each with its own timeout; a failed or timed-out step is reported and the
   racecheck   compute-sanitizer --tool racecheck over the same
   benchmarks  the GPU groups of benchmarks/ (pytest-benchmark, short --benchmark-max-time)
   throughput  benchmarks/throughput.py --device cuda --precision bf16 --batch-size 32 --cuda-graphs
-The timeouts add up to under 8 minutes. The report (REPORT.md in --report-dir) gives the device,
+The timeouts add up to 7.6 minutes. The report (REPORT.md in --report-dir) gives the device,
 each step's result and time, the tail of each failed step's output and the benchmark tables.
 
 --dry-run checks this script on a machine without a GPU: the same pipeline with the build skipped
@@ -81,15 +81,15 @@ def gpu_steps(arch: str, work: pathlib.Path) -> list[Step]:
     tool = sanitizer() or "compute-sanitizer"
     smoke = [py, "benchmarks/cuda_smoke.py"]
     return [
-        Step("build", [py, "setup.py", "build_ext", "--inplace"], 170,
+        Step("build", [py, "setup.py", "build_ext", "--inplace"], 160,
              {"FASTAD_CUDA": "1", "TORCH_CUDA_ARCH_LIST": arch, "MAX_JOBS": cores}),
-        Step("tests", [py, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider", "tests"], 150,
+        Step("tests", [py, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider", "tests"], 140,
              {"TORCHINDUCTOR_COMPILE_THREADS": cores}),
         Step("memcheck", [tool, "--tool", "memcheck", "--error-exitcode", "1", *smoke], 35),
         Step("racecheck", [tool, "--tool", "racecheck", "--error-exitcode", "1", *smoke], 35),
         Step("benchmarks", [py, "-m", "pytest", "benchmarks", "-m", "cuda", "-q", "-p", "no:cacheprovider",
                             "--benchmark-max-time=0.1", "--benchmark-group-by=group",
-                            f"--benchmark-json={work / 'bench.json'}"], 50),
+                            f"--benchmark-json={work / 'bench.json'}"], 45),
         Step("throughput", [py, "benchmarks/throughput.py", "--device", "cuda", "--precision", "bf16",
                             "--batch-size", "32", "--cuda-graphs", "--rounds", "3", "--latency-runs", "10"], 40),
     ]

@@ -1,7 +1,8 @@
 """Every public op of fastad.ops (and its backward) against its reference under the "reference"
 backend, and on CUDA: under torch.compile(fullgraph=True) with inductor, inside a captured CUDA
 graph replayed on new inputs, under autocast bf16/fp16, in float64, on a side stream and on a
-second GPU. The CUDA cases skip without a GPU; a few inductor cases also run on the CPU."""
+second GPU. The CUDA cases skip without a GPU (tests/test_compile_export.py runs inductor on the
+CPU for two of these cases)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -98,14 +99,19 @@ def outputs(out) -> list[torch.Tensor]:
     return list(out) if isinstance(out, tuple) else [out]
 
 
+def weighting(out: torch.Tensor) -> torch.Tensor:
+    """Fixed weights in (-1, 1) of out's shape, made on out's device (no host copy: capturable)."""
+    steps = torch.arange(out.numel(), device=out.device, dtype=out.dtype).reshape(out.shape)
+    return torch.sin(0.7 * steps + 0.3)
+
+
 def run_with_grads(name, tensors):
     """(outputs, gradients of a fixed random weighting of the outputs w.r.t. the differentiable inputs)."""
     case = CASES[name]
     outs = outputs(case.fn(*tensors))
     if not case.grad:
         return outs, []
-    g = torch.Generator().manual_seed(123)
-    loss = sum((o * torch.randn(o.shape, generator=g).to(o.device, o.dtype)).sum() for o in outs if o.is_floating_point())
+    loss = sum((o * weighting(o)).sum() for o in outs if o.is_floating_point())
     return outs, list(torch.autograd.grad(loss, [tensors[i] for i in case.grad]))
 
 
@@ -163,11 +169,6 @@ def check_compiled_matches_eager(name, device):
     finally:
         del CASES["_compiled"]
     assert_all_close(got[0] + got[1], eager[0] + eager[1], rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize("name", ["gmm_log_prob", "gaussian_upsample"])   # inductor on the CPU compiles slowly: two
-def test_inductor_on_cpu_matches_eager(name):
-    check_compiled_matches_eager(name, "cpu")
 
 
 @pytest.mark.cuda
