@@ -2,16 +2,20 @@
 #   make test    build everything, run the test suite
 #   make demo    build everything, run the demo
 #   make bench   build everything, run the pytest-benchmark suites (ratios side by side)
+#   make gpu-check  on a GPU machine with a CUDA torch already installed (PYTHON, no venv): build
+#                for this GPU only with all cores, CUDA tests, sanitizers, GPU benchmarks,
+#                throughput; one Markdown report in REPORT_DIR (benchmarks/gpu_check.py)
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.14.1
 MAX_JOBS ?= 2
 export MAX_JOBS
+REPORT_DIR ?= gpu-report
 
 BIN := $(VENV)/bin
 SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h') setup.py pyproject.toml
 
-.PHONY: test demo bench install clean
+.PHONY: test demo bench install clean gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +40,9 @@ demo: install
 
 bench: install
 	$(BIN)/python -m pytest benchmarks --benchmark-group-by=group --benchmark-columns=min,median,mean,rounds
+
+gpu-check:
+	$(PYTHON) benchmarks/gpu_check.py --report-dir $(REPORT_DIR)
 
 clean:
 	rm -rf $(VENV) build fastad/*.so *.egg-info

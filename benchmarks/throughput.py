@@ -3,6 +3,7 @@ same pipeline on fastad's pure-PyTorch reference ops (fastad.set_backend("refere
 
     python benchmarks/throughput.py                          # every model, CPU
     python benchmarks/throughput.py --models pedenet --device cuda --batch-size 32 --precision bf16
+    python benchmarks/throughput.py --device cuda --batch-size 32 --precision bf16 --cuda-graphs
 
 For each model: images/s scoring batches of --batch-size builtin:brick test images (median of
 --rounds passes), the latency of one image (p50, p99 over --latency-runs single-image calls), and
@@ -10,6 +11,8 @@ the per-round ratios to fastad's time of: the reference ops, fastad with the net
 instead of channels_last, and (PEDENet) the plain port that crops every patch on reference ops.
 Scores come from a model set up without training steps (speed does not depend on the weights);
 both backends score the same images with the same weights, and the script checks their maps agree.
+With --cuda-graphs every contender's Scorer captures its batches as CUDA graphs (each contender
+has its own Scorer, so the reference contender's graphs hold the reference ops).
 """
 from __future__ import annotations
 
@@ -102,26 +105,28 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--latency-runs", type=int, default=20)
+    parser.add_argument("--cuda-graphs", action="store_true", help="Scorer(cuda_graphs=True) for every contender")
     args = parser.parse_args()
     device = torch.device(args.device)
     for name in args.models or sorted(MODELS):
         model, images = build(name, device)
-        fast = Scorer(model, device, args.batch_size, args.precision)
+        settings = dict(batch_size=args.batch_size, precision=args.precision, cuda_graphs=args.cuda_graphs)
+        fast = Scorer(model, device, **settings)
+        on_reference = Scorer(model, device, **settings)
         fast_maps = fast.score(images[:2].to(device)).maps
         with fastad.use_backend("reference"):
-            reference_maps = fast.score(images[:2].to(device)).maps
+            reference_maps = on_reference.score(images[:2].to(device)).maps
         tolerance = 1e-3 if args.precision == "fp32" else 2e-2
         agree = torch.allclose(fast_maps, reference_maps, rtol=tolerance, atol=tolerance * fast_maps.abs().max().item())
-        contenders = {"fastad": (fast, "native"), "reference_ops": (fast, "reference")}
+        contenders = {"fastad": (fast, "native"), "reference_ops": (on_reference, "reference")}
         nchw_model, _ = build(name, device)
-        contenders["fastad_nchw"] = (Scorer(nchw_model, device, args.batch_size, args.precision,
-                                            memory_format="contiguous"), "native")
+        contenders["fastad_nchw"] = (Scorer(nchw_model, device, memory_format="contiguous", **settings), "native")
         if name in PLAIN_PYTORCH:
             plain_model, _ = build(name, device, PLAIN_PYTORCH[name])
-            contenders["plain_pytorch"] = (Scorer(plain_model, device, args.batch_size, args.precision,
-                                                  memory_format="contiguous"), "reference")
+            contenders["plain_pytorch"] = (Scorer(plain_model, device, memory_format="contiguous", **settings),
+                                           "reference")
         row = {"model": name, "device": str(device), "batch_size": args.batch_size, "precision": args.precision,
-               "rounds": args.rounds, **measure(contenders, images, args.batch_size, args.rounds, args.latency_runs),
+               "cuda_graphs": args.cuda_graphs, "rounds": args.rounds, **measure(contenders, images, args.batch_size, args.rounds, args.latency_runs),
                "reference_agrees": bool(agree)}
         print(json.dumps(row), flush=True)
 

@@ -1,4 +1,4 @@
-"""Shared test helpers: the devices to run on and a float64 brute-force k-NN oracle."""
+"""Shared test helpers: the devices to run on, a TF32-off fixture and a float64 brute-force k-NN oracle."""
 import pytest
 import torch
 
@@ -13,3 +13,15 @@ def brute_force_knn(query: torch.Tensor, bank: torch.Tensor, k: int):
     d = (q[:, None, :] - b[None, :, :]).pow(2).sum(-1).sqrt()
     d, i = torch.sort(d, dim=1, stable=True)
     return d[:, :k], i[:, :k]
+
+
+@pytest.fixture
+def no_tf32():
+    """TF32 off for matmuls and cuDNN convolutions (both default to TF32 on Ampere and later), so a
+    float32 result can be compared with a float64 one at float32 tolerances."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

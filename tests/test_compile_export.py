@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import fastad
+from test_op_matrix import check_compiled_matches_eager
 from fastad.engine import train
 from fastad.engine.export import export_scoring, scoring_module
 from fastad.models import create_model
@@ -106,3 +107,10 @@ def test_ops_run_in_float32_under_autocast():
     torch.testing.assert_close(dist, fastad.ops.knn(query.bfloat16().float(), bank, 2)[0])
     with pytest.raises(TypeError, match="float32"):   # outside autocast, low precision is still refused
         fastad.ops.knn(query.bfloat16(), bank.bfloat16(), 2)
+
+
+@pytest.mark.parametrize("name", ["gmm_log_prob", "gaussian_upsample"])   # inductor compiles slowly on 2 cores
+def test_inductor_on_cpu_matches_eager(name):
+    """torch.compile(fullgraph=True) with inductor, forward and backward, on the CPU (the CUDA
+    matrix in test_op_matrix.py covers every op)."""
+    check_compiled_matches_eager(name, "cpu")

@@ -73,3 +73,24 @@ def test_cli_info_json():
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["extension_loaded"] is True
 
+
+
+def test_csrc_file_roles_and_one_check_float():
+    """Every op folder names its files by role (<family>.cpp CPU kernels and registration,
+    <family>_cuda.cu, <family>_common.h, <folder>_schema.cpp); helpers of several folders live in
+    csrc/common/ and are defined once."""
+    import pathlib
+    import re
+
+    csrc = pathlib.Path(__file__).resolve().parents[1] / "csrc"
+    role = re.compile(r"^[a-z]+(_[a-z]+)*?(_cuda\.cu|_common\.h|_schema\.cpp|\.cpp)$")
+    folders = [d for d in csrc.iterdir() if d.is_dir() and d.name != "common"]
+    for folder in folders:
+        assert (folder / f"{folder.name}_schema.cpp").exists(), folder
+        for path in folder.iterdir():
+            assert role.match(path.name), f"{path} does not follow the file roles"
+            if path.suffix == ".cu":
+                assert not (folder / (path.stem.removesuffix("_cuda") + "_cuda.cpp")).exists()
+    sources = [p for p in csrc.rglob("*") if p.suffix in (".cpp", ".cu", ".h")]
+    defining = [p for p in sources if re.search(r"^inline void check_float\(|^void check_float\(", p.read_text(), re.M)]
+    assert [p.relative_to(csrc).as_posix() for p in defining] == ["common/checks.h"]

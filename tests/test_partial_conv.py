@@ -411,7 +411,7 @@ def test_module_caches_coverage_and_never_serves_a_changed_mask(monkeypatch):
 BAD = [
     (lambda x, m, w, b: (x[0], m, w, b), {}, ValueError, "input must have shape"),
     (lambda x, m, w, b: (x, m, w[0], b), {}, ValueError, "weight must have shape"),
-    (lambda x, m, w, b: (x.long(), m, w, b), {}, TypeError, "input must be a floating"),
+    (lambda x, m, w, b: (x.long(), m, w, b), {}, TypeError, "input must be float32 or float64"),
     (lambda x, m, w, b: (x, m, w.double(), b), {}, TypeError, "weight must have input's dtype"),
     (lambda x, m, w, b: (x[:, :3], m, w, b), {}, ValueError, "weight must be"),
     (lambda x, m, w, b: (x, m, w, b[:2]), {}, ValueError, "bias must have shape"),
@@ -463,16 +463,30 @@ def test_device_mismatch():
 
 @pytest.mark.parametrize("device,dtype", [("cpu", torch.bfloat16),
                                           pytest.param("cuda", torch.float16, marks=DEVICES[1].marks)])
-def test_low_precision_matches_float32_reference(device, dtype):
+def test_low_precision_only_under_autocast(device, dtype):
+    """The dtype rule of every op: float16/bfloat16 refused outside autocast; inside it the input is
+    taken as float32 and the convolution follows autocast."""
     x, mask, w, b = random_case(22, device=device, dtype=dtype)
+    for name, args in (("input", (x, mask, w, b)), ("mask", None), ("raw", None)):
+        with pytest.raises(TypeError, match=f"{name} must be float32 or float64"):
+            if name == "input":
+                fastad.ops.partial_conv2d(*args, padding=1)
+            elif name == "mask":
+                fastad.ops.partial_conv_coverage(mask, 3, padding=1)
+            else:
+                fastad.ops.partial_conv_renormalize(x, mask, None, 9.0)
     x = x.requires_grad_()
-    out, update = fastad.ops.partial_conv2d(x, mask, w, b, padding=1)
+    with torch.autocast(device, dtype=dtype):
+        out, update = fastad.ops.partial_conv2d(x, mask, w, b, padding=1)
     assert out.dtype == dtype and update.dtype == dtype
     want, want_update = reference.partial_conv2d(x.detach().float(), mask.float(), w.float(), b.float(), padding=1)
     torch.testing.assert_close(out.float(), want, rtol=3e-2, atol=5e-2)
     assert torch.equal(update.float(), want_update)
     out.float().sum().backward()
-    assert x.grad.dtype == dtype and torch.isfinite(x.grad.float()).all()
+    assert x.grad.dtype == dtype
+    xf = x.detach().float().requires_grad_()
+    reference.partial_conv2d(xf, mask.float(), w.float(), b.float(), padding=1)[0].sum().backward()
+    torch.testing.assert_close(x.grad.float(), xf.grad, rtol=3e-2, atol=5e-2)
 
 
 @pytest.mark.cuda

@@ -402,3 +402,52 @@ def test_cpp_checks_guard_direct_op_calls():
     with pytest.raises(RuntimeError, match="reflect padding"):
         torch.ops.fastad.gaussian_blur(GOOD_HEATMAP, 1.0, 9)
 
+
+
+# --- batch chunks, edge arguments (large IDW power, vanishing sigma) ---------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_idw_many_batch_chunks_forward_and_backward(device):
+    """B = 29: the CUDA kernels' fourth 8-row batch chunk (a partial one) runs."""
+    grid = PatchGrid(6, 4, 26)
+    scores = random((29, grid.num_patches), seed=40, device=device, dtype=torch.float32).requires_grad_()
+    out = fastad.ops.idw_upsample(scores, grid, power=1.5)
+    want_scores = scores.detach().cpu().double().requires_grad_()
+    want = reference.idw_upsample(want_scores, grid, grid.image_size, 1.5, None)
+    assert_close_to(out, want, torch.float32)
+    weights = random(tuple(out.shape), seed=41)
+    (out * weights.to(device, out.dtype)).sum().backward()
+    (want * weights).sum().backward()
+    assert_close_to(scores.grad, want_scores.grad, torch.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("power", [30.0, 60.0, 400.0])
+@pytest.mark.parametrize("radius", [None, 9.0])
+def test_idw_large_power_in_float32_matches_float64(device, power, radius):
+    grid = PatchGrid(8, 4, 40)
+    scores = random((2, grid.num_patches), seed=42, device=device, dtype=torch.float32)
+    got = fastad.ops.idw_upsample(scores, grid, power=power, radius=radius)
+    want = reference.idw_upsample(scores.cpu().double(), grid, grid.image_size, power, radius)
+    assert torch.isfinite(got).all()
+    assert_close_to(got, want, torch.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_vanishing_sigma_is_the_limit_not_nan(device, dtype):
+    """sigma = 1e-300: weight 1 at distance 0 and 0 elsewhere (what sigma = 0.01 already gives in
+    float64), never 0/0."""
+    heatmap = random((2, 1, 6, 7), seed=43, device=device, dtype=dtype)
+    for sigma_op, kwargs in ((1e-300, {}), (1e-300, {"start": 0.5})):
+        start = kwargs.get("start", 1.0)
+        got = fastad.ops.gaussian_upsample(heatmap, (16, 18), 5, 2, start, sigma=sigma_op)
+        want = reference.gaussian_upsample(heatmap.cpu().double(), (16, 18), 5, 2, start, 0.01)
+        assert torch.isfinite(got).all()
+        assert_close_to(got, want, dtype)
+    maps = random((2, 3, 9, 8), seed=44, device=device, dtype=dtype)
+    assert torch.equal(fastad.ops.gaussian_blur(maps, 1e-300), maps)
+    assert torch.equal(fastad.ops.gaussian_blur(maps, 1e-300, 5), maps)
+    with fastad.use_backend("reference"):
+        assert torch.equal(fastad.ops.gaussian_blur(maps, 1e-300, 5), maps)

@@ -25,11 +25,11 @@
 
 #include "gmm_common.h"
 
+#include "../common/vector_clones.h"
+
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define FASTAD_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #define FASTAD_ALWAYS_INLINE inline __attribute__((always_inline))
 #else
-#define FASTAD_VECTOR_CLONES
 #define FASTAD_ALWAYS_INLINE inline
 #endif
 

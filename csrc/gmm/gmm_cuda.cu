@@ -1,20 +1,23 @@
 // CUDA Gaussian-mixture log-likelihood and its backward.
 //
 // One thread per sample, a tile of T samples per block (grid-stride over tiles). The tile's
-// embeddings are staged transposed in shared memory ([D][T + 1], padded against bank
-// conflicts), and so are the per-thread solve vectors. All K factors do not fit in shared
-// memory (K·D² values: 256 KB for K = 16, D = 64 in float32), so the block loops over the
-// components and holds ONE factor L_k (with μ_k and 1 / diag L_k) in shared memory at a time;
-// every thread reads it as a broadcast. T is the largest of 128, 64, 32 whose shared memory
-// lets two blocks share an SM (else the largest that fits; an error names D if none does).
+// embeddings are staged transposed in shared memory ([D][T], element (i, t) at i·T + (t XOR
+// (i mod 32)): a warp touching 32 consecutive t or 32 consecutive i hits 32 banks, without
+// padding), and so are the per-thread solve vectors. All K factors do not fit in shared memory
+// (K·D² values: 256 KB for K = 16, D = 64 in float32), so the block loops over the components
+// and holds ONE factor L_k (its diagonal replaced by 1 / L_k,ii) and μ_k in shared memory at a
+// time; every thread reads it as a broadcast. T is the largest of 128, 64, 32 whose shared memory
+// lets two blocks share an SM (else the largest that fits; an error names D if none does); at
+// float32, D = 64 the backward fits T = 128 on an H100.
 //
 // Forward: y = L_k⁻¹ (z − μ_k) by forward substitution, lp_k = c_k − ½|y|², and a running
 // (online, max-shifted) logsumexp over k in registers.
 // Backward: the weights w_nk come from the saved forward output (see gmm.cpp), u = L_k⁻ᵀ y by
-// back substitution, ∂z accumulated in the thread's own row of grad_z, and the sums over the
-// tile for ∂L_k (lower triangle of Σ w u yᵀ), ∂μ_k (Σ w u) and ∂log φ_k (Σ w) computed by the
-// block with each output entry owned by one thread, added into the block's own slice of a
-// [blocks, K, D² + D + 1] partial buffer (no atomics); the slices are summed afterwards.
+// back substitution; then the block together adds −w u to the tile's rows of grad_z (coalesced,
+// consecutive threads on consecutive features) and computes the sums over the tile for ∂L_k
+// (lower triangle of Σ w u yᵀ), ∂μ_k (Σ w u) and ∂log φ_k (Σ w) with each output entry owned by
+// one thread, added into the block's own slice of a [blocks, K, D² + D + 1] partial buffer (no
+// atomics, fixed order); the slices are summed afterwards.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -30,16 +33,19 @@ namespace {
 constexpr int kMaxThreads = 128;
 constexpr int kMinThreads = 32;
 
-// Shared memory of a kernel with `vectors` [D][T + 1] arrays, one D x D factor, μ and 1/diag.
+// Shared memory of a kernel with `vectors` [D][T] tile arrays, one D x D factor, μ and one
+// value per warp.
 size_t smem_bytes(int vectors, int threads, int64_t d, size_t elem) {
-  return elem * (vectors * d * (threads + 1) + d * d + 2 * d + threads);
+  return elem * (vectors * d * threads + d * d + d + threads / 32);
 }
 
 // The largest tile size whose shared memory lets two blocks share an SM (latency hiding), else
 // the largest that fits at all; and that size in bytes.
 std::pair<int, size_t> pick_tile(int vectors, int64_t d, size_t elem, const char* op) {
-  const size_t limit = at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
-  for (const size_t budget : {limit / 2, limit}) {
+  const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
+  const size_t limit = prop->sharedMemPerBlockOptin;
+  const size_t two_per_sm = std::min(limit, prop->sharedMemPerMultiprocessor / 2 - prop->reservedSharedMemPerBlock);
+  for (const size_t budget : {two_per_sm, limit}) {
     for (int threads = kMaxThreads; threads >= kMinThreads; threads /= 2) {
       const size_t bytes = smem_bytes(vectors, threads, d, elem);
       if (bytes <= budget) return {threads, bytes};
@@ -59,39 +65,43 @@ void allow_smem(const void* kernel, size_t bytes) {
   }
 }
 
-// zt[c][r] = z[tile_start + r][c] (0 past the end).
+// Offset of element (i, t) of a [D][T] tile array (T a multiple of 32, see the top).
+__device__ __forceinline__ int64_t tile_at(int64_t i, int t, int threads) {
+  return i * threads + (t ^ static_cast<int>(i & 31));
+}
+
+// zt(c, r) = z[tile_start + r][c] (0 past the end).
 template <typename scalar_t>
 __device__ void load_tile(const scalar_t* __restrict__ z, int64_t n, int64_t d, int64_t start,
                           int threads, scalar_t* zt) {
-  const int stride = threads + 1;
   for (int64_t e = threadIdx.x; e < threads * d; e += threads) {
     const int64_t r = e / d, c = e % d, row = start + r;
-    zt[c * stride + r] = row < n ? z[row * d + c] : scalar_t(0);
+    zt[tile_at(c, static_cast<int>(r), threads)] = row < n ? z[row * d + c] : scalar_t(0);
   }
 }
 
-// Component k's factor, mean and reciprocal diagonal into shared memory.
+// Component k's factor with 1 / L_ii on its diagonal, and its mean, into shared memory.
 template <typename scalar_t>
 __device__ void load_component(const scalar_t* __restrict__ mu, const scalar_t* __restrict__ tril,
                                const scalar_t* __restrict__ inv_diag, int64_t k, int64_t d,
-                               scalar_t* l_s, scalar_t* mu_s, scalar_t* inv_s) {
-  for (int64_t e = threadIdx.x; e < d * d; e += blockDim.x) l_s[e] = tril[k * d * d + e];
-  for (int64_t e = threadIdx.x; e < d; e += blockDim.x) {
-    mu_s[e] = mu[k * d + e];
-    inv_s[e] = inv_diag[k * d + e];
+                               scalar_t* l_s, scalar_t* mu_s) {
+  for (int64_t e = threadIdx.x; e < d * d; e += blockDim.x) {
+    const int64_t i = e / d;
+    l_s[e] = e == i * (d + 1) ? inv_diag[k * d + i] : tril[k * d * d + e];
   }
+  for (int64_t e = threadIdx.x; e < d; e += blockDim.x) mu_s[e] = mu[k * d + e];
 }
 
-// Thread t's y = L⁻¹ (zt[:, t] − μ) into y[:, t]; returns |y|².
+// Thread t's y = L⁻¹ (zt(:, t) − μ) into y(:, t); returns |y|².
 template <typename scalar_t>
 __device__ scalar_t solve_lower(const scalar_t* zt, const scalar_t* l_s, const scalar_t* mu_s,
-                                const scalar_t* inv_s, int64_t d, int stride, int t, scalar_t* y) {
+                                int64_t d, int threads, int t, scalar_t* y) {
   scalar_t m = 0;
   for (int64_t i = 0; i < d; ++i) {
-    scalar_t s = zt[i * stride + t] - mu_s[i];
-    for (int64_t j = 0; j < i; ++j) s -= l_s[i * d + j] * y[j * stride + t];
-    const scalar_t v = s * inv_s[i];
-    y[i * stride + t] = v;
+    scalar_t s = zt[tile_at(i, t, threads)] - mu_s[i];
+    for (int64_t j = 0; j < i; ++j) s -= l_s[i * d + j] * y[tile_at(j, t, threads)];
+    const scalar_t v = s * l_s[i * d + i];
+    y[tile_at(i, t, threads)] = v;
     m += v * v;
   }
   return m;
@@ -105,12 +115,11 @@ __global__ void gmm_log_prob_kernel(const scalar_t* __restrict__ z, const scalar
                                     int64_t d, bool per_component, scalar_t* __restrict__ out) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   scalar_t* smem = reinterpret_cast<scalar_t*>(smem_raw);
-  const int threads = blockDim.x, stride = threads + 1, t = threadIdx.x;
-  scalar_t* zt = smem;                 // [D][T + 1]
-  scalar_t* y = zt + d * stride;       // [D][T + 1]
-  scalar_t* l_s = y + d * stride;      // [D][D]
+  const int threads = blockDim.x, t = threadIdx.x;
+  scalar_t* zt = smem;                 // [D][T]
+  scalar_t* y = zt + d * threads;      // [D][T]
+  scalar_t* l_s = y + d * threads;     // [D][D]
   scalar_t* mu_s = l_s + d * d;        // [D]
-  scalar_t* inv_s = mu_s + d;          // [D]
   const scalar_t neg_inf = -INFINITY;
   const int64_t tiles = (n + threads - 1) / threads;
   for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
@@ -120,9 +129,9 @@ __global__ void gmm_log_prob_kernel(const scalar_t* __restrict__ z, const scalar
     scalar_t best = neg_inf, sum = 0;
     for (int64_t k = 0; k < kk; ++k) {
       __syncthreads();
-      load_component(mu, tril, inv_diag, k, d, l_s, mu_s, inv_s);
+      load_component(mu, tril, inv_diag, k, d, l_s, mu_s);
       __syncthreads();
-      const scalar_t lp = constant[k] - scalar_t(0.5) * solve_lower(zt, l_s, mu_s, inv_s, d, stride, t, y);
+      const scalar_t lp = constant[k] - scalar_t(0.5) * solve_lower(zt, l_s, mu_s, d, threads, t, y);
       if (per_component) {
         if (row < n) out[row * kk + k] = lp;
       } else if (lp > best) {
@@ -145,26 +154,26 @@ __global__ void gmm_log_prob_backward_kernel(
     scalar_t* __restrict__ grad_z, scalar_t* __restrict__ partial) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   scalar_t* smem = reinterpret_cast<scalar_t*>(smem_raw);
-  const int threads = blockDim.x, stride = threads + 1, t = threadIdx.x;
-  scalar_t* zt = smem;                 // [D][T + 1]
-  scalar_t* y = zt + d * stride;       // [D][T + 1]
-  scalar_t* u = y + d * stride;        // [D][T + 1], w·L⁻ᵀy
-  scalar_t* l_s = u + d * stride;      // [D][D]
+  const int threads = blockDim.x, t = threadIdx.x;
+  scalar_t* zt = smem;                 // [D][T]
+  scalar_t* y = zt + d * threads;      // [D][T]
+  scalar_t* u = y + d * threads;       // [D][T], w·L⁻ᵀy
+  scalar_t* l_s = u + d * threads;     // [D][D], 1 / L_ii on the diagonal
   scalar_t* mu_s = l_s + d * d;        // [D]
-  scalar_t* inv_s = mu_s + d;          // [D]
-  scalar_t* w_s = inv_s + d;           // [T]
+  scalar_t* w_warp = mu_s + d;         // [T / 32], Σ w over each warp
   const int64_t entries = d * d + d + 1;
   scalar_t* block_partial = partial + blockIdx.x * kk * entries;
   const int64_t tiles = (n + threads - 1) / threads;
   for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
     const int64_t start = tile * threads, row = start + t;
+    const int64_t rows = n - start < threads ? n - start : threads;
     __syncthreads();
     load_tile(z, n, d, start, threads, zt);
     for (int64_t k = 0; k < kk; ++k) {
       __syncthreads();
-      load_component(mu, tril, inv_diag, k, d, l_s, mu_s, inv_s);
+      load_component(mu, tril, inv_diag, k, d, l_s, mu_s);
       __syncthreads();
-      const scalar_t m = solve_lower(zt, l_s, mu_s, inv_s, d, stride, t, y);
+      const scalar_t m = solve_lower(zt, l_s, mu_s, d, threads, t, y);
       scalar_t w = 0;
       if (row < n) {
         if (per_component) {
@@ -173,30 +182,32 @@ __global__ void gmm_log_prob_backward_kernel(
           w = grad[row] * exp(constant[k] - scalar_t(0.5) * m - result[row]);
         }
       }
-      w_s[t] = w;
+      scalar_t warp_w = w;
+      for (int offset = 16; offset > 0; offset /= 2) warp_w += __shfl_down_sync(0xffffffffu, warp_w, offset);
+      if ((t & 31) == 0) w_warp[t / 32] = warp_w;
       for (int64_t i = d - 1; i >= 0; --i) {
-        scalar_t s = y[i * stride + t];
-        for (int64_t j = i + 1; j < d; ++j) s -= l_s[j * d + i] * u[j * stride + t];
-        u[i * stride + t] = s * inv_s[i];
+        scalar_t s = y[tile_at(i, t, threads)];
+        for (int64_t j = i + 1; j < d; ++j) s -= l_s[j * d + i] * u[tile_at(j, t, threads)];
+        u[tile_at(i, t, threads)] = s * l_s[i * d + i];
       }
-      for (int64_t i = 0; i < d; ++i) {
-        const scalar_t wu = w * u[i * stride + t];
-        u[i * stride + t] = wu;
-        if (row < n) grad_z[row * d + i] -= wu;
-      }
+      for (int64_t i = 0; i < d; ++i) u[tile_at(i, t, threads)] *= w;
       __syncthreads();
+      for (int64_t e = t; e < rows * d; e += threads) {  // grad_z(r, c) −= u(c, r), coalesced
+        const int64_t r = e / d, c = e % d;
+        grad_z[(start + r) * d + c] -= u[tile_at(c, static_cast<int>(r), threads)];
+      }
       scalar_t* out = block_partial + k * entries;
       for (int64_t e = t; e < entries; e += threads) {
         scalar_t s = 0;
         if (e < d * d) {
           const int64_t i = e / d, j = e % d;
           if (j > i) continue;
-          for (int r = 0; r < threads; ++r) s += u[i * stride + r] * y[j * stride + r];
+          for (int r = 0; r < threads; ++r) s += u[tile_at(i, r, threads)] * y[tile_at(j, r, threads)];
         } else if (e < d * d + d) {
           const int64_t i = e - d * d;
-          for (int r = 0; r < threads; ++r) s += u[i * stride + r];
+          for (int r = 0; r < threads; ++r) s += u[tile_at(i, r, threads)];
         } else {
-          for (int r = 0; r < threads; ++r) s += w_s[r];
+          for (int r = 0; r < threads / 32; ++r) s += w_warp[r];
         }
         out[e] += s;
       }

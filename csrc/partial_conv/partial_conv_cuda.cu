@@ -1,15 +1,18 @@
 // CUDA kernels of the partial convolution: mask coverage (group channel sum, then a kH·kW window
 // sum per output position) and the fused renormalisation with its backward.
 //
-// The elementwise kernels give one block per (batch, output channel) plane, so the plane's
-// channel, group and bias are read once and the backward reduces the bias gradient of its plane
-// with a block reduction (partial sums [B, Co], summed over the batch afterwards: deterministic).
+// The NCHW elementwise kernels give each (batch, output channel) plane a group of threads (one to
+// eight warps, the fewest that cover the plane: a 7x7 plane gets one warp, so a 256-thread block
+// packs eight such planes), so the plane's channel, group and bias are read once and the backward
+// reduces the bias gradient of its plane within its group (partial sums [B, Co], summed over the
+// batch afterwards: deterministic).
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "../common/launch.h"
 #include "partial_conv_common.h"
 
 namespace fastad::partial_conv {
@@ -18,7 +21,21 @@ namespace {
 constexpr int kThreads = 256;
 
 inline int blocks_for(int64_t n) {
-  return static_cast<int>(std::min<int64_t>((n + kThreads - 1) / kThreads, 65535));
+  return static_cast<int>(fastad::blocks_for(n, kThreads));
+}
+
+// Threads given to one plane of hw elements: the smallest power-of-two number of warps covering
+// it, at most kThreads.
+inline int plane_threads_for(int64_t hw) {
+  int threads = 32;
+  while (threads < kThreads && threads < hw) threads *= 2;
+  return threads;
+}
+
+// Blocks of kThreads for `planes` planes of plane_threads threads each.
+inline unsigned plane_blocks(int64_t planes, int plane_threads) {
+  const int64_t per_block = kThreads / plane_threads;
+  return static_cast<unsigned>((planes + per_block - 1) / per_block);
 }
 
 // summed[b, g, h, w] = Σ_{c in group g} mask[b, c, h, w]
@@ -117,22 +134,23 @@ __device__ inline scalar_t renormalized(scalar_t raw, scalar_t coverage, opmath_
   return static_cast<scalar_t>(has_bias ? (v + bias) * update : v);
 }
 
-// One block per (batch, channel) plane of raw [B, Co, HW]; out may be raw (in place), each
-// element is read before it is written by the same thread.
+// A group of plane_threads threads per (batch, channel) plane of raw [B, Co, HW]; out may be raw
+// (in place), each element is read before it is written by the same thread.
 template <typename scalar_t>
 __global__ void renormalize_kernel(const scalar_t* raw, const scalar_t* __restrict__ coverage,
-                                   const scalar_t* __restrict__ bias, int64_t out_channels,
-                                   int64_t groups, bool cov_batched, int64_t hw, double slide_winsize,
-                                   scalar_t* out) {
+                                   const scalar_t* __restrict__ bias, int64_t planes, int plane_threads,
+                                   int64_t out_channels, int64_t groups, bool cov_batched, int64_t hw,
+                                   double slide_winsize, scalar_t* out) {
   using opmath_t = at::opmath_type<scalar_t>;
-  const int64_t p = blockIdx.x;
+  const int64_t p = static_cast<int64_t>(blockIdx.x) * (blockDim.x / plane_threads) + threadIdx.x / plane_threads;
+  if (p >= planes) return;
   const int64_t n = p / out_channels, c = p % out_channels;
   const scalar_t* cp = coverage + ((cov_batched ? n : 0) * groups + c / (out_channels / groups)) * hw;
   const scalar_t* rp = raw + p * hw;
   scalar_t* op = out + p * hw;
   const opmath_t slide = static_cast<opmath_t>(slide_winsize);
   const opmath_t bv = bias != nullptr ? static_cast<opmath_t>(bias[c]) : opmath_t(0);
-  for (int64_t i = threadIdx.x; i < hw; i += blockDim.x) {
+  for (int64_t i = threadIdx.x % plane_threads; i < hw; i += plane_threads) {
     op[i] = renormalized<scalar_t>(rp[i], cp[i], slide, bias != nullptr, bv);
   }
 }
@@ -177,9 +195,10 @@ void launch_renormalize(const KernelInput& raw_in, const at::Tensor& coverage,
           raw.data_ptr<scalar_t>(), coverage.data_ptr<scalar_t>(), bias_ptr, raw.numel(), raw.size(1),
           coverage.size(1), coverage.size(0) != 1, hw, slide_winsize, out.data_ptr<scalar_t>());
     } else {
-      renormalize_kernel<scalar_t><<<static_cast<unsigned>(planes), kThreads, 0, stream>>>(
-          raw.data_ptr<scalar_t>(), coverage.data_ptr<scalar_t>(), bias_ptr, raw.size(1), coverage.size(1),
-          coverage.size(0) != 1, hw, slide_winsize, out.data_ptr<scalar_t>());
+      const int plane_threads = plane_threads_for(hw);
+      renormalize_kernel<scalar_t><<<plane_blocks(planes, plane_threads), kThreads, 0, stream>>>(
+          raw.data_ptr<scalar_t>(), coverage.data_ptr<scalar_t>(), bias_ptr, planes, plane_threads, raw.size(1),
+          coverage.size(1), coverage.size(0) != 1, hw, slide_winsize, out.data_ptr<scalar_t>());
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -211,50 +230,53 @@ at::Tensor partial_conv_renormalize_inplace_cuda(at::Tensor& raw, const at::Tens
   return at::clamp(coverage, 0, 1).contiguous();
 }
 
+// The sum of `value` over the plane_threads threads of the calling thread's plane (in a fixed
+// order: deterministic), returned to all of them. Every thread of the block must call it.
 template <typename opmath_t>
-__device__ inline opmath_t block_sum(opmath_t value) {
+__device__ inline opmath_t plane_sum(opmath_t value, int plane_threads) {
   __shared__ opmath_t per_warp[kThreads / 32];
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   for (int offset = 16; offset > 0; offset /= 2) value += __shfl_xor_sync(0xffffffffu, value, offset);
-  if (lane == 0) per_warp[warp] = value;
+  if (threadIdx.x % 32 == 0) per_warp[threadIdx.x / 32] = value;
   __syncthreads();
-  value = lane < kThreads / 32 ? per_warp[lane] : opmath_t(0);
-  if (warp == 0) {
-    for (int offset = 16; offset > 0; offset /= 2) value += __shfl_xor_sync(0xffffffffu, value, offset);
-  }
-  return value;  // valid in thread 0
+  const int warps = plane_threads / 32, first = static_cast<int>(threadIdx.x / plane_threads) * warps;
+  opmath_t total = 0;
+  for (int w = 0; w < warps; ++w) total += per_warp[first + w];
+  return total;
 }
 
-// One block (kThreads threads) per (batch, channel) plane of grad [B, Co, HW].
+// A group of plane_threads threads per (batch, channel) plane of grad [B, Co, HW].
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
 renormalize_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ coverage,
-                            int64_t out_channels, int64_t groups, bool cov_batched, int64_t hw,
-                            double slide_winsize, bool has_bias, scalar_t* __restrict__ grad_raw,
-                            at::opmath_type<scalar_t>* __restrict__ bias_partial) {
+                            int64_t planes, int plane_threads, int64_t out_channels, int64_t groups,
+                            bool cov_batched, int64_t hw, double slide_winsize, bool has_bias,
+                            scalar_t* __restrict__ grad_raw, at::opmath_type<scalar_t>* __restrict__ bias_partial) {
   using opmath_t = at::opmath_type<scalar_t>;
-  const int64_t p = blockIdx.x;
-  const int64_t n = p / out_channels, c = p % out_channels;
-  const scalar_t* cp = coverage + ((cov_batched ? n : 0) * groups + c / (out_channels / groups)) * hw;
-  const scalar_t* gp = grad + p * hw;
-  scalar_t* rp = grad_raw + p * hw;
+  const int64_t p = static_cast<int64_t>(blockIdx.x) * (blockDim.x / plane_threads) + threadIdx.x / plane_threads;
+  const int lane = static_cast<int>(threadIdx.x % plane_threads);
   const opmath_t slide = static_cast<opmath_t>(slide_winsize);
   opmath_t acc = 0;
-  for (int64_t i = threadIdx.x; i < hw; i += blockDim.x) {
-    opmath_t ratio, update;
-    mask_factors(static_cast<opmath_t>(cp[i]), slide, ratio, update);
-    const opmath_t g = static_cast<opmath_t>(gp[i]);
-    if (has_bias) {
-      const opmath_t gu = g * update;
-      rp[i] = static_cast<scalar_t>(gu * ratio);
-      acc += gu;
-    } else {
-      rp[i] = static_cast<scalar_t>(g * ratio);
+  if (p < planes) {  // no early return: plane_sum synchronises the block
+    const int64_t n = p / out_channels, c = p % out_channels;
+    const scalar_t* cp = coverage + ((cov_batched ? n : 0) * groups + c / (out_channels / groups)) * hw;
+    const scalar_t* gp = grad + p * hw;
+    scalar_t* rp = grad_raw + p * hw;
+    for (int64_t i = lane; i < hw; i += plane_threads) {
+      opmath_t ratio, update;
+      mask_factors(static_cast<opmath_t>(cp[i]), slide, ratio, update);
+      const opmath_t g = static_cast<opmath_t>(gp[i]);
+      if (has_bias) {
+        const opmath_t gu = g * update;
+        rp[i] = static_cast<scalar_t>(gu * ratio);
+        acc += gu;
+      } else {
+        rp[i] = static_cast<scalar_t>(g * ratio);
+      }
     }
   }
   if (has_bias) {
-    acc = block_sum(acc);
-    if (threadIdx.x == 0) bias_partial[p] = acc;
+    acc = plane_sum(acc, plane_threads);
+    if (p < planes && lane == 0) bias_partial[p] = acc;
   }
 }
 
@@ -277,8 +299,10 @@ std::tuple<at::Tensor, at::Tensor> partial_conv_renormalize_backward_cuda(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "partial_conv_renormalize_backward_cuda", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     if (planes > 0 && hw > 0) {
-      renormalize_backward_kernel<scalar_t><<<static_cast<unsigned>(planes), kThreads, 0, stream>>>(
-          grad.data_ptr<scalar_t>(), coverage.data_ptr<scalar_t>(), out_channels, coverage.size(1),
+      const int plane_threads = plane_threads_for(hw);
+      renormalize_backward_kernel<scalar_t><<<plane_blocks(planes, plane_threads), kThreads, 0, stream>>>(
+          grad.data_ptr<scalar_t>(), coverage.data_ptr<scalar_t>(), planes, plane_threads, out_channels,
+          coverage.size(1),
           coverage.size(0) != 1, hw, slide_winsize, has_bias, grad_raw.data_ptr<scalar_t>(),
           has_bias ? partial.data_ptr<opmath_t>() : nullptr);
       C10_CUDA_KERNEL_LAUNCH_CHECK();

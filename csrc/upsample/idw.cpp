@@ -8,8 +8,9 @@
 #include <algorithm>
 #include <vector>
 
+#include "../common/checks.h"
 #include "idw_common.h"
-#include "vector_clones.h"
+#include "../common/vector_clones.h"
 
 namespace fastad::upsample {
 namespace {
@@ -44,12 +45,6 @@ FASTAD_VECTOR_CLONES void backward_chunk(const IdwGrid& grid, const T* grad, T* 
     idw_for_each_contribution<T>(grid, pixel / width, pixel % width,
                                  [&](int64_t p, T w) { axpy(acc + p * batch, w, column, batch); });
   }
-}
-
-void check_float(const char* op, const char* name, const at::Tensor& t, int64_t dim, const char* shape) {
-  TORCH_CHECK(t.dim() == dim, op, ": ", name, " must be ", shape, ", got shape ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op, ": ", name,
-              " must be float32 or float64, got ", t.scalar_type());
 }
 
 at::Tensor idw_upsample_cpu(const at::Tensor& scores, at::IntArrayRef patch_size, at::IntArrayRef stride,

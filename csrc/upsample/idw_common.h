@@ -7,11 +7,7 @@
 #include <cmath>
 #include <optional>
 
-#ifdef __CUDACC__
-#define FASTAD_HOST_DEVICE __host__ __device__
-#else
-#define FASTAD_HOST_DEVICE
-#endif
+#include "../common/host_device.h"
 
 namespace fastad::upsample {
 
@@ -90,7 +86,11 @@ FASTAD_HOST_DEVICE inline void idw_for_each_contribution(const IdwGrid& g, int64
   const T half_h = T(g.patch_h - 1) / T(2), half_w = T(g.patch_w - 1) / T(2);
   const bool inverse_square = g.power == 2.0;
   const T exponent = T(-g.power / 2.0);
-  auto weight_of = [&](T sq) { return inverse_square ? T(1) / sq : T(pow(sq, exponent)); };
+  // Weights relative to the nearest centre's, (sq / nearest)^(-power/2) <= 1, so a large power
+  // neither overflows nor underflows the sum (the nearest contributes 1); normalising removes the
+  // common factor.
+  T nearest = T(0);
+  auto weight_of = [&](T sq) { return inverse_square ? nearest / sq : T(pow(sq / nearest, exponent)); };
   // Calls visit(p, squared distance) for each centre within reach, in raster order, until it
   // returns false; returns whether every call returned true.
   auto each_centre = [&](auto&& visit) {
@@ -105,14 +105,13 @@ FASTAD_HOST_DEVICE inline void idw_for_each_contribution(const IdwGrid& g, int64
     }
     return true;
   };
-  T total = 0;
   int64_t contributors = 0, on_centre = -1;
   each_centre([&](int64_t p, T sq) {
     if (sq == T(0)) {
       on_centre = p;
       return false;
     }
-    total += weight_of(sq);
+    nearest = contributors == 0 || sq < nearest ? sq : nearest;
     ++contributors;
     return true;
   });
@@ -126,6 +125,11 @@ FASTAD_HOST_DEVICE inline void idw_for_each_contribution(const IdwGrid& g, int64
     emit(r * g.cols + c, T(1));
     return;
   }
+  T total = 0;
+  each_centre([&](int64_t, T sq) {
+    total += weight_of(sq);
+    return true;
+  });
   each_centre([&](int64_t p, T sq) {
     emit(p, weight_of(sq) / total);
     return true;

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 
+#include "../common/checks.h"
 #include "idw_common.h"
 
 namespace fastad::upsample {
@@ -58,12 +59,6 @@ __global__ void idw_backward_kernel(const T* __restrict__ grad, T* __restrict__ 
       }
     });
   }
-}
-
-void check_float(const char* op, const char* name, const at::Tensor& t, int64_t dim, const char* shape) {
-  TORCH_CHECK(t.dim() == dim, op, ": ", name, " must be ", shape, ", got shape ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op, ": ", name,
-              " must be float32 or float64, got ", t.scalar_type());
 }
 
 dim3 launch_grid(int64_t pixels, int64_t batch) {

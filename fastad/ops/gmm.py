@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from fastad.ops._autocast import float32_under_autocast
+from fastad.ops.autocast import float32_under_autocast
 from fastad import _extension
 from fastad.backend import use_reference
 from fastad.ops import reference
@@ -34,8 +34,9 @@ def gmm_log_prob(z: torch.Tensor, log_phi: torch.Tensor, mu: torch.Tensor, scale
             Only the lower triangle is read; the gradient of the upper triangle is zero.
         per_component: return [N, K] log φ_k + log N(z | μ_k, Σ_k) instead of their
             logsumexp over k.
-        check_values: reject NaN/Inf inputs and non-positive diagonals of scale_tril (one pass
-            over each; on CUDA it waits for the device).
+        check_values: reject NaN/Inf inputs and diagonals of scale_tril below
+            sqrt(finfo(dtype).tiny) (about 1.1e-19 in float32, whose covariance would underflow;
+            one pass over each; on CUDA it waits for the device).
 
     Returns:
         [N] (or [N, K]) of z's dtype. Each term uses a triangular solve for the Mahalanobis
@@ -56,7 +57,9 @@ def gmm_params(z: torch.Tensor, gamma: torch.Tensor, eps: float = 1e-6):
 
     Args:
         z: [N, D] float32 or float64 embeddings, N >= 1.
-        gamma: [N, K] memberships (rows are usually a softmax), same dtype and device.
+        gamma: [N, K] memberships (rows are usually a softmax), same dtype and device; finite and
+            >= 0, else ValueError (not checked inside torch.compile tracing or CUDA graph
+            capture; on CUDA the check waits for the device).
         eps: added to each covariance's diagonal (eps·I), >= 0.
 
     Returns:
@@ -181,11 +184,18 @@ def _check_log_prob(z, log_phi, mu, scale_tril, per_component, check_values: boo
     if check_values:
         for name, value in (("z", z), ("log_phi", log_phi), ("mu", mu), ("scale_tril", scale_tril.tril())):
             check_finite(name, value)
-        bad = ~(scale_tril.diagonal(dim1=1, dim2=2) > 0).all(1)
+        smallest = _smallest_scale(z.dtype)
+        bad = ~(scale_tril.diagonal(dim1=1, dim2=2) >= smallest).all(1)
         if not tracing_or_capturing(bad) and bool(bad.any()):
             c = int(bad.nonzero()[0])
-            raise ValueError(f"scale_tril[{c}] (component {c}) must have a positive diagonal, got "
+            raise ValueError(f"scale_tril[{c}] (component {c}) must have a diagonal >= {smallest:.3g} (the "
+                             f"covariance L Lᵀ must be representable in {z.dtype}), got "
                              f"{scale_tril[c].diagonal().tolist()}")
+
+
+def _smallest_scale(dtype: torch.dtype) -> float:
+    """The smallest diagonal entry of a Cholesky factor whose square is a normal number of dtype."""
+    return torch.finfo(dtype).tiny ** 0.5
 
 
 def _check_params(z, gamma, eps) -> None:
@@ -202,6 +212,8 @@ def _check_params(z, gamma, eps) -> None:
         raise ValueError(f"gamma must have shape [N={z.shape[0]}, K>=1], got {tuple(gamma.shape)}")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
         raise ValueError(f"eps must be a number >= 0, got {eps!r}")
+    if not tracing_or_capturing(gamma) and gamma.numel() and not bool(((gamma >= 0) & (gamma < torch.inf)).all()):
+        raise ValueError("gamma must hold finite memberships >= 0 (NaN, Inf or negative values found)")
 
 
 def _gmm_log_prob_fake(z, log_phi, mu, scale_tril, per_component=False):

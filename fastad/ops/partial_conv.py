@@ -2,24 +2,13 @@
 (fastad::partial_conv_coverage, fastad::partial_conv_renormalize[_backward]): argument checks,
 autograd, fake kernels and backend dispatch.
 
-How the work is split:
-- conv(input ⊙ mask) runs through torch.nn.functional.conv2d WITHOUT bias (cuDNN / oneDNN), so
-  autograd gives the input and weight gradients. torch's convolution takes no mask, so the
-  multiply stays one broadcast torch kernel; it is skipped when the mask is None (all ones), and
-  its backward masks the convolution's fresh input gradient in place (_MaskInput).
-- the mask coverage (conv of the mask with a ones kernel) is a box sum in fastad's kernels:
-  group channel sum, then separable window sums; never a convolution.
-- one fused kernel turns raw, coverage and bias into the output and the update mask:
-  out = (raw·ratio + b)·update. NVIDIA computes ((raw + b) − b)·ratio + b, then ·update: the same
-  value up to the rounding of the "+ b − b" round trip. Its backward is its own fused kernel
-  (grad_raw = grad·update·ratio and the bias gradient Σ grad·update in one pass): it cannot be
-  the forward op again because with a bias the update factor is applied twice. In eager mode
-  partial_conv2d runs the in-place form (fastad::partial_conv_renormalize_) on the fresh conv
-  output (contiguous in NCHW, or in channels_last order when input and weight are: the kernels
-  read and write either layout directly), which the convolution's backward does not need: no
-  second output tensor to allocate (on the CPU a fresh 30 MB tensor costs about as much in page
-  faults as the kernel itself).
-  Under torch.compile it runs the functional op.
+partial_conv2d = torch's conv2d of input ⊙ mask without bias (cuDNN / oneDNN, differentiated by
+autograd), the mask coverage as a box sum in fastad's kernels (never a convolution), and one fused
+renormalisation kernel: out = (raw·ratio + b)·update, which equals NVIDIA's ((raw + b) − b)·ratio
++ b, ·update, up to the rounding of the "+ b − b" round trip. In eager mode the renormalisation
+runs in place on the fresh convolution output (NCHW or channels_last, read directly); under
+torch.compile the functional op runs. The design's measurements are in benchmarks/RESULTS.md
+(partial_conv2d).
 
 Groups: NVIDIA's layer counts coverage over all C_in channels (slide_winsize = C_in·kH·kW) even
 when groups > 1; fastad counts each group's own C_in/groups channels. With groups=1, or with
@@ -32,11 +21,11 @@ from typing import NamedTuple
 import torch
 from torch.nn.modules.utils import _pair
 
-from fastad.ops._autocast import float32_under_autocast
+from fastad.ops.autocast import float32_under_autocast
 from fastad import _extension
 from fastad.backend import use_reference
 from fastad.ops import reference
-from fastad.checks import check_same_device, check_tensor
+from fastad.checks import check_float, check_same_device, check_tensor
 
 
 class Coverage(NamedTuple):
@@ -47,11 +36,12 @@ class Coverage(NamedTuple):
     slide_winsize: float
 
 
+@float32_under_autocast
 def partial_conv_coverage(mask: torch.Tensor, kernel_size, stride=1, padding=0, dilation=1, groups: int = 1) -> torch.Tensor:
     """Box sum of a mask as a convolution with a ones kernel would compute it.
 
     Args:
-        mask: [B, C, H, W] float.
+        mask: [B, C, H, W] float32 or float64.
         kernel_size, stride, padding, dilation: int or pair, as for conv2d (zero padding).
         groups: divides C; each group's C/groups channels are summed together.
 
@@ -59,8 +49,7 @@ def partial_conv_coverage(mask: torch.Tensor, kernel_size, stride=1, padding=0, 
         coverage [B, groups, Ho, Wo] in mask's dtype.
     """
     check_tensor("mask", mask, 4, "[B, C, H, W]")
-    if not mask.is_floating_point():
-        raise TypeError(f"mask must be a floating tensor, got {mask.dtype}")
+    check_float("mask", mask, cuda_float64=True)
     kernel_size, stride, padding, dilation = _conv_params(kernel_size, stride, padding, dilation)
     _check_int_param("groups", groups, 1)
     if mask.shape[1] % groups:
@@ -74,11 +63,12 @@ def partial_conv_coverage(mask: torch.Tensor, kernel_size, stride=1, padding=0, 
     return torch.ops.fastad.partial_conv_coverage(mask, kernel_size, stride, padding, dilation, groups)
 
 
+@float32_under_autocast
 def partial_conv_renormalize(raw: torch.Tensor, coverage: torch.Tensor, bias: torch.Tensor | None, slide_winsize: float):
     """The fused tail of a partial convolution.
 
     Args:
-        raw: [B, Co, Ho, Wo], the convolution of input ⊙ mask without bias.
+        raw: [B, Co, Ho, Wo] float32 or float64, the convolution of input ⊙ mask without bias.
         coverage: [B or 1, G, Ho, Wo], same dtype as raw; G divides Co (channel o uses group
             o // (Co/G)).
         bias: [Co] or None.
@@ -90,6 +80,7 @@ def partial_conv_renormalize(raw: torch.Tensor, coverage: torch.Tensor, bias: to
         raw·ratio without bias. Differentiable in raw and bias. out has raw's layout when raw is
         contiguous in NCHW or channels_last order (read without a copy), else it is NCHW.
     """
+    check_float("raw", raw, cuda_float64=True)
     if use_reference():
         return reference.partial_conv_renormalize(raw, coverage, bias, slide_winsize)
     _extension.require("partial_conv_renormalize")
@@ -137,7 +128,7 @@ def partial_conv2d(input: torch.Tensor, mask: torch.Tensor | None, weight: torch
     """Partial convolution with NVIDIA PartialConv2d semantics (zero padding).
 
     Args:
-        input: [B, C_in, H, W] float.
+        input: [B, C_in, H, W] float32 or float64 (float16/bfloat16 under torch.autocast only).
         mask: None (all ones); [B or 1, 1, H, W] when not multi_channel, [B or 1, C_in, H, W]
             when multi_channel; floating or bool, cast to input's dtype. Not differentiable.
         weight: [C_out, C_in/groups, kH, kW]; bias: [C_out] or None.
@@ -197,8 +188,7 @@ def check_partial_conv2d(input, mask, weight, bias, stride, padding, dilation, g
     dtype (None stays None)."""
     check_tensor("input", input, 4, "[B, C_in, H, W]")
     check_tensor("weight", weight, 4, "[C_out, C_in/groups, kH, kW]")
-    if not input.is_floating_point():
-        raise TypeError(f"input must be a floating tensor, got {input.dtype}")
+    check_float("input", input, cuda_float64=True)
     if weight.dtype != input.dtype:
         raise TypeError(f"weight must have input's dtype {input.dtype}, got {weight.dtype}")
     check_same_device(("input", "weight"), input, weight)

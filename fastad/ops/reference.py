@@ -86,7 +86,7 @@ def gaussian_upsample(heatmap: torch.Tensor, out_size, receptive_field: int, str
     first = math.ceil(start - (receptive_field - 1) / 2)  # pixel of unit 0's first tap
     last = math.floor(start + (receptive_field - 1) / 2)
     offsets = torch.arange(first, last + 1, dtype=torch.float64) - start
-    taps = torch.exp(-offsets.pow(2) / (2 * sigma * sigma)).to(heatmap.dtype).to(heatmap.device)
+    taps = torch.exp(-0.5 * (offsets / sigma).pow(2)).to(heatmap.dtype).to(heatmap.device)
     kernel = torch.outer(taps, taps)[None, None]
     full = torch.nn.functional.conv_transpose2d(heatmap.reshape(b * c, 1, h, w), kernel, stride=stride)
     out = heatmap.new_zeros((b * c, 1, out_size[0], out_size[1]))
@@ -158,7 +158,9 @@ def idw_upsample(patch_scores: torch.Tensor, grid, out_size, power: float, radiu
         mask = (diff.abs() <= half).all(-1)
     else:
         mask = sq <= radius * radius
-    weights = torch.where(mask, sq.clamp_min(torch.finfo(dtype).tiny).pow(-power / 2), 0.0)
+    # relative to the nearest contributing centre, so a large power neither overflows nor underflows
+    closest = torch.where(mask, sq, torch.inf).amin(1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
+    weights = torch.where(mask, (sq / closest).clamp_min(torch.finfo(dtype).tiny).pow(-power / 2), 0.0)
     hit = mask & (sq == 0)
     weights = torch.where(hit.any(1, keepdim=True), hit.to(dtype), weights)
     none = ~mask.any(1)
@@ -173,7 +175,7 @@ def gaussian_blur(maps: torch.Tensor, sigma: float, kernel_size: int) -> torch.T
     normalised kernel_size x kernel_size Gaussian."""
     radius = kernel_size // 2
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    taps = torch.exp(-offsets.pow(2) / (2 * sigma * sigma))
+    taps = torch.exp(-0.5 * (offsets / sigma).pow(2))
     kernel = torch.outer(taps, taps)
     kernel = (kernel / kernel.sum()).to(maps.dtype).to(maps.device)[None, None]
     b, c, h, w = maps.shape
