@@ -223,8 +223,15 @@ def test_score_is_eq_13_through_idw(trained):
 
 def test_dad_score_is_one_minus_p(trained, brick):
     model = trained[0]
-    s_iad, s_dad = model.patch_scores(brick[1][:1])
+    seen = []
+    hook = model.dad_head.register_forward_hook(lambda module, inputs, out: seen.append(out.detach()))
+    try:
+        s_iad, s_dad = model.patch_scores(brick[1][:1])
+    finally:
+        hook.remove()
     assert s_iad.shape == s_dad.shape == (1, model.grid(SIZE, SIZE).num_patches)
+    p = torch.cat([out.reshape(-1) for out in seen]).view_as(s_dad)
+    assert torch.equal(s_dad, 1.0 - p) and not torch.allclose(s_dad, p)
     assert (s_dad >= 0).all() and (s_dad <= 1).all() and (s_iad >= 0).all()
 
 
