@@ -14,7 +14,7 @@ from fastad._files import atomic_write
 from fastad.engine import load_checkpoint, resume, train
 from fastad.engine.evaluation import compute_metrics, format_table
 from fastad.engine.results import mask_contour, output_name, overlay
-from fastad.engine.scoring import ScoredImages, score_dataset
+from fastad.engine.batch_scoring import ScoredImages, score_dataset
 from fastad.models import create_model
 
 SIZE = 128

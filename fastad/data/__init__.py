@@ -11,7 +11,7 @@ Files that cannot be read are reported (SkippedImageWarning), listed in dataset.
 (path, reason) and left out; the rest loads.
 """
 from fastad.data.builtin import BuiltinDataset
-from fastad.data.export import export_mvtec
+from fastad.data.mvtec_writer import export_mvtec
 from fastad.data.folder import FolderDataset
 from fastad.data.images import UnreadableImageError, load_image, load_mask
 from fastad.data.mvtec import MVTecDataset

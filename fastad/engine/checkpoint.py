@@ -106,13 +106,38 @@ def _is_json(value) -> bool:
         return False
 
 
+def _data_sized(built: torch.Tensor, saved: torch.Tensor) -> bool:
+    """A buffer built empty (a memory bank before it is filled) takes the saved shape, as long as
+    it keeps its number of dimensions and dtype."""
+    return built.numel() == 0 and built.dim() == saved.dim() and built.dtype == saved.dtype
+
+
 def _resize_buffers(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Buffers whose size depends on the data (memory banks) take the saved shape."""
     for name, buffer in list(model.named_buffers()):
         saved = state.get(name)
-        if saved is not None and buffer is not None and buffer.shape != saved.shape:
+        if saved is not None and buffer is not None and buffer.shape != saved.shape and _data_sized(buffer, saved):
             module_name, _, leaf = name.rpartition(".")
             setattr(model.get_submodule(module_name), leaf, torch.empty_like(saved, device=buffer.device))
+
+
+def check_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source) -> None:
+    """Every tensor of `state` against model.state_dict(): the same names, and each tensor's shape
+    and dtype (data-sized buffers excepted, see _data_sized); ValueError naming `source` and the
+    tensor otherwise."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        parts = ([f"lacks model.{missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")]
+                 if missing else []) + ([f"has unexpected model.{unexpected[0]}"] if unexpected else [])
+        raise ValueError(f"checkpoint {source} does not match its {getattr(model, 'name', 'model')} config: "
+                         f"it {' and '.join(parts)}")
+    for name, want in expected.items():
+        got = state[name]
+        if got.dtype != want.dtype or (got.shape != want.shape and not _data_sized(want, got)):
+            raise ValueError(f"checkpoint {source}: tensor model.{name} is {got.dtype} {tuple(got.shape)}, the "
+                             f"model built from its config expects {want.dtype} {tuple(want.shape)}")
 
 
 def _existing_checkpoint(run) -> Path:
@@ -124,35 +149,79 @@ def _existing_checkpoint(run) -> Path:
 
 
 def _parse_header(path: Path, metadata: dict | None) -> dict:
+    """The checkpoint's JSON header, checked: a dict with a str 'model' and a dict 'config'."""
     if not metadata or "fastad" not in metadata:
         raise ValueError(f"{path} is not a fastad checkpoint (its header has no 'fastad' entry)")
-    return json.loads(metadata["fastad"])
+    try:
+        header = json.loads(metadata["fastad"])
+    except json.JSONDecodeError as error:
+        raise ValueError(f"checkpoint {path}: its header is not valid JSON ({error})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"checkpoint {path}: its header must be a JSON object, got {type(header).__name__}")
+    if not isinstance(header.get("model"), str):
+        raise ValueError(f"checkpoint {path}: its header must name the model (key 'model', a string), "
+                         f"got {header.get('model')!r}")
+    if not isinstance(header.get("config", {}), dict):
+        raise ValueError(f"checkpoint {path}: its header's 'config' must be a JSON object, "
+                         f"got {type(header['config']).__name__}")
+    return header
+
+
+def _read(path: Path, tensors: bool) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(header, tensors or {}) of a checkpoint file; ValueError naming the file when it is corrupt."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata()
+            values = {key: f.get_tensor(key) for key in f.keys()} if tensors else {}
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as error:  # noqa: BLE001  SafetensorError, OSError, ...: the file is corrupt
+        raise ValueError(f"checkpoint {path} is corrupt or not a safetensors file ({type(error).__name__}: "
+                         f"{error})") from None
+    return _parse_header(path, metadata), values
 
 
 def read_header(run) -> dict:
     """The JSON header of a run's checkpoint (model, config, data, training position) without
     reading its tensors."""
-    path = _existing_checkpoint(run)
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        return _parse_header(path, f.metadata())
+    return _read(_existing_checkpoint(run), tensors=False)[0]
 
 
 def load_checkpoint(run, device="cpu") -> Checkpoint:
     """A run folder (or checkpoint file) -> Checkpoint with the model rebuilt from its registry
-    name and config, weights loaded, on `device`, in eval mode."""
+    name and config, weights loaded, on `device`, in eval mode.
+
+    Raises FileNotFoundError (no checkpoint there) or ValueError naming the file and what is
+    wrong: a corrupt file, a header without a model name, a model name not in the registry, a
+    config the model rejects (the model's message names the key), a tensor missing, unexpected
+    or of another shape or dtype than the model built from the config has."""
     path = _existing_checkpoint(run)
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        header = _parse_header(path, f.metadata())
-        tensors = {key: f.get_tensor(key) for key in f.keys()}
+    header, tensors = _read(path, tensors=True)
     state = {key[len("model."):]: value for key, value in tensors.items() if key.startswith("model.")}
-    model = model_from_state(header["model"], header["config"], state).to(device).eval()
+    model = model_from_state(header["model"], header.get("config", {}), state, source=path).to(device).eval()
     return Checkpoint(model, header, {k: v for k, v in tensors.items() if not k.startswith("model.")})
 
 
-def model_from_state(name: str, config: dict, state: dict[str, torch.Tensor]) -> AnomalyModel:
+def build_model(name: str, config: dict, source="the checkpoint") -> AnomalyModel:
+    """The registry model `name` built with `config`; ValueError naming `source` when the name is
+    unknown or the model rejects the config."""
+    from fastad.models.registry import MODELS
+
+    import fastad.models  # noqa: F401  (registers every model)
+
+    if name not in MODELS:
+        raise ValueError(f"checkpoint {source}: model must be one of {', '.join(sorted(MODELS))}; got {name!r}")
+    try:
+        return create_model(name, **config)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"checkpoint {source}: its config does not build a {name} model: {error}") from None
+
+
+def model_from_state(name: str, config: dict, state: dict[str, torch.Tensor], source="the checkpoint") -> AnomalyModel:
     """The registry model `name` built with `config`, its data-sized buffers resized to `state`'s
-    shapes and `state` (a state_dict) loaded; on the CPU, in training mode."""
-    model = create_model(name, **config)
+    shapes and `state` (a state_dict, checked by check_state) loaded; on the CPU, in training mode."""
+    model = build_model(name, config, source)
     _resize_buffers(model, state)
+    check_state(model, state, source)
     model.load_state_dict(state)
     return model
