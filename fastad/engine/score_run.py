@@ -56,12 +56,12 @@ def score_rows(paths: list[str], image_scores: torch.Tensor) -> str:
     return buffer.getvalue()
 
 
-def run_manifest(scorer, images, dataset, settings: dict) -> dict:
-    """What identifies a scoring run: the images (folder and listing), the model's weights, settings."""
-    return {"fastad": fastad.__version__, "kind": "score", "images": str(Path(images).resolve()),
-            "inputs": {"count": len(dataset.items), "sha256": digest(item[0] for item in dataset.items)},
-            "checkpoint": scorer.source, "model": scorer.model.name, "weights_sha256": state_digest(scorer.model),
-            "settings": settings}
+def run_manifest(source: str, model, images: str, paths: list[str], settings: dict) -> dict:
+    """What identifies a scoring run: the images (`images` says where from, `paths` are the
+    readable files in order), the checkpoint (`source`, and the model's weights), settings."""
+    return {"fastad": fastad.__version__, "kind": "score", "images": images,
+            "inputs": {"count": len(paths), "sha256": digest(paths)},
+            "checkpoint": source, "model": model.name, "weights_sha256": state_digest(model), "settings": settings}
 
 
 def read_finished(path: Path, dataset) -> list[tuple[int, str, float]]:
@@ -123,9 +123,11 @@ def score_folder(scorer, path, out=None, save_maps: str | None = "npy", overlays
         with warnings_to_stderr():
             return scorer.score_dataset(dataset, keep_maps=overlays, num_workers=num_workers, progress=progress)
     out = Path(out)
-    settings = {**scorer.settings(), "maps": save_maps}
+    settings = {"engine": "local", **scorer.settings(), "maps": save_maps}
+    manifest = run_manifest(scorer.source, scorer.model, str(Path(path).resolve()), [item[0] for item in dataset.items],
+                            settings)
     with locked(out):
-        claim(out, run_manifest(scorer, path, dataset, settings), overwrite, OWNED)
+        claim(out, manifest, overwrite, OWNED)
         scored = _stream(scorer, dataset, out, save_maps, overlays, num_workers, progress)
         if overlays and scored.paths:
             write_overlays(out, scored, dataset)
