@@ -107,9 +107,12 @@ def _is_json(value) -> bool:
 
 
 def _data_sized(built: torch.Tensor, saved: torch.Tensor) -> bool:
-    """A buffer built empty (a memory bank before it is filled) takes the saved shape, as long as
-    it keeps its number of dimensions and dtype."""
-    return built.numel() == 0 and built.dim() == saved.dim() and built.dtype == saved.dtype
+    """A buffer built empty (a memory bank before it is filled) takes the saved shape when it keeps
+    its dtype and number of dimensions, and every dimension the fresh buffer leaves at 0 or 1 (a
+    placeholder) is the only kind that changes: bank [0, D] -> [M, D], images [0, 3, 1, 1] ->
+    [N, 3, H, W]."""
+    return (built.numel() == 0 and built.dtype == saved.dtype and built.dim() == saved.dim()
+            and all(b == s or b in (0, 1) for b, s in zip(built.shape, saved.shape)))
 
 
 def _resize_buffers(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -213,7 +216,7 @@ def build_model(name: str, config: dict, source="the checkpoint") -> AnomalyMode
         raise ValueError(f"checkpoint {source}: model must be one of {', '.join(sorted(MODELS))}; got {name!r}")
     try:
         return create_model(name, **config)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, ArithmeticError) as error:
         raise ValueError(f"checkpoint {source}: its config does not build a {name} model: {error}") from None
 
 
