@@ -15,6 +15,7 @@ from fastad.data.images import save_image
 from fastad.distributed.inputs import batches, list_inputs
 from fastad.distributed.weights import pack_model, unpack_model
 from fastad.models import create_model
+from test_trust import random_idat_png
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
@@ -45,12 +46,14 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    """N_IMAGES builtin brick test images in one folder, and one corrupt file sorted last."""
+    """N_IMAGES builtin brick test images in one folder, a file that is no image sorted last and a
+    PNG that passes the header check but fails to decode among them."""
     folder = tmp_path_factory.mktemp("images")
     test_set = fastad.data.open_dataset("builtin:brick", "test", size=128)
     for i in range(N_IMAGES):
         save_image(test_set[i].image, folder / f"{i:03d}_{test_set[i].defect}.png")
     (folder / "zz_corrupt.png").write_bytes(b"not a png")
+    random_idat_png(folder / "004b_random_idat.png")
     return folder
 
 
@@ -85,8 +88,10 @@ def test_scores_and_maps_equal_the_single_process_scorer(cluster, run_dir, image
     assert weights_puts == ["rawpixel"]  # the weights and memory bank went into the object store once
     assert_same_outputs(tmp_path, local)
     assert (result.scored, result.resumed) == (N_IMAGES, 0) and len(result.paths) == N_IMAGES
-    assert [path for path, _ in result.skipped] == [str(images / "zz_corrupt.png")]
-    assert "zz_corrupt.png" in capsys.readouterr().err
+    assert [path for path, _ in result.skipped] == [str(images / "zz_corrupt.png"),
+                                                    str(images / "004b_random_idat.png")]
+    err = capsys.readouterr().err
+    assert "zz_corrupt.png" in err and "004b_random_idat.png" in err
     assert len(list((tmp_path / "parts").glob("*.json"))) == N_IMAGES
     assert not list(tmp_path.rglob("*.tmp"))
 

@@ -356,7 +356,7 @@ def test_tampered_checkpoints_are_refused_naming_file_and_what(run_dir, tmp_path
     bank = "model.memory_bank.bank"
     cases = [
         ({"tensor_edit": lambda t: t.update({bank: t[bank][:, :-1].contiguous()})}, "memory_bank.bank"),
-        ({"tensor_edit": lambda t: t.update({bank: t[bank].double()})}, "float64"),
+        ({"tensor_edit": lambda t: t.update({bank: t[bank].long()})}, "int64"),
         ({"tensor_edit": lambda t: t.update({"model.extra": torch.zeros(1)})}, "model.extra"),
         ({"header_edit": lambda h: h.pop("model")}, "'model'"),
         ({"header_edit": lambda h: h.update(model="patchcore9")}, "patchcore9"),

@@ -106,12 +106,17 @@ def _is_json(value) -> bool:
         return False
 
 
+def same_kind(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Both floating point (a model may be kept in bfloat16 or float64), or the same dtype."""
+    return a.dtype == b.dtype or (a.is_floating_point() and b.is_floating_point())
+
+
 def _data_sized(built: torch.Tensor, saved: torch.Tensor) -> bool:
     """A buffer built empty (a memory bank before it is filled) takes the saved shape when it keeps
-    its dtype and number of dimensions, and every dimension the fresh buffer leaves at 0 or 1 (a
+    its kind of dtype and number of dimensions, and every dimension the fresh buffer leaves at 0 or 1 (a
     placeholder) is the only kind that changes: bank [0, D] -> [M, D], images [0, 3, 1, 1] ->
     [N, 3, H, W]."""
-    return (built.numel() == 0 and built.dtype == saved.dtype and built.dim() == saved.dim()
+    return (built.numel() == 0 and same_kind(built, saved) and built.dim() == saved.dim()
             and all(b == s or b in (0, 1) for b, s in zip(built.shape, saved.shape)))
 
 
@@ -125,21 +130,22 @@ def _resize_buffers(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> N
 
 
 def check_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source) -> None:
-    """Every tensor of `state` against model.state_dict(): the same names, and each tensor's shape
-    and dtype (data-sized buffers excepted, see _data_sized); ValueError naming `source` and the
-    tensor otherwise."""
+    """Every tensor of `state` against model.state_dict(): the same names, each tensor's shape
+    (data-sized buffers excepted, see _data_sized) and dtype (any floating dtype for a floating
+    tensor, the same dtype otherwise); ValueError naming `source` (e.g. "checkpoint <path>") and
+    the tensor otherwise."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         parts = ([f"lacks model.{missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")]
                  if missing else []) + ([f"has unexpected model.{unexpected[0]}"] if unexpected else [])
-        raise ValueError(f"checkpoint {source} does not match its {getattr(model, 'name', 'model')} config: "
+        raise ValueError(f"{source} does not match its {getattr(model, 'name', 'model')} config: "
                          f"it {' and '.join(parts)}")
     for name, want in expected.items():
         got = state[name]
-        if got.dtype != want.dtype or (got.shape != want.shape and not _data_sized(want, got)):
-            raise ValueError(f"checkpoint {source}: tensor model.{name} is {got.dtype} {tuple(got.shape)}, the "
+        if not same_kind(got, want) or (got.shape != want.shape and not _data_sized(want, got)):
+            raise ValueError(f"{source}: tensor model.{name} is {got.dtype} {tuple(got.shape)}, the "
                              f"model built from its config expects {want.dtype} {tuple(want.shape)}")
 
 
@@ -201,11 +207,12 @@ def load_checkpoint(run, device="cpu") -> Checkpoint:
     path = _existing_checkpoint(run)
     header, tensors = _read(path, tensors=True)
     state = {key[len("model."):]: value for key, value in tensors.items() if key.startswith("model.")}
-    model = model_from_state(header["model"], header.get("config", {}), state, source=path).to(device).eval()
+    model = model_from_state(header["model"], header.get("config", {}), state, f"checkpoint {path}")
+    model = model.to(device).eval()
     return Checkpoint(model, header, {k: v for k, v in tensors.items() if not k.startswith("model.")})
 
 
-def build_model(name: str, config: dict, source="the checkpoint") -> AnomalyModel:
+def build_model(name: str, config: dict, source: str = "the saved model") -> AnomalyModel:
     """The registry model `name` built with `config`; ValueError naming `source` when the name is
     unknown or the model rejects the config."""
     from fastad.models.registry import MODELS
@@ -213,14 +220,15 @@ def build_model(name: str, config: dict, source="the checkpoint") -> AnomalyMode
     import fastad.models  # noqa: F401  (registers every model)
 
     if name not in MODELS:
-        raise ValueError(f"checkpoint {source}: model must be one of {', '.join(sorted(MODELS))}; got {name!r}")
+        raise ValueError(f"{source}: model must be one of {', '.join(sorted(MODELS))}; got {name!r}")
     try:
         return create_model(name, **config)
     except (TypeError, ValueError, ArithmeticError) as error:
-        raise ValueError(f"checkpoint {source}: its config does not build a {name} model: {error}") from None
+        raise ValueError(f"{source}: its config does not build a {name} model: {error}") from None
 
 
-def model_from_state(name: str, config: dict, state: dict[str, torch.Tensor], source="the checkpoint") -> AnomalyModel:
+def model_from_state(name: str, config: dict, state: dict[str, torch.Tensor],
+                     source: str = "the saved model") -> AnomalyModel:
     """The registry model `name` built with `config`, its data-sized buffers resized to `state`'s
     shapes and `state` (a state_dict, checked by check_state) loaded; on the CPU, in training mode."""
     model = build_model(name, config, source)

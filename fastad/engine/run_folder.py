@@ -25,7 +25,9 @@ from fastad._files import remove_temp_files, write_json
 
 LOCK_FILE = ".fastad.lock"
 MANIFEST_FILE = "run.json"
-STATUS_KEYS = ("complete",)  # manifest entries that change during a run and do not identify it
+# manifest entries that do not identify a run: its status, the fastad version, where the
+# checkpoint was read from (its weights' digest identifies it)
+INFORMATIONAL_KEYS = ("complete", "fastad", "checkpoint")
 
 
 class RunFolderBusy(RuntimeError):
@@ -69,7 +71,7 @@ def read_manifest(folder) -> dict | None:
 def _difference(saved: dict, wanted: dict) -> str | None:
     """The first manifest entry in which two runs differ, as words, or None when they are the same run."""
     for key in sorted(set(saved) | set(wanted)):
-        if key in STATUS_KEYS:
+        if key in INFORMATIONAL_KEYS:
             continue
         if saved.get(key) != wanted.get(key):
             return f"its {key} was {saved.get(key)!r}, this run's is {wanted.get(key)!r}"
