@@ -376,3 +376,22 @@ def test_tampered_checkpoints_are_refused_naming_file_and_what(run_dir, tmp_path
         load_checkpoint(corrupt)
     assert torch.equal(load_checkpoint(tampered(run_dir, tmp_path)).model.memory_bank.bank,
                        load_checkpoint(run_dir).model.memory_bank.bank)  # an untouched copy loads
+
+
+def test_a_failed_append_leaves_whole_batches_only(tmp_path, monkeypatch):
+    from fastad.engine import score_run
+
+    stream = score_run.ScoresStream(tmp_path / "scores.csv")
+    stream.write("a,1\r\n")
+    real = os.write
+
+    def half_then_full(fd, data):
+        real(fd, data[:len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", half_then_full)
+    with pytest.raises(OSError, match="scores.csv.*No space left"):
+        stream.write("b,2\r\nc,3\r\n")
+    monkeypatch.undo()
+    stream.close()
+    assert (tmp_path / "scores.csv").read_bytes() == b"path,score\r\na,1\r\n"

@@ -13,6 +13,7 @@ overwrite=True, and a folder another process is writing is refused at once (run_
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -87,25 +88,30 @@ def read_finished(path: Path, dataset) -> list[tuple[int, str, float]]:
 
 
 class ScoresStream:
-    """out/scores.csv opened for appending; write(rows) appends, flushes and fsyncs."""
+    """out/scores.csv opened for appending. write(text) appends a whole batch's rows with one
+    write, then fsyncs; if the write fails part-way (a full disk) the file is cut back to where
+    the batch began, so the file only ever holds whole batches and a resume starts at the next."""
 
     def __init__(self, path: Path):
         self.path = path
-        fresh = not path.is_file() or path.stat().st_size == 0
-        self.file = open(path, "a", newline="")
-        if fresh:
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        if os.fstat(self.fd).st_size == 0:
             self.write(HEADER)
 
     def write(self, text: str) -> None:
+        data, start = text.encode(), os.fstat(self.fd).st_size
         try:
-            self.file.write(text)
-            self.file.flush()
-            os.fsync(self.file.fileno())
+            written = 0
+            while written < len(data):
+                written += os.write(self.fd, data[written:])
+            os.fsync(self.fd)
         except OSError as error:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, start)
             raise write_error(error, self.path) from error
 
     def close(self) -> None:
-        self.file.close()
+        os.close(self.fd)
 
 
 def score_folder(scorer, path, out=None, save_maps: str | None = "npy", overlays: bool = False,
