@@ -8,12 +8,14 @@ size). Images are resized bilinearly, masks with nearest neighbour, then binaris
 Bit depth: 8-bit files are divided by 255. 16-bit gray files (PNG or TIFF, PIL mode I;16) are
 divided by their declared range: 2**bits - 1 where bits is the PNG's sBIT significant bits when
 the file has that chunk and its values fit in those low bits (12-bit-in-16 camera images), else
-65535. 32-bit float files (TIFF, mode F) are taken as they are and must lie in [0, 1]. Any other
+65535 (32-bit integer files, mode I, likewise, when their values fit in 0..65535). 32-bit float
+files (TIFF, mode F) are taken as they are and must lie in [0, 1]. Any other
 mode that PIL cannot turn into RGB, and any failure while opening, decoding, converting or
 resizing, raises UnreadableImageError naming the path and the reason.
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -41,17 +43,26 @@ def normalize_size(size) -> tuple[int, int] | None:
     return check_pair("size", size, 1)
 
 
-def _open(path) -> Image.Image:
+@contextlib.contextmanager
+def _reading(path):
+    """Turns any failure inside the block into UnreadableImageError naming path (the decoders
+    raise OSError, ValueError, zlib.error, SyntaxError, ...: each means the file is unusable)."""
     try:
-        with Image.open(path) as img:
-            img.load()
-            return img.copy()
+        yield
+    except UnreadableImageError:
+        raise
     except FileNotFoundError:
         raise UnreadableImageError(path, "no such file") from None
     except (MemoryError, RecursionError):
         raise
-    except Exception as error:  # noqa: BLE001  any decoder failure (OSError, zlib.error, ...) is the file's
+    except Exception as error:  # noqa: BLE001
         raise UnreadableImageError(path, f"{type(error).__name__}: {error}") from None
+
+
+def _open(path) -> Image.Image:
+    with _reading(path), Image.open(path) as img:
+        img.load()
+        return img.copy()
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -75,12 +86,15 @@ def png_significant_bits(path) -> int | None:
 
 
 def _to_unit_range(img: Image.Image, path) -> Image.Image:
-    """A 16-bit or float image -> mode F with values in [0, 1] (see the module docstring)."""
+    """A 16-bit (or 32-bit integer holding 16-bit values) or float image -> mode F with values in
+    [0, 1] (see the module docstring)."""
     values = np.asarray(img, dtype=np.float32)
     if img.mode == "F":
         if not np.isfinite(values).all() or values.min(initial=0) < 0 or values.max(initial=0) > 1:
             raise UnreadableImageError(path, "a float image must hold finite values in [0, 1]")
         return Image.fromarray(values, mode="F")
+    if values.min(initial=0) < 0 or values.max(initial=0) > 65535:
+        raise UnreadableImageError(path, f"a {img.mode} integer image must hold values in 0..65535")
     bits = png_significant_bits(path)
     top = 65535.0
     if bits is not None and 0 < bits < 16 and values.max(initial=0) <= 2 ** bits - 1:
@@ -88,20 +102,13 @@ def _to_unit_range(img: Image.Image, path) -> Image.Image:
     return Image.fromarray(values / top, mode="F")
 
 
-HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "F")
+HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # gray images deeper than 8 bits
 
 
 def check_image(path) -> None:
     """Cheap validity check without decoding the pixels (PIL verify: header and chunk CRCs)."""
-    try:
-        with Image.open(path) as img:
-            img.verify()
-    except FileNotFoundError:
-        raise UnreadableImageError(path, "no such file") from None
-    except (MemoryError, RecursionError):
-        raise
-    except Exception as error:  # noqa: BLE001
-        raise UnreadableImageError(path, f"{type(error).__name__}: {error}") from None
+    with _reading(path), Image.open(path) as img:
+        img.verify()
 
 
 def load_image(path, size=256) -> torch.Tensor:
@@ -109,19 +116,13 @@ def load_image(path, size=256) -> torch.Tensor:
     UnreadableImageError (naming path) when any stage fails."""
     size = normalize_size(size)
     img = _open(path)
-    try:
+    with _reading(path):
         if img.mode in HIGH_DEPTH_MODES:
             return _load_high_depth(img, path, size)
         img = img.convert("RGB")
         if size is not None and img.size != (size[1], size[0]):
             img = img.resize((size[1], size[0]), Image.BILINEAR)
         return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
-    except UnreadableImageError:
-        raise
-    except (MemoryError, RecursionError):
-        raise
-    except Exception as error:  # noqa: BLE001  convert/resize failures (unsupported modes, ...)
-        raise UnreadableImageError(path, f"{type(error).__name__}: {error}") from None
 
 
 def _load_high_depth(img: Image.Image, path, size) -> torch.Tensor:
