@@ -29,7 +29,7 @@ from fastad import metrics
 from fastad.data import open_dataset
 from fastad.data.builtin import WIDE_TEXTURES
 from fastad.engine import train
-from fastad.engine.scoring import score_dataset
+from fastad.engine.batch_scoring import score_dataset
 from fastad.models.registry import MODELS, create_model
 
 SPLITS = ("val", "test")

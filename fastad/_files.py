@@ -1,29 +1,55 @@
-"""Writing files so that a crash never leaves a half-written one where the user expects a file."""
+"""Writing files so that a crash never leaves a half-written one where the user expects a file.
+
+Every file is created the way open() creates it (mode 0o666 less the process umask), so results
+on a shared server are as readable as the user's umask allows. A failed write names the file.
+"""
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
+
+TEMP_SUFFIX = ".tmp"
+
+
+def _create_temp(path: Path) -> tuple[int, Path]:
+    """A new, exclusively created temporary file next to path: (fd, its path); mode 0o666 & ~umask."""
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
+def write_error(error: OSError, path) -> OSError:
+    """error (raised while writing path) as an OSError of the same errno whose message names path."""
+    reason = error.strerror or str(error)
+    return OSError(error.errno, f"cannot write {path}: {reason}")
 
 
 @contextlib.contextmanager
 def atomic_write(path, mode: str = "wb"):
     """Yields a file object on a temporary file next to `path`; on success it is flushed, synced
-    and renamed onto `path` (os.replace, atomic on POSIX), on error removed. Creates parent folders."""
+    and renamed onto `path` (os.replace, atomic on POSIX), on error removed. Creates parent
+    folders. An OSError (a full disk, a read-only folder) is re-raised naming `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _create_temp(path)
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as error:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(error, OSError) and not str(error).startswith("cannot write"):
+            raise write_error(error, path) from error
         raise
 
 
@@ -32,3 +58,15 @@ def write_json(obj, path) -> None:
     with atomic_write(path, "w") as f:
         json.dump(obj, f, indent=2)
         f.write("\n")
+
+
+def remove_temp_files(folder) -> int:
+    """Removes the temporary files atomic_write leaves behind when its process is killed
+    (.<name>.<hex>.tmp) anywhere under folder; returns how many. Only call it on a folder no
+    other process is writing (e.g. while holding its run lock)."""
+    removed = 0
+    for tmp in Path(folder).rglob(f".*{TEMP_SUFFIX}"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed

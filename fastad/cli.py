@@ -1,9 +1,30 @@
-"""Command line: `fastad train | score | eval | demo | info | data export`."""
+"""Command line: `fastad train | score | eval | demo | info | data export`.
+
+Exit codes: 0 done, 1 a run that failed (one line on stderr naming the file, folder or setting
+and what was wrong), 2 a usage error (a bad or missing argument), 130 interrupted. `--debug` or
+FASTAD_DEBUG=1 prints the traceback instead of the one line.
+"""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import traceback
+from pathlib import Path
+
+DEBUG_ENV = "FASTAD_DEBUG"
+
+
+class UsageError(Exception):
+    """A command-line argument (or combination of them) that cannot work; exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors: `<prog>: error: <message>` (see -h for usage), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -31,11 +52,31 @@ def _config_value(text: str):
         return key, value
 
 
+def _spec(text: str) -> str:
+    from fastad.data.spec import parse_spec
+
+    try:
+        parse_spec(text)
+    except (TypeError, ValueError) as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {value}")
+    return value
+
+
 def _train(args: argparse.Namespace) -> int:
     from fastad.engine.pipeline import fit_run
 
     if not args.resume and (args.model is None or args.data is None):
-        raise SystemExit("fastad train: --model and --data are required (unless --resume)")
+        raise UsageError("--model and --data are required (unless --resume)")
     model, history = fit_run(args.model, args.data, args.out, args.steps, args.seed, args.device, dict(args.set),
                              args.resume, args.checkpoint_every)
     last = f", last loss {history[-1]['total']:.4g}" if history else ""
@@ -61,28 +102,31 @@ def _eval(args: argparse.Namespace) -> int:
 def _score(args: argparse.Namespace) -> int:
     from fastad.engine.scorer import Scorer
 
+    if not Path(args.images).is_dir():
+        raise UsageError(f"--images {args.images} is not a folder")
     if args.engine == "ray":
         return _score_ray(args)
     if args.address is not None or args.replicas is not None:
-        raise SystemExit("fastad score: --address and --replicas need --engine ray")
+        raise UsageError("--address and --replicas need --engine ray")
     scorer = Scorer(args.checkpoint, args.device, args.batch_size, args.precision, args.cuda_graphs)
     scored = scorer.score_folder(args.images, args.out, None if args.maps == "none" else args.maps,
-                                 not args.no_overlays, args.workers)
-    print(f"scored {len(scored.paths)} images ({len(scored.skipped)} skipped as unreadable) -> {args.out}/scores.csv")
+                                 not args.no_overlays, args.workers, overwrite=args.overwrite)
+    print(f"scored {len(scored.paths)} images ({scored.resumed} already done by an earlier attempt, "
+          f"{len(scored.skipped)} skipped as unreadable) -> {args.out}/scores.csv")
     return 0
 
 
 def _score_ray(args: argparse.Namespace) -> int:
-    from fastad.distributed import score_dataset
+    from fastad.distributed import score_on_ray
 
     if not args.no_overlays:
-        raise SystemExit("fastad score --engine ray writes scores.csv and maps only; add --no-overlays "
+        raise UsageError("--engine ray writes scores.csv and maps only; add --no-overlays "
                          "(overlays need every map of the set on one machine: use --engine local)")
     if args.workers is not None:
-        raise SystemExit("fastad score: --workers is for --engine local; Ray replicas decode with their own CPUs")
-    result = score_dataset(args.checkpoint, args.images, args.out, address=args.address, num_replicas=args.replicas,
-                           batch_size=args.batch_size, device=args.device, precision=args.precision,
-                           save_maps=args.maps == "npy", cuda_graphs=args.cuda_graphs)
+        raise UsageError("--workers is for --engine local; Ray replicas decode with their own CPUs")
+    result = score_on_ray(args.checkpoint, args.images, args.out, address=args.address, num_replicas=args.replicas,
+                          batch_size=args.batch_size, device=args.device, precision=args.precision,
+                          save_maps=args.maps == "npy", cuda_graphs=args.cuda_graphs, overwrite=args.overwrite)
     print(f"scored {len(result.paths)} images on Ray ({result.resumed} already done by an earlier run, "
           f"{len(result.skipped)} skipped as unreadable) -> {args.out}/scores.csv")
     return 0
@@ -104,55 +148,54 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastad", description="Fast anomaly localization operators and models.")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's; on a machine shared with other jobs, fewer "
-                             "threads than cores avoids OpenMP threads waiting on each other)")
-    commands = parser.add_subparsers(dest="command", required=True)
-    info = commands.add_parser("info", help="what was built and loaded")
-    info.add_argument("--json", action="store_true", help="print the facts as JSON")
-    info.set_defaults(run=_info)
-    demo = commands.add_parser("demo", help="train PEDENet on builtin:brick, evaluate it next to a raw-pixel baseline")
-    demo.add_argument("--data", default="builtin:brick", help="dataset spec (default builtin:brick)")
-    demo.add_argument("--model", default="pedenet")
-    demo.add_argument("--out", default=None, help="folder for results.json, overlays and the checkpoint (default: a temp folder)")
-    demo.add_argument("--steps", type=int, default=None, help="training steps per stage (default: the model's demo size)")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(run=_demo)
+def _model_names() -> list[str]:
+    import fastad.models  # noqa: F401  (registers every model)
+    from fastad.models.registry import MODELS
 
+    return sorted(MODELS)
+
+
+def _add_train(commands, forms: str) -> None:
     train = commands.add_parser("train", help="train a model on a dataset, checkpointing into --out")
-    train.add_argument("--model", help="pedenet, fcdd, glance, utad, rawpixel")
-    train.add_argument("--data", help="builtin:<texture>, mvtec:<root>/<category> or folder:normal=DIR,test=DIR[,masks=DIR]")
+    train.add_argument("--model", choices=_model_names(), help="registered model name")
+    train.add_argument("--data", type=_spec, help=f"dataset spec: {forms}")
     train.add_argument("--out", required=True, help="run folder (checkpoint.safetensors, config.json, history.json)")
     train.add_argument("--steps", type=int, default=None, help="steps per stage (default: the model's demo size)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     train.add_argument("--set", type=_config_value, action="append", default=[], metavar="KEY=VALUE",
                        help="model constructor argument (JSON value), repeatable, e.g. --set stride=8")
-    train.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints")
+    train.add_argument("--checkpoint-every", type=_positive, default=50, help="steps between checkpoints (>= 1)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     train.set_defaults(run=_train)
 
+
+def _add_scoring_options(parser, precisions) -> None:
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=_positive, default=8)
+    parser.add_argument("--precision", choices=precisions, default=precisions[0],
+                        help="autocast precision (fp16: CUDA only)")
+
+
+def _add_eval(commands, forms: str, precisions) -> None:
     evaluate = commands.add_parser("eval", help="metrics of a checkpoint on a dataset's test split")
     evaluate.add_argument("--checkpoint", required=True, help="run folder written by fastad train")
-    evaluate.add_argument("--data", default=None, help="dataset spec (default: the one it was trained on)")
+    evaluate.add_argument("--data", type=_spec, default=None,
+                          help=f"dataset spec, {forms} (default: the one it was trained on)")
     evaluate.add_argument("--json", action="store_true", help="print only the results JSON object")
     evaluate.add_argument("--overlays", action="store_true", help="also write heat-map overlays into the run folder")
-    evaluate.add_argument("--device", default="cpu")
-    evaluate.add_argument("--batch-size", type=int, default=8)
-    evaluate.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                          help="autocast precision (fp16: CUDA only)")
+    _add_scoring_options(evaluate, precisions)
     evaluate.set_defaults(run=_eval)
 
+
+def _add_score(commands, precisions) -> None:
     score = commands.add_parser("score", help="score a folder of images with a checkpoint")
     score.add_argument("--checkpoint", required=True, help="run folder written by fastad train")
     score.add_argument("--images", required=True, help="folder of images to score")
-    score.add_argument("--out", required=True, help="writes scores.csv, maps/*.npy, overlays/*.png")
-    score.add_argument("--device", default="cpu")
-    score.add_argument("--batch-size", type=int, default=8)
-    score.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                       help="autocast precision (fp16: CUDA only)")
+    score.add_argument("--out", required=True, help="writes scores.csv, maps/*.npy, overlays/*.png, run.json; "
+                                                   "the same command again resumes an interrupted run")
+    score.add_argument("--overwrite", action="store_true", help="replace the results of another run in --out")
+    _add_scoring_options(score, precisions)
     score.add_argument("--cuda-graphs", action="store_true", help="replay fixed-shape batches as CUDA graphs")
     score.add_argument("--workers", type=int, default=None, help="DataLoader decoding workers (default: cores - 1, at most 4)")
     score.add_argument("--maps", choices=("npy", "none"), default="npy", help="per-image anomaly maps")
@@ -162,31 +205,78 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--address", default=None,
                        help="Ray cluster address for --engine ray (e.g. auto, ray://head:10001; default: RAY_ADDRESS "
                             "or a new local cluster)")
-    score.add_argument("--replicas", type=int, default=None,
+    score.add_argument("--replicas", type=_positive, default=None,
                        help="model replicas for --engine ray (default: one per GPU with --device cuda, else per CPU)")
     score.set_defaults(run=_score)
+
+
+def _add_data(commands, forms: str) -> None:
     data = commands.add_parser("data", help="datasets").add_subparsers(dest="action", required=True)
-    export = data.add_parser("export", help="write a dataset in the MVTec-AD layout",
-                             description="SPEC: builtin:<texture>, mvtec:<root>/<category> or "
-                                         "folder:normal=DIR,test=DIR[,masks=DIR]")
-    export.add_argument("spec", help="e.g. builtin:brick")
+    export = data.add_parser("export", help="write a dataset in the MVTec-AD layout", description=f"SPEC: {forms}")
+    export.add_argument("spec", type=_spec, help="e.g. builtin:brick")
     export.add_argument("out_dir", help="writes OUT_DIR/<name>/train, test, ground_truth")
     export.add_argument("--name", default=None, help="category folder name (default: texture, category or test folder)")
-    export.add_argument("--size", type=int, default=256, help="square image side in pixels (default 256)")
+    export.add_argument("--size", type=_positive, default=256, help="square image side in pixels (default 256)")
     export.add_argument("--seed", type=int, default=0, help="seed of builtin datasets")
     export.set_defaults(run=_data)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from fastad.data.spec import FORMS
+    from fastad.engine.scorer import PRECISIONS
+
+    parser = Parser(prog="fastad", description="Fast anomaly localization operators and models.")
+    parser.add_argument("--threads", type=_positive, default=None,
+                        help="torch CPU threads (default: torch's; on a machine shared with other jobs, fewer "
+                             "threads than cores avoids OpenMP threads waiting on each other)")
+    parser.add_argument("--debug", action="store_true", help=f"show the traceback of an error (anywhere on the line; or {DEBUG_ENV}=1)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    info = commands.add_parser("info", help="what was built and loaded")
+    info.add_argument("--json", action="store_true", help="print the facts as JSON")
+    info.set_defaults(run=_info)
+    demo = commands.add_parser("demo", help="train PEDENet on builtin:brick, evaluate it next to a raw-pixel baseline")
+    demo.add_argument("--data", type=_spec, default="builtin:brick", help="dataset spec (default builtin:brick)")
+    demo.add_argument("--model", choices=_model_names(), default="pedenet")
+    demo.add_argument("--out", default=None, help="folder for results.json, overlays and the checkpoint (default: a temp folder)")
+    demo.add_argument("--steps", type=int, default=None, help="training steps per stage (default: the model's demo size)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(run=_demo)
+    _add_train(commands, FORMS)
+    _add_eval(commands, FORMS, tuple(PRECISIONS))
+    _add_score(commands, tuple(PRECISIONS))
+    _add_data(commands, FORMS)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise SystemExit(f"fastad: --threads must be >= 1, got {args.threads}")
-        import torch
+    """Runs one command; returns its exit code (argparse's own usage errors exit 2 directly)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    name = f"fastad {args.command}"
+    try:
+        if args.threads is not None:
+            import torch
 
-        torch.set_num_threads(args.threads)
-    return args.run(args)
+            torch.set_num_threads(args.threads)
+        return args.run(args)
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001  every failure is one line unless debugging
+        if debug:
+            traceback.print_exc()
+        else:
+            print(f"{name}: error: {_describe(error)}", file=sys.stderr)
+        return 2 if isinstance(error, UsageError) else 1
+
+
+def _describe(error: Exception) -> str:
+    """One line: the message, prefixed by the exception's name when the message alone is not one."""
+    message = " ".join(str(error).split())
+    if isinstance(error, (UsageError, ValueError, TypeError, OSError, RuntimeError)) and message:
+        return message
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
 if __name__ == "__main__":

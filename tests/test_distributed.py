@@ -15,12 +15,12 @@ from fastad.data.images import save_image
 from fastad.distributed.inputs import batches, list_inputs
 from fastad.distributed.weights import pack_model, unpack_model
 from fastad.models import create_model
+from test_trust import random_idat_png
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
 
-from fastad.distributed import score_dataset  # noqa: E402
-from fastad.distributed.ray_scoring import CRASH_ENV  # noqa: E402
+from fastad.distributed import replica, score_on_ray  # noqa: E402
 
 N_IMAGES, BATCH = 10, 2
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,12 +46,14 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    """N_IMAGES builtin brick test images in one folder, and one corrupt file sorted last."""
+    """N_IMAGES builtin brick test images in one folder, a file that is no image sorted last and a
+    PNG that passes the header check but fails to decode among them."""
     folder = tmp_path_factory.mktemp("images")
     test_set = fastad.data.open_dataset("builtin:brick", "test", size=128)
     for i in range(N_IMAGES):
         save_image(test_set[i].image, folder / f"{i:03d}_{test_set[i].defect}.png")
     (folder / "zz_corrupt.png").write_bytes(b"not a png")
+    random_idat_png(folder / "004b_random_idat.png")
     return folder
 
 
@@ -82,24 +84,48 @@ def test_scores_and_maps_equal_the_single_process_scorer(cluster, run_dir, image
         return put(value, *args, **kwargs)
 
     monkeypatch.setattr(ray, "put", counting_put)
-    result = score_dataset(run_dir, images, tmp_path, batch_size=BATCH)
+    result = score_on_ray(run_dir, images, tmp_path, batch_size=BATCH)
     assert weights_puts == ["rawpixel"]  # the weights and memory bank went into the object store once
     assert_same_outputs(tmp_path, local)
     assert (result.scored, result.resumed) == (N_IMAGES, 0) and len(result.paths) == N_IMAGES
-    assert [path for path, _ in result.skipped] == [str(images / "zz_corrupt.png")]
-    assert "zz_corrupt.png" in capsys.readouterr().err
+    assert [path for path, _ in result.skipped] == [str(images / "zz_corrupt.png"),
+                                                    str(images / "004b_random_idat.png")]
+    err = capsys.readouterr().err
+    assert "zz_corrupt.png" in err and "004b_random_idat.png" in err
     assert len(list((tmp_path / "parts").glob("*.json"))) == N_IMAGES
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def crashing_replica(marker, at_call: int):
+    """A ScoreReplica whose first actor to reach its at_call-th call creates `marker` and exits the
+    process right after writing that batch's first image (defined here, so Ray ships it by value)."""
+    class CrashingReplica(replica.ScoreReplica):
+        def __call__(self, batch):
+            self.calls = getattr(self, "calls", 0) + 1
+            if self.calls == at_call:
+                write = replica.write_record
+
+                def write_then_exit(*args, **kwargs):
+                    write(*args, **kwargs)
+                    try:
+                        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                    except FileExistsError:
+                        return
+                    os._exit(1)
+
+                replica.write_record = write_then_exit
+            return super().__call__(batch)
+
+    return CrashingReplica
 
 
 def test_a_replica_killed_mid_run_still_scores_every_image_once(cluster, run_dir, images, local, tmp_path,
                                                                monkeypatch):
     marker = tmp_path / "crashed"
-    # the first replica to reach its 2nd batch exits right after writing that batch's first image
-    monkeypatch.setenv(CRASH_ENV, f"2:{marker}")
+    monkeypatch.setattr(replica, "ScoreReplica", crashing_replica(str(marker), 2))
     out = tmp_path / "out"
     model = fastad.engine.load_checkpoint(run_dir).model  # a model object works as well as a run folder
-    result = score_dataset(model, images, out, batch_size=BATCH)
+    result = score_on_ray(model, images, out, batch_size=BATCH)
     assert marker.exists(), "no replica was killed"
     rows = (out / "scores.csv").read_text().splitlines()[1:]
     assert len(rows) == len({row.split(",")[0] for row in rows}) == N_IMAGES == len(result.paths)
@@ -107,14 +133,16 @@ def test_a_replica_killed_mid_run_still_scores_every_image_once(cluster, run_dir
 
 
 def test_resume_scores_only_the_unfinished_images(cluster, run_dir, images, local, tmp_path):
-    first_half = list_inputs(images, 256)[0][:4]
-    half = score_dataset(run_dir, first_half, tmp_path, batch_size=BATCH)
-    assert (half.scored, half.resumed) == (4, 0)
-    written = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "maps").iterdir()}
-    written.update({p.name: p.stat().st_mtime_ns for p in (tmp_path / "parts").iterdir()})
+    first = score_on_ray(run_dir, images, tmp_path, batch_size=BATCH)
+    assert (first.scored, first.resumed) == (N_IMAGES, 0)
+    # as if the run had been killed after its first 4 images: the others' records and maps are gone
+    for folder in ("maps", "parts"):
+        for path in sorted((tmp_path / folder).iterdir())[4:]:
+            path.unlink()
+    written = {p.name: p.stat().st_mtime_ns for folder in ("maps", "parts") for p in (tmp_path / folder).iterdir()}
     assert len(written) == 8
 
-    whole = score_dataset(run_dir, images, tmp_path, batch_size=BATCH)
+    whole = score_on_ray(run_dir, images, tmp_path, batch_size=BATCH)
     assert (whole.scored, whole.resumed) == (N_IMAGES - 4, 4)
     for folder in ("maps", "parts"):
         for path in (tmp_path / folder).iterdir():
@@ -122,21 +150,23 @@ def test_resume_scores_only_the_unfinished_images(cluster, run_dir, images, loca
                 assert path.stat().st_mtime_ns == written[path.name], f"{path} was rewritten"
     assert_same_outputs(tmp_path, local)  # the remaining batches line up with the local path's
 
-    again = score_dataset(run_dir, images, tmp_path, batch_size=BATCH, resume=False)
+    again = score_on_ray(run_dir, images, tmp_path, batch_size=BATCH, resume=False)
     assert (again.scored, again.resumed) == (N_IMAGES, 0)
     for name, mtime in written.items():
         folder = "maps" if name.endswith(".npy") else "parts"
         assert (tmp_path / folder / name).stat().st_mtime_ns != mtime, f"resume=False did not rescore {name}"
     assert_same_outputs(tmp_path, local)
+    with pytest.raises(FileExistsError, match="another run"):  # other inputs into the same folder
+        score_on_ray(run_dir, list_inputs(images, 256)[0][:4], tmp_path, batch_size=BATCH)
 
 
-def test_cli_engine_ray_joins_a_running_cluster(cluster, run_dir, images, local, tmp_path):
+def test_cli_engine_ray_joins_a_running_cluster(cluster, run_dir, images, local, tmp_path, capsys):
     args = ["score", "--checkpoint", str(run_dir), "--images", str(images), "--out", str(tmp_path),
             "--batch-size", str(BATCH), "--no-overlays"]
-    with pytest.raises(SystemExit, match="--no-overlays"):
-        cli.main(args[:-1] + ["--engine", "ray"])
-    with pytest.raises(SystemExit, match="--engine ray"):
-        cli.main(args + ["--address", "auto"])
+    assert cli.main(args[:-1] + ["--engine", "ray"]) == 2
+    assert cli.main(args + ["--address", "auto"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "--no-overlays" in err[0] and "--engine ray" in err[1]
     # a separate driver process connecting to this module's cluster by address
     address = ray.get_runtime_context().gcs_address
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
@@ -163,13 +193,13 @@ def test_packed_weights_rebuild_the_model_bit_for_bit(run_dir):
 
 def test_arguments_are_checked(run_dir, images, tmp_path):
     with pytest.raises(ValueError, match="device"):
-        score_dataset(run_dir, images, tmp_path, device="cuda:1")
+        score_on_ray(run_dir, images, tmp_path, device="cuda:1")
     with pytest.raises(ValueError, match="fp16"):
-        score_dataset(run_dir, images, tmp_path, precision="fp16")
+        score_on_ray(run_dir, images, tmp_path, precision="fp16")
     with pytest.raises(ValueError, match="batch_size"):
-        score_dataset(run_dir, images, tmp_path, batch_size=0)
+        score_on_ray(run_dir, images, tmp_path, batch_size=0)
     with pytest.raises(ValueError, match="num_replicas"):
-        score_dataset(run_dir, images, tmp_path, num_replicas=0)
+        score_on_ray(run_dir, images, tmp_path, num_replicas=0)
     with pytest.raises(FileNotFoundError, match="paths_or_folder"):
         list_inputs(tmp_path / "missing", 256)
     with pytest.raises(TypeError, match="paths_or_folder"):
@@ -184,4 +214,3 @@ def test_ray_missing_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(ImportError, match=r"fastad\[ray\]"):
         require_ray()
-    assert os.environ.get(CRASH_ENV) is None

@@ -70,7 +70,7 @@ def test_bf16_stays_close_to_fp32(name):
     ({"precision": "fp16"}, ValueError, "needs a CUDA device"),
     ({"cuda_graphs": True}, ValueError, "cuda_graphs needs a CUDA device"),
     ({"memory_format": "nhwc"}, ValueError, "memory_format must be one of"),
-    ({"batch_size": 0}, ValueError, "batch_size must be an int >= 1"),
+    ({"batch_size": 0}, ValueError, "batch_size must be in >= 1"),
 ])
 def test_bad_arguments_are_named(fcdd, kwargs, error, match):
     with pytest.raises(error, match=match):

@@ -8,10 +8,13 @@
     fastad.data.export_mvtec("builtin:brick", "out")        # out/brick/train/good/000.png ...
 
 Files that cannot be read are reported (SkippedImageWarning), listed in dataset.skipped as
-(path, reason) and left out; the rest loads.
+(path, reason) and left out; the rest loads. The check when a dataset is built reads headers
+only: a file that passes it but fails to decode makes dataset[i] raise UnreadableImageError
+(naming the path), which batch scoring and training catch per image (report, add to
+dataset.skipped, go on).
 """
 from fastad.data.builtin import BuiltinDataset
-from fastad.data.export import export_mvtec
+from fastad.data.mvtec_writer import export_mvtec
 from fastad.data.folder import FolderDataset
 from fastad.data.images import UnreadableImageError, load_image, load_mask
 from fastad.data.mvtec import MVTecDataset

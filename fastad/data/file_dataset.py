@@ -44,7 +44,8 @@ class ImageFileDataset(Dataset):
             return image, None
         mask = load_mask(mask_path, self.size)
         if mask.shape != image.shape[1:]:
-            raise ValueError(f"mask {mask_path} is {tuple(mask.shape)} but image {path} is {tuple(image.shape[1:])}")
+            raise UnreadableImageError(path, f"its mask {mask_path} is {tuple(mask.shape)} but the image is "
+                                             f"{tuple(image.shape[1:])}")
         return image, mask
 
     def __len__(self) -> int:

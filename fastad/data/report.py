@@ -30,10 +30,13 @@ def summarize(dataset) -> str:
 
 @contextlib.contextmanager
 def warnings_to_stderr():
-    """For command-line paths: the warnings raised inside (SkippedImageWarning always, even when
-    repeated) are printed one line each to stderr, `warning: <message>`, when the block ends."""
-    with warnings.catch_warnings(record=True) as caught:
+    """For command-line paths: every warning raised inside (SkippedImageWarning always, even when
+    repeated) is printed at once, one line, `warning: <message>`, on stderr, so a long run
+    reports each bad file as it meets it."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+    with warnings.catch_warnings():
         warnings.simplefilter("always", SkippedImageWarning)
+        warnings.showwarning = show
         yield
-    for warning in caught:
-        print(f"warning: {warning.message}", file=sys.stderr)

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from fastad.data.images import UnreadableImageError, check_image
-from fastad.engine.folder_scoring import open_folder
+from fastad.engine.score_run import open_folder
 
 
 def list_inputs(paths_or_folder, size: int) -> tuple[list[str], list[tuple[str, str]]]:

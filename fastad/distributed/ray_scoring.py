@@ -1,7 +1,7 @@
 """Scoring a folder (or a list) of images on a Ray cluster with Ray Data.
 
-    from fastad.distributed import score_dataset
-    result = score_dataset("runs/brick", "/shared/line/today", "/shared/line/today-scores",
+    from fastad.distributed import score_on_ray
+    result = score_on_ray("runs/brick", "/shared/line/today", "/shared/line/today-scores",
                            address="auto", device="cuda", batch_size=32)
 
 The driver checks the inputs, loads the checkpoint once and puts its weights (memory bank
@@ -9,11 +9,12 @@ included) into the object store with one ray.put; an actor pool of ScoreReplica 
 or one per `cpus_per_replica` CPUs) rebuilds the model from that object and scores whole batches,
 writing out/maps/<name>.npy and out/parts/<name>.json per image. Images that already have a
 record are not rescored (resume); out/scores.csv is assembled from the records at the end.
-Inputs and `out` must be on storage every node sees (NFS, a shared volume, ...).
+Inputs and `out` must be on storage every node sees (NFS, a shared volume, ...). The output
+folder belongs to one run, as the local path's (fastad.engine.run_folder): locked while the run
+writes it, and refused when it holds another run's results unless overwrite=True.
 """
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,14 +22,16 @@ from pathlib import Path
 import torch
 
 from fastad.distributed.inputs import batches, list_inputs
+from fastad.distributed import replica
 from fastad.distributed.records import assemble_scores, is_finished, record_path
-from fastad.distributed.replica import ScoreReplica
 from fastad.distributed.weights import pack_model
-from fastad.engine.checkpoint import load_checkpoint
+from fastad.checks import check_bool, check_choice, check_int
+from fastad.engine.checkpoint import checkpoint_path, load_checkpoint
+from fastad.engine.run_folder import claim, locked, mark_complete
+from fastad.engine.score_run import OWNED, run_manifest
 from fastad.engine.scorer import PRECISIONS
 from fastad.models.base import AnomalyModel
 
-CRASH_ENV = "FASTAD_RAY_TEST_CRASH"  # tests only: "N:/marker/file", see ScoreReplica(crash_once=...)
 DEVICES = ("cpu", "cuda")
 BLOCKS_PER_REPLICA = 16
 
@@ -59,18 +62,14 @@ def require_ray():
 
 def _check_arguments(device, batch_size, precision, cuda_graphs, num_replicas, cpus_per_replica) -> None:
     """Fails on the driver what fastad.Scorer would fail in every replica."""
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES} (each GPU replica gets its own GPU), got {device!r}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
-    if device == "cpu" and (precision == "fp16" or cuda_graphs):
+    check_choice("device", device, DEVICES)
+    check_choice("precision", precision, PRECISIONS)
+    if device == "cpu" and (precision == "fp16" or check_bool("cuda_graphs", cuda_graphs)):
         raise ValueError("precision 'fp16' and cuda_graphs need device='cuda'")
-    for name, value in (("batch_size", batch_size), ("cpus_per_replica", cpus_per_replica)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    if num_replicas is not None and (isinstance(num_replicas, bool) or not isinstance(num_replicas, int)
-                                     or num_replicas < 1):
-        raise ValueError(f"num_replicas must be None or an int >= 1, got {num_replicas!r}")
+    check_int("batch_size", batch_size, 1)
+    check_int("cpus_per_replica", cpus_per_replica, 1)
+    if num_replicas is not None:
+        check_int("num_replicas", num_replicas, 1)
 
 
 def _replicas(ray, device: str, num_replicas: int | None, cpus_per_replica: int) -> int:
@@ -86,19 +85,13 @@ def _replicas(ray, device: str, num_replicas: int | None, cpus_per_replica: int)
     return max(1, int(resources.get("CPU", 1)) // cpus_per_replica)
 
 
-def _crash_hook() -> tuple[int, str] | None:
-    value = os.environ.get(CRASH_ENV)
-    if not value:
-        return None
-    calls, _, marker = value.partition(":")
-    return int(calls), marker
-
-
-def score_dataset(checkpoint, paths_or_folder, out, *, address: str | None = None, num_replicas: int | None = None,
-                  batch_size: int = 8, device: str = "cpu", precision: str = "fp32", resume: bool = True,
-                  save_maps: bool = True, cuda_graphs: bool = False, cpus_per_replica: int = 1) -> DistributedScores:
+def score_on_ray(checkpoint, paths_or_folder, out, *, address: str | None = None, num_replicas: int | None = None,
+                 batch_size: int = 8, device: str = "cpu", precision: str = "fp32", resume: bool = True,
+                 save_maps: bool = True, cuda_graphs: bool = False, cpus_per_replica: int = 1,
+                 overwrite: bool = False) -> DistributedScores:
     """Scores images on a Ray cluster; writes what `fastad score` writes (out/scores.csv with
-    `path,score` rows in input order, out/maps/<name>.npy [H, W] float32), plus out/parts/.
+    `path,score` rows in input order, out/maps/<name>.npy [H, W] float32, out/run.json), plus
+    out/parts/.
 
     Args:
         checkpoint: a run folder (or its checkpoint.safetensors) or a trained AnomalyModel.
@@ -109,27 +102,45 @@ def score_dataset(checkpoint, paths_or_folder, out, *, address: str | None = Non
         num_replicas: actors in the pool (default: one per GPU, or per cpus_per_replica CPUs).
         batch_size, precision, cuda_graphs: as fastad.Scorer; batches are cut like the local path's.
         device: "cpu" or "cuda" (one GPU per replica).
-        resume: skip images whose record (and map) an earlier run already wrote; False rescores all.
+        resume: skip images whose record (and map) an earlier attempt of this run already wrote;
+            False rescores all.
         save_maps: write the per-image maps (False: scores only).
         cpus_per_replica: CPUs each actor reserves (and decodes images with).
+        overwrite: replace another run's results in `out` (otherwise FileExistsError).
 
     Returns:
-        DistributedScores (paths and image_scores as in scores.csv, skipped files, counts).
+        DistributedScores (paths and image_scores as in scores.csv, skipped files, counts). Images
+        that fail to decode in a replica are reported on stderr and listed in `skipped`.
     """
     _check_arguments(device, batch_size, precision, cuda_graphs, num_replicas, cpus_per_replica)
+    check_bool("overwrite", overwrite)
     ray = require_ray()
-    if isinstance(checkpoint, AnomalyModel):
-        model = checkpoint
-    else:
-        model = load_checkpoint(checkpoint, "cpu").model
+    model = checkpoint if isinstance(checkpoint, AnomalyModel) else load_checkpoint(checkpoint, "cpu").model
     paths, skipped = list_inputs(paths_or_folder, model.image_size)
+    source = (f"a {model.name} model object" if isinstance(checkpoint, AnomalyModel)
+              else str(checkpoint_path(checkpoint).resolve()))
+    settings = {"engine": "ray", "device": device, "batch_size": batch_size, "precision": precision,
+                "cuda_graphs": cuda_graphs, "memory_format": "channels_last", "image_size": model.image_size,
+                "maps": "npy" if save_maps else None}
+    images = str(Path(paths_or_folder).resolve()) if isinstance(paths_or_folder, (str, Path)) else "a list of paths"
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:  # a fresh run: forget earlier records (a retried batch still skips what this run finished)
-        for i, path in enumerate(paths):
-            record_path(out, path, i).unlink(missing_ok=True)
-    pending = [i for i, path in enumerate(paths) if not is_finished(out, path, i, save_maps)]
+    with locked(out):
+        claim(out, run_manifest(source, model, images, paths, settings), overwrite, OWNED)
+        if not resume:  # rescore everything (a retried batch still skips what this attempt finished)
+            for i, path in enumerate(paths):
+                record_path(out, path, i).unlink(missing_ok=True)
+        pending = [i for i, path in enumerate(paths) if not is_finished(out, path, i, save_maps)]
+        failed = _score_pending(ray, address, model, paths, pending, out, device, batch_size, precision, cuda_graphs,
+                                save_maps, num_replicas, cpus_per_replica) if pending else []
+        kept, image_scores = assemble_scores(out, paths)
+        mark_complete(out)
+    return DistributedScores(kept, image_scores, skipped + failed, scored=len(pending) - len(failed),
+                             resumed=len(paths) - len(pending))
 
+
+def _score_pending(ray, address, model, paths, pending, out, *settings) -> list[tuple[str, str]]:
+    """Connects to (or starts) Ray, scores the pending input positions; [(path, reason)] of the
+    images that failed to decode, each reported on stderr."""
     started = False
     if ray.is_initialized():
         if address is not None:
@@ -138,20 +149,14 @@ def score_dataset(checkpoint, paths_or_folder, out, *, address: str | None = Non
     else:
         ray.init(address=address)
         started = True
-    failed = []
     try:
-        if pending:
-            failed = _run(ray, model, [paths[i] for i in pending], pending, out, device, batch_size, precision,
-                          cuda_graphs, save_maps, num_replicas, cpus_per_replica)
-            for path, reason in failed:
-                print(f"warning: skipping {path}: {reason}", file=sys.stderr)
-            skipped += failed
+        failed = _run(ray, model, [paths[i] for i in pending], pending, out, *settings)
     finally:
         if started:
             ray.shutdown()
-    kept, image_scores = assemble_scores(out, paths)
-    return DistributedScores(kept, image_scores, skipped, scored=len(pending) - len(failed),
-                             resumed=len(paths) - len(pending))
+    for path, reason in failed:
+        print(f"warning: skipping {path}: {reason}", file=sys.stderr)
+    return failed
 
 
 def _run(ray, model, paths, indices, out, device, batch_size, precision, cuda_graphs, save_maps, num_replicas,
@@ -163,14 +168,13 @@ def _run(ray, model, paths, indices, out, device, batch_size, precision, cuda_gr
     # a few blocks per replica: tasks stay balanced, and a retried task redoes few batches
     dataset = ray.data.from_items(rows, override_num_blocks=min(len(rows), BLOCKS_PER_REPLICA * size))
     scored = dataset.map_batches(
-        ScoreReplica,
+        replica.ScoreReplica,
         batch_size=1,  # one row = one scoring batch of up to batch_size images
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=size),
         fn_constructor_kwargs={"packed_ref": [packed_ref], "device": device, "batch_size": batch_size,
                                "precision": precision, "cuda_graphs": cuda_graphs, "out": str(out),
-                               "save_maps": save_maps, "decode_threads": cpus_per_replica,
-                               "crash_once": _crash_hook()},
+                               "save_maps": save_maps, "decode_threads": cpus_per_replica},
         num_cpus=cpus_per_replica,
         num_gpus=1 if device == "cuda" else 0,
         # A replica that dies (node lost, OOM kill) is restarted and its unfinished batches are

@@ -5,7 +5,6 @@ Nothing here imports Ray: the actor pool is set up in fastad.distributed.ray_sco
 """
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -34,34 +33,22 @@ class ScoreReplica:
         out: the output folder (shared by every node).
         save_maps: write out/maps/<name>.npy.
         decode_threads: images decoded in parallel within a batch.
-        crash_once: tests only: (n, marker file): the first actor to reach its n-th batch creates
-            `marker` and exits the process right after writing that batch's first image.
     """
 
     def __init__(self, packed_ref, device: str, batch_size: int, precision: str, cuda_graphs: bool, out: str,
-                 save_maps: bool, decode_threads: int = 1, crash_once: tuple[int, str] | None = None):
+                 save_maps: bool, decode_threads: int = 1):
         import ray
 
         model = unpack_model(ray.get(packed_ref[0]))
         self.scorer = Scorer(model, device, batch_size, precision, cuda_graphs)
         self.out, self.save_maps = out, save_maps
         self.pool = ThreadPoolExecutor(max(1, decode_threads))
-        self.crash_once, self.calls = crash_once, 0
 
     def _decode(self, path: str):
         try:
             return load_image(path, self.scorer.image_size)
         except UnreadableImageError as error:
             return error.reason
-
-    def _maybe_crash(self) -> None:
-        if self.crash_once is None or self.calls != self.crash_once[0]:
-            return
-        try:
-            os.close(os.open(self.crash_once[1], os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        except FileExistsError:
-            return
-        os._exit(1)
 
     def score_batch(self, indices: list[int], paths: list[str]) -> list[dict]:
         """Scores one batch (decoded in input order), writes each image's map, then its record. A
@@ -84,14 +71,11 @@ class ScoreReplica:
                 save_map(map_path(self.out, path, index), maps[j])
             write_record(self.out, path, index, score, self.save_maps)
             rows.append({"index": index, "path": path, "score": score, "error": ""})
-            if j == 0:
-                self._maybe_crash()
         return rows
 
     def __call__(self, batch: dict) -> dict:
         """batch {"indices": [R] lists, "paths": [R] lists} (numpy format) -> {"index" [N],
         "path" [N], "score" [N], "error" [N]} over the N images of its R scoring batches."""
-        self.calls += 1
         rows = []
         for indices, paths in zip(batch["indices"], batch["paths"]):
             rows += self.score_batch(list(indices), list(paths))

@@ -54,4 +54,4 @@ def unpack_model(packed: dict) -> AnomalyModel:
     if missing:
         raise ValueError(f"packed must come from pack_model; it lacks {sorted(missing)}")
     state = {key: tensor_from_bytes(*entry) for key, entry in packed["tensors"].items()}
-    return model_from_state(packed["name"], packed["config"], state).eval()
+    return model_from_state(packed["name"], packed["config"], state, "the packed model").eval()

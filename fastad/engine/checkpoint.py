@@ -106,13 +106,47 @@ def _is_json(value) -> bool:
         return False
 
 
+def same_kind(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Both floating point (a model may be kept in bfloat16 or float64), or the same dtype."""
+    return a.dtype == b.dtype or (a.is_floating_point() and b.is_floating_point())
+
+
+def _data_sized(built: torch.Tensor, saved: torch.Tensor) -> bool:
+    """A buffer built empty (a memory bank before it is filled) takes the saved shape when it keeps
+    its kind of dtype and number of dimensions, and every dimension the fresh buffer leaves at 0 or 1 (a
+    placeholder) is the only kind that changes: bank [0, D] -> [M, D], images [0, 3, 1, 1] ->
+    [N, 3, H, W]."""
+    return (built.numel() == 0 and same_kind(built, saved) and built.dim() == saved.dim()
+            and all(b == s or b in (0, 1) for b, s in zip(built.shape, saved.shape)))
+
+
 def _resize_buffers(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Buffers whose size depends on the data (memory banks) take the saved shape."""
     for name, buffer in list(model.named_buffers()):
         saved = state.get(name)
-        if saved is not None and buffer is not None and buffer.shape != saved.shape:
+        if saved is not None and buffer is not None and buffer.shape != saved.shape and _data_sized(buffer, saved):
             module_name, _, leaf = name.rpartition(".")
             setattr(model.get_submodule(module_name), leaf, torch.empty_like(saved, device=buffer.device))
+
+
+def check_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source) -> None:
+    """Every tensor of `state` against model.state_dict(): the same names, each tensor's shape
+    (data-sized buffers excepted, see _data_sized) and dtype (any floating dtype for a floating
+    tensor, the same dtype otherwise); ValueError naming `source` (e.g. "checkpoint <path>") and
+    the tensor otherwise."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        parts = ([f"lacks model.{missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")]
+                 if missing else []) + ([f"has unexpected model.{unexpected[0]}"] if unexpected else [])
+        raise ValueError(f"{source} does not match its {getattr(model, 'name', 'model')} config: "
+                         f"it {' and '.join(parts)}")
+    for name, want in expected.items():
+        got = state[name]
+        if not same_kind(got, want) or (got.shape != want.shape and not _data_sized(want, got)):
+            raise ValueError(f"{source}: tensor model.{name} is {got.dtype} {tuple(got.shape)}, the "
+                             f"model built from its config expects {want.dtype} {tuple(want.shape)}")
 
 
 def _existing_checkpoint(run) -> Path:
@@ -124,35 +158,82 @@ def _existing_checkpoint(run) -> Path:
 
 
 def _parse_header(path: Path, metadata: dict | None) -> dict:
+    """The checkpoint's JSON header, checked: a dict with a str 'model' and a dict 'config'."""
     if not metadata or "fastad" not in metadata:
         raise ValueError(f"{path} is not a fastad checkpoint (its header has no 'fastad' entry)")
-    return json.loads(metadata["fastad"])
+    try:
+        header = json.loads(metadata["fastad"])
+    except json.JSONDecodeError as error:
+        raise ValueError(f"checkpoint {path}: its header is not valid JSON ({error})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"checkpoint {path}: its header must be a JSON object, got {type(header).__name__}")
+    if not isinstance(header.get("model"), str):
+        raise ValueError(f"checkpoint {path}: its header must name the model (key 'model', a string), "
+                         f"got {header.get('model')!r}")
+    if not isinstance(header.get("config", {}), dict):
+        raise ValueError(f"checkpoint {path}: its header's 'config' must be a JSON object, "
+                         f"got {type(header['config']).__name__}")
+    return header
+
+
+def _read(path: Path, tensors: bool) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(header, tensors or {}) of a checkpoint file; ValueError naming the file when it is corrupt."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata()
+            values = {key: f.get_tensor(key) for key in f.keys()} if tensors else {}
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as error:  # noqa: BLE001  SafetensorError, OSError, ...: the file is corrupt
+        raise ValueError(f"checkpoint {path} is corrupt or not a safetensors file ({type(error).__name__}: "
+                         f"{error})") from None
+    return _parse_header(path, metadata), values
 
 
 def read_header(run) -> dict:
     """The JSON header of a run's checkpoint (model, config, data, training position) without
     reading its tensors."""
-    path = _existing_checkpoint(run)
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        return _parse_header(path, f.metadata())
+    return _read(_existing_checkpoint(run), tensors=False)[0]
 
 
 def load_checkpoint(run, device="cpu") -> Checkpoint:
     """A run folder (or checkpoint file) -> Checkpoint with the model rebuilt from its registry
-    name and config, weights loaded, on `device`, in eval mode."""
+    name and config, weights loaded, on `device`, in eval mode.
+
+    Raises FileNotFoundError (no checkpoint there) or ValueError naming the file and what is
+    wrong: a corrupt file, a header without a model name, a model name not in the registry, a
+    config the model rejects (the model's message names the key), a tensor missing, unexpected
+    or of another shape or dtype than the model built from the config has."""
     path = _existing_checkpoint(run)
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        header = _parse_header(path, f.metadata())
-        tensors = {key: f.get_tensor(key) for key in f.keys()}
+    header, tensors = _read(path, tensors=True)
     state = {key[len("model."):]: value for key, value in tensors.items() if key.startswith("model.")}
-    model = model_from_state(header["model"], header["config"], state).to(device).eval()
+    model = model_from_state(header["model"], header.get("config", {}), state, f"checkpoint {path}")
+    model = model.to(device).eval()
     return Checkpoint(model, header, {k: v for k, v in tensors.items() if not k.startswith("model.")})
 
 
-def model_from_state(name: str, config: dict, state: dict[str, torch.Tensor]) -> AnomalyModel:
+def build_model(name: str, config: dict, source: str = "the saved model") -> AnomalyModel:
+    """The registry model `name` built with `config` for a saved state (no weights file read);
+    ValueError naming `source` when the name is unknown or the model rejects the config."""
+    from fastad.models.registry import MODELS
+
+    import fastad.models  # noqa: F401  (registers every model)
+
+    if name not in MODELS:
+        raise ValueError(f"{source}: model must be one of {', '.join(sorted(MODELS))}; got {name!r}")
+    try:
+        return create_model(name, read_weight_files=False, **config)
+    except (TypeError, ValueError, ArithmeticError) as error:
+        raise ValueError(f"{source}: its config does not build a {name} model: {error}") from None
+
+
+def model_from_state(name: str, config: dict, state: dict[str, torch.Tensor],
+                     source: str = "the saved model") -> AnomalyModel:
     """The registry model `name` built with `config`, its data-sized buffers resized to `state`'s
-    shapes and `state` (a state_dict) loaded; on the CPU, in training mode."""
-    model = create_model(name, read_weight_files=False, **config)
+    shapes and `state` (a state_dict, checked by check_state) loaded; on the CPU, in training mode.
+    No weights file the config names is opened: the state holds those tensors."""
+    model = build_model(name, config, source)
     _resize_buffers(model, state)
+    check_state(model, state, source)
     model.load_state_dict(state)
     return model

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 
 from fastad import metrics
-from fastad.engine.scoring import ScoredImages
+from fastad.engine.batch_scoring import ScoredImages
 
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "pixel_ap", "aupro")
 

@@ -10,12 +10,15 @@ from pathlib import Path
 
 import torch
 
-from fastad._files import write_json
+from fastad._files import remove_temp_files, write_json
+from fastad.checks import check_int
 from fastad.data import open_dataset
-from fastad.data.report import warnings_to_stderr
+from fastad.data.images import UnreadableImageError
+from fastad.data.report import report_skipped, warnings_to_stderr
 from fastad.engine.checkpoint import CHECKPOINT_FILE, read_header
 from fastad.engine.evaluation import evaluation_record
 from fastad.engine.results import write_overlays
+from fastad.engine.run_folder import locked
 from fastad.engine.scorer import Scorer
 from fastad.engine.trainer import resume, train
 from fastad.models.base import AnomalyModel
@@ -26,31 +29,47 @@ RESULTS_FILE = "results.json"
 
 def load_normal_images(data: str, size: int, seed: int = 0) -> tuple[torch.Tensor, list]:
     """The train split of dataset spec `data` at size x size -> (images [N, 3, size, size], skipped
-    [(path, reason)]). Unreadable files are skipped (and warned about by the dataset)."""
-    dataset = open_dataset(data, "train", size=size, seed=seed)
-    if len(dataset) == 0:
+    [(path, reason)]). Files that cannot be read or decoded are reported on stderr by path and
+    skipped; ValueError when none is left."""
+    with warnings_to_stderr():
+        dataset = open_dataset(data, "train", size=size, seed=seed)
+        images = []
+        for i in range(len(dataset)):
+            try:
+                images.append(dataset[i].image)
+            except UnreadableImageError as error:
+                report_skipped(dataset.skipped, error.path, error.reason)
+    if not images:
         raise ValueError(f"data {data!r} has no readable training images ({len(dataset.skipped)} skipped)")
-    return torch.stack([dataset[i].image for i in range(len(dataset))]), list(dataset.skipped)
+    return torch.stack(images), list(dataset.skipped)
 
 
 def fit_run(model_name: str, data: str, out, steps=None, seed: int = 0, device="cpu", config: dict | None = None,
             resume_run: bool = False, checkpoint_every: int = 50, progress: bool = True) -> tuple[AnomalyModel, list]:
     """Trains model `model_name` (constructor kwargs `config`) on the normal images of `data`,
     checkpointing into folder `out`; with resume_run, continues the run saved in `out` instead.
-    Refuses to start a new run over an existing checkpoint (use resume_run or another folder)."""
+
+    The run holds `out`'s lock (fastad.engine.run_folder) from start to end, so a second train
+    (or score) into the same folder fails at once with RunFolderBusy; a new run is refused
+    (FileExistsError) over a folder that already holds a checkpoint (use resume_run or another
+    folder). Checking and claiming happen under the lock, so two concurrent runs cannot both start."""
+    check_int("checkpoint_every", checkpoint_every, 1)
     out = Path(out)
-    if resume_run:
-        if not (out / CHECKPOINT_FILE).is_file():
-            raise FileNotFoundError(f"--resume needs a checkpoint in {out}, found none")
-        header = read_header(out)
-        images, _ = load_normal_images(header["data"], header["image_size"], header["training"]["seed"])
-        return resume(out, images, device, progress, checkpoint_every)
-    if (out / CHECKPOINT_FILE).exists():
-        raise FileExistsError(f"{out} already holds a checkpoint; pass --resume to continue it or choose another --out")
-    torch.manual_seed(seed)
-    model = create_model(model_name, **(config or {})).to(device)
-    images, _ = load_normal_images(data, model.image_size, seed)
-    history = train(model, images.to(device), steps, seed, out, data, checkpoint_every, progress)
+    with locked(out):
+        if resume_run:
+            if not (out / CHECKPOINT_FILE).is_file():
+                raise FileNotFoundError(f"--resume needs a checkpoint in {out}, found none")
+            header = read_header(out)
+            images, _ = load_normal_images(header["data"], header["image_size"], header["training"]["seed"])
+            return resume(out, images, device, progress, checkpoint_every)
+        if (out / CHECKPOINT_FILE).exists():
+            raise FileExistsError(f"{out} already holds a checkpoint; pass --resume to continue it or choose "
+                                  "another --out")
+        remove_temp_files(out)
+        torch.manual_seed(seed)
+        model = create_model(model_name, **(config or {})).to(device)
+        images, _ = load_normal_images(data, model.image_size, seed)
+        history = train(model, images.to(device), steps, seed, out, data, checkpoint_every, progress)
     return model, history
 
 
@@ -59,7 +78,7 @@ def evaluate(scorer: Scorer, data: str, overlays_dir=None, progress: bool = True
     record; writes overlays into overlays_dir/overlays when given."""
     with warnings_to_stderr():
         dataset = open_dataset(data, "test", size=scorer.image_size, seed=seed)
-    scored = scorer.score_dataset(dataset, progress=progress)
+        scored = scorer.score_dataset(dataset, progress=progress)
     if overlays_dir is not None:
         write_overlays(overlays_dir, scored, dataset)
     threshold = getattr(scorer.model, "threshold", None)  # models that segment (UTAD, eq. 9)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from fastad._files import atomic_write
-from fastad.data.images import save_image
+from fastad.data.images import UnreadableImageError, save_image
+from fastad.data.report import SkippedImageWarning
 
 
 def write_scores_csv(path, paths: list[str], image_scores: torch.Tensor, labels: torch.Tensor | None = None) -> None:
@@ -75,12 +77,19 @@ def save_overlay(path, image: torch.Tensor, anomaly_map: torch.Tensor, mask: tor
 
 def write_overlays(out, scored, dataset, limit: int | None = None) -> Path:
     """Overlays of the scored images of `dataset` (ScoredImages with maps; anomalous ones first,
-    `limit` at most) into out/overlays/<name>.png, one colour range for the whole set."""
+    `limit` at most) into out/overlays/<name>.png, one colour range for the whole set; <name> is
+    output_name(path, dataset position), as the map's."""
     folder = Path(out) / "overlays"
     scale = map_scale(scored.maps)
     order = sorted(range(len(scored.paths)), key=lambda i: (-int(scored.labels[i]), i))[:limit]
     for i in order:
-        save_overlay(folder / f"{output_name(scored.paths[i], i)}.png", dataset[i].image, scored.maps[i],
+        index = scored.indices[i] if scored.indices else i
+        try:
+            image = dataset[index].image
+        except UnreadableImageError as error:  # changed on disk since it was scored
+            warnings.warn(f"no overlay for {error.path}: {error.reason}", SkippedImageWarning, stacklevel=2)
+            continue
+        save_overlay(folder / f"{output_name(scored.paths[i], index)}.png", image, scored.maps[i],
                      scored.masks[i] if scored.labels[i] == 1 else None, scale)
     return folder
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fastad.engine.checkpoint import load_checkpoint
-from fastad.engine.scoring import ScoredImages, score_dataset
+from fastad.checks import check_bool, check_choice, check_int
+from fastad.engine.checkpoint import checkpoint_path, load_checkpoint
+from fastad.engine.batch_scoring import ScoredImages, score_dataset
 from fastad.models.base import AnomalyModel
-from fastad.models.result import AnomalyResult
+from fastad.models.base import AnomalyResult
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
@@ -37,27 +38,33 @@ class Scorer:
 
     def __init__(self, checkpoint, device="cpu", batch_size: int = 8, precision: str = "fp32",
                  cuda_graphs: bool = False, memory_format: str = "channels_last"):
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+        check_choice("precision", precision, PRECISIONS)
         self.device = torch.device(device)
         if precision == "fp16" and self.device.type != "cuda":
             raise ValueError("precision 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on the CPU")
-        if cuda_graphs and self.device.type != "cuda":
+        if check_bool("cuda_graphs", cuda_graphs) and self.device.type != "cuda":
             raise ValueError("cuda_graphs needs a CUDA device")
-        if memory_format not in MEMORY_FORMATS:
-            raise ValueError(f"memory_format must be one of {tuple(MEMORY_FORMATS)}, got {memory_format!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        check_choice("memory_format", memory_format, MEMORY_FORMATS)
+        check_int("batch_size", batch_size, 1)
         if isinstance(checkpoint, AnomalyModel):
             self.model, self.header = checkpoint.to(self.device).eval(), {"model": checkpoint.name}
+            self.source = f"a {checkpoint.name} model object"
         else:
             loaded = load_checkpoint(checkpoint, self.device)
             self.model, self.header = loaded.model, loaded.header
+            self.source = str(checkpoint_path(checkpoint).resolve())
         self.memory_format = MEMORY_FORMATS[memory_format]
         self.model.to(memory_format=self.memory_format)
         self.batch_size, self.precision, self.cuda_graphs = batch_size, precision, cuda_graphs
         self.image_size = self.model.image_size
         self._graphs: dict[tuple, tuple] = {}
+
+    def settings(self) -> dict:
+        """The settings that decide this scorer's floats: device, batch size, precision, CUDA
+        graphs, memory format, image size (what an output folder's manifest records)."""
+        layout = next(name for name, value in MEMORY_FORMATS.items() if value == self.memory_format)
+        return {"device": str(self.device), "batch_size": self.batch_size, "precision": self.precision,
+                "cuda_graphs": self.cuda_graphs, "memory_format": layout, "image_size": self.image_size}
 
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
         if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
@@ -111,17 +118,19 @@ class Scorer:
     __call__ = score
 
     def score_dataset(self, dataset, keep_maps: bool = True, num_workers: int | None = None, progress: bool = True,
-                      on_batch=None) -> ScoredImages:
-        """Scores a dataset of fastad.data Samples in batches of batch_size (see
-        fastad.engine.scoring.score_dataset)."""
+                      on_batch=None, positions=None) -> ScoredImages:
+        """Scores a dataset of fastad.data Samples in batches of batch_size; images that fail to
+        decode are reported and skipped (see fastad.engine.batch_scoring.score_dataset)."""
         return score_dataset(self.score, dataset, self.batch_size, self.device, num_workers, keep_maps, progress,
-                             on_batch, desc=f"scoring {self.model.name}")
+                             on_batch, desc=f"scoring {self.model.name}", positions=positions)
 
     def score_folder(self, path, out=None, save_maps: str | None = "npy", overlays: bool = False,
-                     num_workers: int | None = None, progress: bool = True) -> ScoredImages:
+                     num_workers: int | None = None, progress: bool = True, overwrite: bool = False) -> ScoredImages:
         """Scores every image file in folder `path` (decoded in DataLoader workers, pinned
-        memory; unreadable files reported and skipped). With `out`, writes out/scores.csv,
-        out/maps/<name>.npy (save_maps="npy") and out/overlays/<name>.png (overlays=True)."""
-        from fastad.engine.folder_scoring import score_folder
+        memory; unreadable files reported and skipped). With `out`, streams out/scores.csv and
+        out/maps/<name>.npy (save_maps="npy") batch by batch, then out/overlays/<name>.png
+        (overlays=True); the same call after an interruption resumes. `out` holding another
+        run's results is refused unless overwrite=True (see fastad.engine.score_run)."""
+        from fastad.engine.score_run import score_folder
 
-        return score_folder(self, path, out, save_maps, overlays, num_workers, progress)
+        return score_folder(self, path, out, save_maps, overlays, num_workers, progress, overwrite)

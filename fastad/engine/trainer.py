@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fastad._files import write_json
+from fastad.checks import check_int
 from fastad.engine.checkpoint import CONFIG_FILE, load_checkpoint, restore_optimizer, save_checkpoint
 from fastad.models.base import AnomalyModel
 
@@ -25,10 +26,43 @@ def _steps_per_stage(model: AnomalyModel, steps) -> dict[str, int]:
         steps = model.default_steps
     if isinstance(steps, int) and not isinstance(steps, bool):
         steps = {stage: steps for stage in model.stages}
-    if not isinstance(steps, dict) or set(steps) != set(model.stages) or any(
-            not isinstance(n, int) or n < 0 for n in steps.values()):
+    if not isinstance(steps, dict) or set(steps) != set(model.stages):
         raise ValueError(f"steps must be an int >= 0 or a dict of one per stage {model.stages}, got {steps!r}")
+    for stage, n in steps.items():
+        check_int(f"steps[{stage!r}]", n, 0)
     return dict(steps)
+
+
+def _resumed_history(run_dir, position: tuple[int, int]) -> list[dict]:
+    """The history rows of run_dir before training position (stage index, step)."""
+    history_path = Path(run_dir) / HISTORY_FILE
+    if not history_path.is_file():
+        return []
+    return [row for row in json.loads(history_path.read_text()) if (row["stage_index"], row["step"]) < position]
+
+
+def _train_steps(model: AnomalyModel, stage_index: int, steps: range, n: int, train_images, generator, optimizer,
+                 scheduler, history: list, save, checkpoint_every: int, progress: bool) -> None:
+    """Optimizer steps `steps` (of n) of stage stage_index, checkpointing every checkpoint_every."""
+    stage = model.stages[stage_index]
+    bar = tqdm(steps, initial=steps.start, total=n, desc=f"{model.name} {stage}", unit="step",
+               disable=not progress, dynamic_ncols=True)
+    for step in bar:
+        losses = model.training_loss(stage, train_images, generator)
+        total = losses["total"]
+        if not torch.isfinite(total):
+            raise FloatingPointError(f"{model.name} stage {stage!r} step {step}: the loss is {float(total.detach())}; "
+                                     "lower the learning rate or check the input images")
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        row = {name: float(value.detach()) for name, value in losses.items()}
+        history.append({"stage_index": stage_index, "stage": stage, "step": step, **row})
+        bar.set_postfix(loss=f"{row['total']:.4g}")
+        if (step + 1) % checkpoint_every == 0 and step + 1 < n:
+            save(stage_index, step + 1, optimizer, scheduler)
 
 
 def train(model: AnomalyModel, train_images: torch.Tensor, steps=None, seed: int = 0, run_dir=None,
@@ -43,23 +77,21 @@ def train(model: AnomalyModel, train_images: torch.Tensor, steps=None, seed: int
             run draws the same batches as an uninterrupted one).
         run_dir: where checkpoint.safetensors, config.json and history.json go (None: nowhere).
         data: the dataset spec, kept in the checkpoint header.
-        checkpoint_every: steps between checkpoints (one is always written at the end of each stage).
+        checkpoint_every: steps between checkpoints, an int >= 1 (one is always written at the end
+            of each stage).
 
     Returns:
         the per-step losses [{"stage", "step", "total", ...}] (including those before a resume).
     """
+    check_int("checkpoint_every", checkpoint_every, 1)
     steps = _steps_per_stage(model, steps)
     generator = torch.Generator().manual_seed(seed)
     history: list[dict] = []
     first_stage, first_step = 0, 0
     if _resume is not None:
-        header, tensors = _resume
-        generator.set_state(tensors["generator"])
-        first_stage, first_step = header["training"]["stage_index"], header["training"]["step"]
-        history_path = Path(run_dir) / HISTORY_FILE
-        if history_path.is_file():
-            history = [row for row in json.loads(history_path.read_text())
-                       if (row["stage_index"], row["step"]) < (first_stage, first_step)]
+        generator.set_state(_resume[1]["generator"])
+        first_stage, first_step = _resume[0]["training"]["stage_index"], _resume[0]["training"]["step"]
+        history = _resumed_history(run_dir, (first_stage, first_step))
     else:
         model.setup(train_images)
 
@@ -73,8 +105,8 @@ def train(model: AnomalyModel, train_images: torch.Tensor, steps=None, seed: int
         write_json(history, Path(run_dir) / HISTORY_FILE)
 
     for stage_index in range(first_stage, len(model.stages)):
-        stage, n = model.stages[stage_index], steps[model.stages[stage_index]]
-        optimizer, scheduler = model.configure_optimizer(stage, n)
+        n = steps[model.stages[stage_index]]
+        optimizer, scheduler = model.configure_optimizer(model.stages[stage_index], n)
         start = 0
         if _resume is not None and stage_index == first_stage and first_step > 0:
             restore_optimizer(optimizer, _resume[0], _resume[1])
@@ -82,24 +114,8 @@ def train(model: AnomalyModel, train_images: torch.Tensor, steps=None, seed: int
                 scheduler.load_state_dict(_resume[0]["scheduler"])
             start = first_step
         model.train()
-        bar = tqdm(range(start, n), initial=start, total=n, desc=f"{model.name} {stage}", unit="step",
-                   disable=not progress, dynamic_ncols=True)
-        for step in bar:
-            losses = model.training_loss(stage, train_images, generator)
-            total = losses["total"]
-            if not torch.isfinite(total):
-                raise FloatingPointError(f"{model.name} stage {stage!r} step {step}: the loss is {float(total.detach())}; "
-                                         "lower the learning rate or check the input images")
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            row = {name: float(value.detach()) for name, value in losses.items()}
-            history.append({"stage_index": stage_index, "stage": stage, "step": step, **row})
-            bar.set_postfix(loss=f"{row['total']:.4g}")
-            if (step + 1) % checkpoint_every == 0 and step + 1 < n:
-                save(stage_index, step + 1, optimizer, scheduler)
+        _train_steps(model, stage_index, range(start, n), n, train_images, generator, optimizer, scheduler, history,
+                     save, checkpoint_every, progress)
         save(stage_index, n, optimizer, scheduler)
     model.eval()
     with torch.no_grad():

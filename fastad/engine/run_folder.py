@@ -1,0 +1,135 @@
+"""An output folder belongs to one run: an exclusive lock while a run writes it, and a manifest
+that says which run it holds.
+
+    with locked(out):                                   # a second run fails at once (RunFolderBusy)
+        resuming = claim(out, manifest, overwrite, OWNED)
+
+The lock is an flock on out/.fastad.lock (released by the kernel when the process dies, so a
+killed run never leaves the folder locked). The manifest, out/run.json, holds what makes the
+results of a run what they are (inputs, checkpoint, settings); a later run with the same
+manifest resumes, any other is refused unless it asks to overwrite.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from fastad._files import remove_temp_files, write_json
+
+LOCK_FILE = ".fastad.lock"
+MANIFEST_FILE = "run.json"
+# manifest entries that do not identify a run: its status, the fastad version, where the
+# checkpoint was read from (its weights' digest identifies it)
+INFORMATIONAL_KEYS = ("complete", "fastad", "checkpoint")
+
+
+class RunFolderBusy(RuntimeError):
+    """Another process holds the folder's lock."""
+
+
+@contextlib.contextmanager
+def locked(folder):
+    """Creates `folder` if needed and holds its exclusive lock for the block; RunFolderBusy at
+    once (no waiting) when another process holds it."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            by = f" (pid {holder})" if holder.isdigit() else ""
+            raise RunFolderBusy(f"{folder} is in use by another fastad run{by}; wait for it to finish or choose "
+                                "another output folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield folder
+    finally:
+        os.close(fd)
+
+
+def read_manifest(folder) -> dict | None:
+    """folder/run.json, or None when there is none; ValueError naming the file when it is not JSON."""
+    path = Path(folder) / MANIFEST_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not a fastad run manifest ({error}); pass --overwrite to replace the "
+                         "folder's results") from None
+
+
+def _difference(saved: dict, wanted: dict) -> str | None:
+    """The first manifest entry in which two runs differ, as words, or None when they are the same run."""
+    for key in sorted(set(saved) | set(wanted)):
+        if key in INFORMATIONAL_KEYS:
+            continue
+        if saved.get(key) != wanted.get(key):
+            return f"its {key} was {saved.get(key)!r}, this run's is {wanted.get(key)!r}"
+    return None
+
+
+def clear(folder, owned) -> None:
+    """Removes the entries `owned` (file or folder names) of folder."""
+    for name in owned:
+        path = Path(folder) / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
+def claim(folder, manifest: dict, overwrite: bool, owned) -> bool:
+    """Makes `folder` (locked by the caller) this run's: returns True when it already holds this
+    very run (same manifest: resume), False when it starts fresh. With overwrite, the entries
+    `owned` (what runs write there) are removed first. Without it, a folder holding another run's
+    results (another manifest, or results without one) raises FileExistsError naming the folder
+    and the difference. Temporary files of a killed run are removed either way."""
+    folder = Path(folder)
+    if overwrite:
+        clear(folder, (*owned, MANIFEST_FILE))
+    saved = read_manifest(folder)
+    if saved is None:
+        present = [name for name in owned if (folder / name).exists()]
+        if present:
+            raise FileExistsError(f"{folder} holds another run's results ({', '.join(present)}); pass --overwrite "
+                                  "to replace them or choose another output folder")
+    else:
+        difference = _difference(saved, manifest)
+        if difference is not None:
+            raise FileExistsError(f"{folder} holds another run's results ({difference}); pass --overwrite to "
+                                  "replace them or choose another output folder")
+    remove_temp_files(folder)
+    if saved is None:
+        write_json({**manifest, "complete": False}, folder / MANIFEST_FILE)
+        return False
+    return True
+
+
+def mark_complete(folder) -> None:
+    """Sets complete: true in folder/run.json."""
+    write_json({**(read_manifest(folder) or {}), "complete": True}, Path(folder) / MANIFEST_FILE)
+
+
+def digest(values) -> str:
+    """sha256 (hex) of a list of strings, one per line."""
+    return hashlib.sha256("\n".join(map(str, values)).encode()).hexdigest()
+
+
+def state_digest(module: torch.nn.Module) -> str:
+    """sha256 (hex) of a module's state_dict: names, dtypes, shapes and bytes (layout-independent)."""
+    sha = hashlib.sha256()
+    for name, value in module.state_dict().items():
+        flat = value.detach().cpu().contiguous().reshape(-1)
+        sha.update(f"{name}|{flat.dtype}|{tuple(value.shape)}|".encode())
+        sha.update(flat.view(torch.uint8).numpy().tobytes())
+    return sha.hexdigest()

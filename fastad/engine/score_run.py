@@ -1,0 +1,190 @@
+"""One scoring run of a folder of production images into an output folder, streamed and resumable.
+
+    out/scores.csv       `path,score`, one row per scored image in file-name order; each batch's
+                         rows are appended (flushed and fsynced) once its maps are on disk
+    out/maps/<name>.npy  the anomaly map [H, W] float32 of each image
+    out/overlays/*.png   heat-map overlays (written at the end: they share one colour range)
+    out/run.json         the manifest: images, checkpoint, settings; complete once finished
+
+Running the same scoring again resumes: the images scores.csv already holds are not scored
+again, the rest are scored in the batches an uninterrupted run would have used, so the final
+scores.csv is byte-identical. A folder holding another run's results is refused unless
+overwrite=True, and a folder another process is writing is refused at once (run_folder).
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import fastad
+from fastad._files import write_error
+from fastad.checks import check_bool, check_choice
+from fastad.data.folder import FolderDataset
+from fastad.data.report import warnings_to_stderr
+from fastad.engine.batch_scoring import ScoredImages
+from fastad.engine.results import output_name, save_map, write_overlays
+from fastad.engine.run_folder import MANIFEST_FILE, claim, digest, locked, mark_complete, state_digest
+
+SCORES_FILE = "scores.csv"
+MAPS_DIR = "maps"
+OVERLAYS_DIR = "overlays"
+OWNED = (SCORES_FILE, MAPS_DIR, OVERLAYS_DIR, "parts")  # what a scoring run writes into its folder
+HEADER = "path,score\r\n"  # csv.writer's default line ending, as write_scores_csv writes it
+
+
+def open_folder(path, size: int) -> FolderDataset:
+    """Every image file in folder `path` at size x size; unreadable ones reported on stderr and
+    skipped. FileNotFoundError naming the folder when it is none."""
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"images folder {path} does not exist or is not a folder")
+    with warnings_to_stderr():
+        return FolderDataset(normal_dir=path, test_dir=path, split="test", size=size)
+
+
+def score_rows(paths: list[str], image_scores: torch.Tensor) -> str:
+    """CSV rows `path,score` (score to 9 significant digits: a float32 round-trips)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    for name, score in zip(paths, image_scores.tolist()):
+        writer.writerow([name, f"{score:.9g}"])
+    return buffer.getvalue()
+
+
+def run_manifest(source: str, model, images: str, paths: list[str], settings: dict) -> dict:
+    """What identifies a scoring run: the images (`images` says where from, `paths` are the
+    readable files in order), the checkpoint (`source`, and the model's weights), settings."""
+    return {"fastad": fastad.__version__, "kind": "score", "images": images,
+            "inputs": {"count": len(paths), "sha256": digest(paths)},
+            "checkpoint": source, "model": model.name, "weights_sha256": state_digest(model), "settings": settings}
+
+
+def read_finished(path: Path, dataset) -> list[tuple[int, str, float]]:
+    """The rows an earlier attempt of this run appended to scores.csv -> [(dataset position, path,
+    score)]; a half-written last line (a kill mid-write) is cut off the file. ValueError naming
+    the file when its rows are not this run's images in order."""
+    if not path.is_file():
+        return []
+    raw = path.read_bytes()
+    complete = raw[:raw.rfind(b"\n") + 1]
+    if len(complete) != len(raw):
+        os.truncate(path, len(complete))
+    lines = complete.decode().splitlines()
+    position = {item[0]: i for i, item in enumerate(dataset.items)}
+    finished = []
+    for row in csv.reader(lines[1:]):
+        index = position.get(row[0]) if len(row) == 2 else None
+        if index is None or (finished and index <= finished[-1][0]):
+            raise ValueError(f"{path} does not list this run's images in order (row {row!r}); pass --overwrite "
+                             "to score the folder again")
+        finished.append((index, row[0], float(row[1])))
+    return finished
+
+
+class ScoresStream:
+    """out/scores.csv opened for appending. write(text) appends a whole batch's rows with one
+    write, then fsyncs; if the write fails part-way (a full disk) the file is cut back to where
+    the batch began, so the file only ever holds whole batches and a resume starts at the next."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        if os.fstat(self.fd).st_size == 0:
+            self.write(HEADER)
+
+    def write(self, text: str) -> None:
+        data, start = text.encode(), os.fstat(self.fd).st_size
+        try:
+            written = 0
+            while written < len(data):
+                written += os.write(self.fd, data[written:])
+            os.fsync(self.fd)
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, start)
+            raise write_error(error, self.path) from error
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def score_folder(scorer, path, out=None, save_maps: str | None = "npy", overlays: bool = False,
+                 num_workers: int | None = None, progress: bool = True, overwrite: bool = False) -> ScoredImages:
+    """scorer: a fastad.Scorer. Scores every image file in folder `path`; with `out`, writes the
+    files of the module docstring as it goes (resuming an interrupted run of the same scoring).
+    Images that cannot be decoded are reported on stderr, listed in `skipped` and left out.
+    Returns the ScoredImages (maps kept only for overlays; `resumed` of them were finished by
+    an earlier attempt)."""
+    check_choice("save_maps", save_maps, ("npy", None))
+    check_bool("overlays", overlays)
+    check_bool("overwrite", overwrite)
+    dataset = open_folder(path, scorer.image_size)
+    if out is None:
+        with warnings_to_stderr():
+            return scorer.score_dataset(dataset, keep_maps=overlays, num_workers=num_workers, progress=progress)
+    out = Path(out)
+    settings = {"engine": "local", **scorer.settings(), "maps": save_maps}
+    manifest = run_manifest(scorer.source, scorer.model, str(Path(path).resolve()), [item[0] for item in dataset.items],
+                            settings)
+    with locked(out):
+        claim(out, manifest, overwrite, OWNED)
+        scored = _stream(scorer, dataset, out, save_maps, overlays, num_workers, progress)
+        if overlays and scored.paths:
+            write_overlays(out, scored, dataset)
+        mark_complete(out)
+    return scored
+
+
+def _stream(scorer, dataset, out: Path, save_maps, overlays: bool, num_workers, progress) -> ScoredImages:
+    """Scores the images scores.csv does not hold yet, appending their rows batch by batch."""
+    finished = read_finished(out / SCORES_FILE, dataset)
+    batch = scorer.batch_size
+    start = (finished[-1][0] // batch + 1) * batch if finished else 0
+    stream = ScoresStream(out / SCORES_FILE)
+
+    def write_batch(samples, result):
+        if save_maps == "npy":
+            for j, (index, image_path) in enumerate(zip(samples.indices, samples.paths)):
+                save_map(out / MAPS_DIR / f"{output_name(image_path, index)}.npy", result.maps[j])
+        stream.write(score_rows(samples.paths, result.image_scores))
+
+    try:
+        with warnings_to_stderr():
+            scored = scorer.score_dataset(dataset, keep_maps=overlays, num_workers=num_workers, progress=progress,
+                                          on_batch=write_batch, positions=range(start, len(dataset)))
+    finally:
+        stream.close()
+    return _with_finished(scored, finished, dataset, out if save_maps == "npy" else None, overlays)
+
+
+def _with_finished(scored: ScoredImages, finished, dataset, out_dir, keep_maps: bool) -> ScoredImages:
+    """scored with the images an earlier attempt finished put in front (their maps read back from
+    out_dir/maps when kept; without saved maps (out_dir None) the result is this attempt's only)."""
+    if not finished:
+        return scored
+    indices = [index for index, _, _ in finished]
+    scores = torch.tensor([score for _, _, score in finished], dtype=torch.float32)
+    labels = torch.tensor([dataset.items[i][2] for i in indices], dtype=torch.long)
+    maps, masks = scored.maps, scored.masks
+    if keep_maps and out_dir is not None:
+        old = torch.stack([torch.from_numpy(np.load(out_dir / MAPS_DIR / f"{output_name(p, i)}.npy"))
+                           for i, p, _ in finished])
+        maps = torch.cat([old, maps]) if maps.numel() else old
+        masks = torch.zeros(maps.shape, dtype=torch.bool)
+    elif keep_maps:
+        print(f"warning: overlays cover only the {len(scored.paths)} images scored now: the maps of the "
+              f"{len(finished)} finished before were not saved (--maps none)", file=sys.stderr)
+        return scored
+    return ScoredImages(torch.cat([scores, scored.image_scores]), maps, masks, torch.cat([labels, scored.labels]),
+                        [p for _, p, _ in finished] + scored.paths,
+                        [dataset.items[i][3] for i in indices] + scored.defects, scored.skipped,
+                        indices + scored.indices, resumed=len(finished))
+
+
+__all__ = ["MANIFEST_FILE", "OWNED", "SCORES_FILE", "open_folder", "read_finished", "score_folder"]
