@@ -9,6 +9,8 @@ timed against exact float64 ones for the first queries, outside the timing.
 from __future__ import annotations
 
 import functools
+import statistics
+import time
 
 import pytest
 import torch
@@ -150,6 +152,38 @@ def test_knn(benchmark, device, n, m, d, k, contender):
     else:
         out = run_pedantic(benchmark, fn)
     _check(contender, out, q, b, k)
+
+
+ALTERNATING_CASES = [(4096, 65536, d, k) for d in (64, 128, 512) for k in (1, 9)]
+ALTERNATING_ROUNDS = 5
+
+
+@pytest.mark.parametrize("n,m,d,k", ALTERNATING_CASES)
+def test_knn_alternating_with_faiss(benchmark, n, m, d, k):
+    """fastad.ops.knn and faiss IndexFlatL2 timed in alternation, round by round, so a slow
+    spell of a shared machine lands on both; extra_info holds the per-round ratio faiss / fastad
+    (median, min, max) and both medians. The benchmark's own time is one round of both."""
+    pytest.importorskip("faiss")
+    benchmark.group = f"knn alternating with faiss N={n} M={m} D={d} k={k}"
+    benchmark.extra_info["contender"] = "fastad+faiss-flat"
+    q, b = knn_data(n, m, d)
+    ours, theirs = _fastad(q, b, k), _faiss_flat(q, b, k)
+    times = {"fastad": [], "faiss-flat": []}
+    outs = {}
+
+    def one_round():
+        for name, fn in (("fastad", ours), ("faiss-flat", theirs)):
+            start = time.perf_counter()
+            outs[name] = fn()
+            times[name].append(time.perf_counter() - start)
+
+    run_pedantic(benchmark, one_round, rounds=ALTERNATING_ROUNDS)
+    ratios = [f / o for f, o in zip(times["faiss-flat"][1:], times["fastad"][1:])]  # warm-up dropped
+    benchmark.extra_info["faiss_over_fastad"] = {
+        "median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+    benchmark.extra_info["median_ms"] = {name: 1e3 * statistics.median(t[1:]) for name, t in times.items()}
+    for name, out in outs.items():
+        _check(name, out, q, b, k)
 
 
 CORESET_M, CORESET_D, CORESET_N = 16384, 128, 1638
