@@ -285,15 +285,15 @@ def test_non_finite_inputs_without_checks_follow_the_documented_rule(device):
     bank[7, 2] = float("inf")
     query = torch.randn(4, 6, generator=g)
     query[1, 0] = float("nan")
-    dist, index = fastad.ops.knn(query.to(device), bank.to(device), 49, check_values=False)
+    dist, index = fastad.ops.knn(query.to(device), bank.to(device), 50, check_values=False)
     dist, index = dist.cpu(), index.cpu()
     # a query with NaN: every distance counts as +inf, ties to the lower index
-    assert torch.all(torch.isinf(dist[1])) and torch.equal(index[1], torch.arange(49))
+    assert torch.all(torch.isinf(dist[1])) and torch.equal(index[1], torch.arange(50))
     # finite queries: the NaN/Inf rows come after every finite row, lower index first
     for i in (0, 2, 3):
         assert index[i, -2:].tolist() == [3, 7] and torch.all(torch.isinf(dist[i, -2:]))
         assert torch.all(torch.isfinite(dist[i, :-2]))
-    want = fastad.ops.reference.knn(query, bank, 49)
+    want = fastad.ops.reference.knn(query, bank, 50)
     assert torch.equal(index, want[1]) and torch.equal(torch.isinf(dist), torch.isinf(want[0]))
     # the backward only ever indexes valid rows
     q = query.to(device).requires_grad_()

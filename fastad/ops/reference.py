@@ -21,7 +21,7 @@ def knn(query: torch.Tensor, bank: torch.Tensor, k: int) -> tuple[torch.Tensor, 
     bank64 = bank.double()
     for chunk in query.split(KNN_QUERY_CHUNK):
         d = torch.cdist(chunk.double(), bank64, compute_mode="donot_use_mm_for_euclid_dist")
-        d, i = torch.sort(torch.nan_to_num(d, nan=math.inf), dim=1, stable=True)
+        d, i = torch.sort(torch.nan_to_num(d, nan=math.inf, posinf=math.inf), dim=1, stable=True)
         dists.append(d[:, :k].to(query.dtype))
         indices.append(i[:, :k])
     if not dists:
@@ -38,7 +38,7 @@ def kcenter_coreset(features: torch.Tensor, n: int, start: int) -> torch.Tensor:
     centre = start
     for step in range(n):
         chosen[step] = centre
-        sq = torch.nan_to_num((features64 - features64[centre]).pow(2).sum(1), nan=math.inf)
+        sq = torch.nan_to_num((features64 - features64[centre]).pow(2).sum(1), nan=math.inf, posinf=math.inf)
         min_dist = torch.minimum(min_dist, sq)
         min_dist[chosen[: step + 1]] = -1.0
         centre = int(torch.argmax(min_dist))  # the first maximum
