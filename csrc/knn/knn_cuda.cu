@@ -187,6 +187,7 @@ knn_select_kernel(const float* __restrict__ products, int64_t ld, const float* _
       indices[pos] = b0 + j;
     }
     count += adding;
+    __syncwarp();  // the appended rows are visible to every lane of a later compaction
   }
   __syncwarp();
   for (int c = lane; c < k; c += 32) top_all[at * k + c] = top[c];
