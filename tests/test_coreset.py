@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import fastad
-from conftest import DEVICES, brute_force_knn
+from conftest import DEVICES, brute_force_knn, requires_cuda
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -16,6 +16,53 @@ def test_matches_reference_greedy_selection(device, m, d, n, start):
     want = fastad.ops.reference.kcenter_coreset(features.cpu().double(), n, start)
     assert got.dtype == torch.int64 and got.device == features.device
     assert torch.equal(got.cpu(), want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("m,d,n", [(60_000, 8, 40), (30_000, 130, 25)])
+def test_large_banks_where_a_warp_handles_several_rows(device, m, d, n):
+    """M well above the number of warps a GPU keeps resident, so every warp of the persistent
+    kernel folds several rows per step; the picks are the CPU's (fp64 minima on both)."""
+    g = torch.Generator().manual_seed(m + d)
+    features = torch.randn(m, d, generator=g)
+    got = fastad.ops.kcenter_coreset(features.to(device), n, 5)
+    assert torch.equal(got.cpu(), fastad.ops.reference.kcenter_coreset(features, n, 5))
+    if device == "cuda":
+        assert torch.equal(got.cpu(), fastad.ops.kcenter_coreset(features, n, 5))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_near_ties_pick_like_the_cpu(device):
+    """Rows whose squared distances differ in the last fp32 bits: fp64 minima on both devices."""
+    g = torch.Generator().manual_seed(17)
+    base = torch.randn(400, 24, generator=g)
+    features = torch.cat([base, base + 1e-6 * torch.randn(400, 24, generator=g), base.flip(0)])
+    got = fastad.ops.kcenter_coreset(features.to(device), 1000, 0)
+    assert torch.equal(got.cpu(), fastad.ops.kcenter_coreset(features, 1000, 0))
+    assert torch.equal(got.cpu(), fastad.ops.reference.kcenter_coreset(features, 1000, 0))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_non_finite_rows_without_checks_count_as_infinitely_far(device):
+    features = torch.randn(30, 4, generator=torch.Generator().manual_seed(18))
+    features[9] = float("nan")
+    features[4, 1] = float("inf")
+    got = fastad.ops.kcenter_coreset(features.to(device), 6, 0, check_values=False)
+    assert got[:3].tolist() == [0, 4, 9]  # inf distance to every centre, lower index first
+    assert torch.equal(got.cpu(), fastad.ops.reference.kcenter_coreset(features, 6, 0))
+
+
+@pytest.mark.cuda
+@requires_cuda
+def test_cuda_graph_capture():
+    features = torch.randn(5000, 16, generator=torch.Generator().manual_seed(19)).cuda()
+    fastad.ops.kcenter_coreset(features, 10, 0)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        chosen = fastad.ops.kcenter_coreset(features, 50, 3, check_values=False)
+    features.copy_(torch.randn(5000, 16, generator=torch.Generator().manual_seed(20)))
+    graph.replay()
+    assert torch.equal(chosen.cpu(), fastad.ops.kcenter_coreset(features.cpu(), 50, 3))
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -3,20 +3,28 @@ import pytest
 import torch
 
 import fastad
-from conftest import DEVICES, brute_force_knn
+from conftest import DEVICES, brute_force_knn, requires_cuda
 
 RTOL, ATOL = 1e-4, 1e-5
+ORACLE_BYTES = 1 << 27  # the float64 oracle's [chunk, M, D] difference tensor stays below this
 
 
-def assert_matches_oracle(query, bank, k, check_index=True):
-    dist, index = fastad.ops.knn(query, bank, k)
-    want_dist, want_index = brute_force_knn(query, bank, k)
+def oracle(query, bank, k):
+    """conftest's float64 brute force, a chunk of queries at a time (large M x D)."""
+    chunk = max(1, ORACLE_BYTES // (8 * bank.shape[0] * bank.shape[1]))
+    parts = [brute_force_knn(q, bank, k) for q in query.split(chunk)] or [brute_force_knn(query, bank, k)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def assert_matches_oracle(query, bank, k, check_index=True, **kwargs):
+    dist, index = fastad.ops.knn(query, bank, k, **kwargs)
+    want_dist, want_index = oracle(query, bank, k)
     assert dist.shape == (query.shape[0], k) and index.shape == (query.shape[0], k)
     assert dist.dtype == query.dtype and index.dtype == torch.int64
     assert dist.device == query.device and index.device == query.device
     torch.testing.assert_close(dist.double().cpu(), want_dist, rtol=RTOL, atol=ATOL)
     # the returned distances are the exact distances of the returned indices
-    got = (query.double().cpu()[:, None, :] - bank.double().cpu()[index.cpu()]).pow(2).sum(-1).sqrt()
+    got = (query.double().cpu()[:, None, :] - bank.double().cpu()[index.cpu()]).norm(dim=-1)
     torch.testing.assert_close(dist.double().cpu(), got, rtol=RTOL, atol=ATOL)
     if check_index:
         assert torch.equal(index.cpu(), want_index)
@@ -141,6 +149,7 @@ def test_opcheck_knn(device):
     bank = torch.randn(30, 4, generator=g).to(device)
     torch.library.opcheck(torch.ops.fastad.knn.default, (query, bank, 3, None))
     torch.library.opcheck(torch.ops.fastad.knn.default, (query.detach(), bank, 1, bank.pow(2).sum(1)))
+    torch.library.opcheck(torch.ops.fastad.knn.default, (query.detach(), bank, 2, None, "fp32"))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -157,7 +166,8 @@ def test_reference_backend_agrees_with_native(device):
 def test_torch_compile_fullgraph():
     g = torch.Generator().manual_seed(10)
     query, bank = torch.randn(16, 8, generator=g), torch.randn(64, 8, generator=g)
-    compiled = torch.compile(lambda q, b: torch.ops.fastad.knn(q, b, 2, None)[0] * 2, fullgraph=True, backend="eager")
+    compiled = torch.compile(lambda q, b: fastad.ops.knn(q, b, 2, check_values=False)[0] * 2, fullgraph=True,
+                             backend="eager")
     torch.testing.assert_close(compiled(query, bank), fastad.ops.knn(query, bank, 2)[0] * 2)
 
 
@@ -200,3 +210,144 @@ def test_cpp_checks_guard_direct_op_calls():
         torch.ops.fastad.knn(GOOD_Q, GOOD_B, 0, None)
     with pytest.raises(RuntimeError, match="bank_sq_norms must be"):
         torch.ops.fastad.knn(GOOD_Q, GOOD_B, 1, torch.ones(3))
+
+
+def test_cpp_checks_precision_name():
+    with pytest.raises(RuntimeError, match="precision must be"):
+        torch.ops.fastad.knn(GOOD_Q, GOOD_B, 1, None, "tf32")  # CUDA only
+    with pytest.raises(ValueError, match="precision must be one of"):
+        fastad.ops.knn(GOOD_Q, GOOD_B, 1, precision="fp16")
+
+
+def cuda_precisions():
+    return ["auto", "fp32", "bf16", "tf32"]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n,m,d,k", [(300, 5000, 48, 3), (4, 9000, 200, 64), (600, 2500, 33, 1)])
+def test_every_precision_returns_the_same_exact_answer(device, n, m, d, k):
+    """The candidate GEMM's precision changes only how many rows are re-ranked."""
+    g = torch.Generator().manual_seed(n + m + d + k)
+    query = torch.randn(n, d, generator=g).to(device)
+    bank = torch.randn(m, d, generator=g).to(device)
+    precisions = cuda_precisions() if device == "cuda" else ["auto", "fp32", "bf16"]
+    first = assert_matches_oracle(query, bank, k, precision=precisions[0])
+    for precision in precisions[1:]:
+        dist, index = fastad.ops.knn(query, bank, k, precision=precision)
+        assert torch.equal(index, first[1]) and torch.equal(dist, first[0]), precision
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_exact_ties_beyond_the_candidate_buffer(device):
+    """600 rows at exactly the same distance (more than any candidate buffer keeps): every
+    candidate tier overflows, the exact scan answers, ties go to the lower index."""
+    d = 300
+    axes = torch.cat([torch.eye(d), -torch.eye(d)]) * 4.0  # 600 rows at distance 4 from 0
+    far = 10.0 + torch.randn(50, d, generator=torch.Generator().manual_seed(20))
+    bank = torch.cat([far[:25], axes, far[25:]]).to(device)
+    query = torch.zeros(3, d, device=device)
+    for precision in ["fp32", "bf16", "auto"]:
+        dist, index = fastad.ops.knn(query, bank, 40, precision=precision)
+        assert torch.equal(index.cpu(), (25 + torch.arange(40)).expand(3, 40))
+        assert torch.all(dist.cpu() == 4.0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_near_ties_overflow_the_low_precision_buffer(device):
+    """400 rows whose distances differ by 1e-4 relative: all inside the BF16/TF32 margin (the
+    first tier overflows), resolved by the next tier or the exact scan."""
+    g = torch.Generator().manual_seed(21)
+    d = 64
+    directions = torch.nn.functional.normalize(torch.randn(400, d, generator=g, dtype=torch.float64), dim=1)
+    radii = 10.0 * (1 + 1e-4 * torch.randperm(400, generator=g).double() / 400)
+    query = torch.randn(2, d, generator=g, dtype=torch.float64)
+    bank = torch.cat([query[0] + directions * radii[:, None], 30 + torch.randn(100, d, generator=g).double()])
+    assert_matches_oracle(query.float().to(device), bank.float().to(device), 10)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n,m,d,k", [(64, 135_000, 16, 64), (1, 140_000, 8, 64), (40, 4000, 1024, 5),
+                                     (130, 2000, 1500, 1)])
+def test_many_slices_and_wide_embeddings(device, n, m, d, k):
+    """Few queries against a large bank (many bank slices per query, several GEMM tiles), and
+    D >= 1024."""
+    g = torch.Generator().manual_seed(n + m + d)
+    query = torch.randn(n, d, generator=g).to(device)
+    bank = torch.randn(m, d, generator=g).to(device)
+    assert_matches_oracle(query, bank, k)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_non_finite_inputs_without_checks_follow_the_documented_rule(device):
+    g = torch.Generator().manual_seed(22)
+    bank = torch.randn(50, 6, generator=g)
+    bank[3] = float("nan")
+    bank[7, 2] = float("inf")
+    query = torch.randn(4, 6, generator=g)
+    query[1, 0] = float("nan")
+    dist, index = fastad.ops.knn(query.to(device), bank.to(device), 50, check_values=False)
+    dist, index = dist.cpu(), index.cpu()
+    # a query with NaN: every distance counts as +inf, ties to the lower index
+    assert torch.all(torch.isinf(dist[1])) and torch.equal(index[1], torch.arange(50))
+    # finite queries: the NaN/Inf rows come after every finite row, lower index first
+    for i in (0, 2, 3):
+        assert index[i, -2:].tolist() == [3, 7] and torch.all(torch.isinf(dist[i, -2:]))
+        assert torch.all(torch.isfinite(dist[i, :-2]))
+    want = fastad.ops.reference.knn(query, bank, 50)
+    assert torch.equal(index, want[1]) and torch.equal(torch.isinf(dist), torch.isinf(want[0]))
+    # the backward only ever indexes valid rows
+    q = query.to(device).requires_grad_()
+    fastad.ops.knn(q, bank.to(device), 3, check_values=False)[0].sum().backward()
+    assert q.grad.shape == query.shape
+
+
+@pytest.mark.cuda
+@requires_cuda
+def test_cuda_ranks_exactly_like_the_cpu():
+    """Same rows and the same fp32 distances on both devices, near-ties included."""
+    g = torch.Generator().manual_seed(23)
+    base = torch.randn(3000, 96, generator=g)
+    bank = torch.cat([base, base[:500] + 1e-6 * torch.randn(500, 96, generator=g)])
+    query = torch.cat([base[:200] + 1e-3 * torch.randn(200, 96, generator=g), torch.randn(300, 96, generator=g)])
+    for k in (1, 8, 64):
+        cpu = fastad.ops.knn(query, bank, k)
+        for precision in cuda_precisions():
+            cuda = fastad.ops.knn(query.cuda(), bank.cuda(), k, precision=precision)
+            assert torch.equal(cuda[1].cpu(), cpu[1]) and torch.equal(cuda[0].cpu(), cpu[0]), (k, precision)
+
+
+@pytest.mark.cuda
+@requires_cuda
+def test_cuda_graph_capture_and_replay_on_new_inputs():
+    g = torch.Generator().manual_seed(24)
+    query = torch.randn(100, 32, generator=g).cuda()
+    bank = torch.randn(5000, 32, generator=g).cuda()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fastad.ops.knn(query, bank, 4)  # warm-up (cuBLAS workspace) outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        dist, index = fastad.ops.knn(query, bank, 4, check_values=False)
+    for seed in (25, 26):
+        g = torch.Generator().manual_seed(seed)
+        query.copy_(torch.randn(100, 32, generator=g))
+        bank.copy_(torch.randn(5000, 32, generator=g))
+        graph.replay()
+        want = fastad.ops.knn(query.cpu(), bank.cpu(), 4)
+        assert torch.equal(index.cpu(), want[1]) and torch.equal(dist.cpu(), want[0])
+
+
+@pytest.mark.cuda
+@requires_cuda
+def test_cuda_side_stream():
+    g = torch.Generator().manual_seed(27)
+    query, bank = torch.randn(70, 20, generator=g), torch.randn(3000, 20, generator=g)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        q, b = query.cuda(), bank.cuda()
+        dist, index = fastad.ops.knn(q, b, 5, check_values=False)
+    stream.synchronize()
+    want = fastad.ops.knn(query, bank, 5)
+    assert torch.equal(index.cpu(), want[1]) and torch.equal(dist.cpu(), want[0])

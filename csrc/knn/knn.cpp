@@ -1,24 +1,28 @@
 // CPU k-nearest-neighbour search and greedy k-center coreset selection.
 //
-// knn: for a block of queries and a tile of bank rows, one GEMM gives q·b; the tile is turned
-// into |b|² − 2 q·b in place (|q|² is constant per query and cannot change the ranking) and
-// folded into a running top-k per query. The candidates are then re-ranked with exact
-// (q − b)² distances, so returned distances never carry the expansion's cancellation error.
+// knn (see knn_common.h for the bound and its proof): for a block of queries and a tile of bank
+// rows, one GEMM gives q·b (BF16 inputs where the CPU has AVX512-BF16 or AMX-BF16, fp32
+// otherwise); the tile is turned into ŝ = |b|² − 2 q·b and folded into a running k-th smallest ŝ
+// per query and bank slice, keeping every row with ŝ <= (running k-th) + 2E in a candidate buffer
+// with its score. The candidates of all slices are then re-ranked with the canonical fp64
+// distance. Queries whose buffer overflows are redone with an fp32 GEMM (a much smaller E), and
+// if that overflows too, by an exact scan of the whole bank.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <atomic>
+#include <cstring>
 #include <limits>
+#include <numeric>
 #include <vector>
 
-#include "knn_common.h"
-
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define FASTAD_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define FASTAD_VECTOR_CLONES
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
 #endif
+
+#include "../common/vector_clones.h"
+#include "knn_common.h"
 
 namespace fastad::knn {
 namespace {
@@ -26,48 +30,84 @@ namespace {
 constexpr int64_t kQueryBlock = 256;
 constexpr int64_t kBankTile = 1024;
 constexpr int64_t kScanChunk = 64;
+constexpr int64_t kExtraCandidates = 128;  // the candidate buffer holds k + this many rows
+constexpr double kInf = std::numeric_limits<double>::infinity();
 
-// row[j] <- norms[j] - 2 row[j]; returns the minimum of the new row.
-#define FASTAD_EXPAND_AND_MIN(T)                                                   \
-  FASTAD_VECTOR_CLONES T expand_and_min(T* row, const T* norms, int64_t len) {     \
-    T best = std::numeric_limits<T>::infinity();                                    \
-    _Pragma("omp simd reduction(min : best)") for (int64_t j = 0; j < len; ++j) {   \
-      const T v = norms[j] - T(2) * row[j];                                         \
-      row[j] = v;                                                                   \
-      best = v < best ? v : best;                                                   \
-    }                                                                               \
-    return best;                                                                    \
+bool cpu_has_bf16_dot() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (__get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 5))) return true;  // AVX512_BF16
+  if (__get_cpuid_count(7, 0, &a, &b, &c, &d) && (d & (1u << 22))) return true;  // AMX-BF16
+#endif
+  return false;
+}
+
+// out[j] <- norms[j] − 2 g[j] (g an fp32 or bf16 GEMM row); returns the minimum of out.
+FASTAD_VECTOR_CLONES float expand_row(const float* g, const float* norms, float* out, int64_t len) {
+  float best = std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(min : best)
+  for (int64_t j = 0; j < len; ++j) {
+    const float v = norms[j] - 2.f * g[j];
+    out[j] = v;
+    best = v < best ? v : best;
   }
-FASTAD_EXPAND_AND_MIN(float)
-FASTAD_EXPAND_AND_MIN(double)
+  return best;
+}
 
-#define FASTAD_RANGE_MIN(T)                                                        \
-  FASTAD_VECTOR_CLONES T range_min(const T* row, int64_t len) {                    \
-    T best = std::numeric_limits<T>::infinity();                                    \
-    _Pragma("omp simd reduction(min : best)") for (int64_t j = 0; j < len; ++j) {   \
-      best = row[j] < best ? row[j] : best;                                         \
-    }                                                                               \
-    return best;                                                                    \
+FASTAD_VECTOR_CLONES float expand_row(const uint16_t* g, const float* norms, float* out,
+                                      int64_t len) {
+  float best = std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(min : best)
+  for (int64_t j = 0; j < len; ++j) {
+    const uint32_t bits = static_cast<uint32_t>(g[j]) << 16;
+    float x;
+    std::memcpy(&x, &bits, sizeof(x));
+    const float v = norms[j] - 2.f * x;
+    out[j] = v;
+    best = v < best ? v : best;
   }
-FASTAD_RANGE_MIN(float)
-FASTAD_RANGE_MIN(double)
+  return best;
+}
 
-#define FASTAD_SQUARED_DISTANCE(T)                                                  \
-  FASTAD_VECTOR_CLONES double squared_distance(const T* a, const T* b, int64_t len) { \
-    double acc = 0;                                                                  \
-    _Pragma("omp simd reduction(+ : acc)") for (int64_t t = 0; t < len; ++t) {       \
-      const double diff = double(a[t]) - double(b[t]);                               \
-      acc += diff * diff;                                                            \
-    }                                                                                \
-    return acc;                                                                      \
+FASTAD_VECTOR_CLONES float range_min(const float* row, int64_t len) {
+  float best = std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(min : best)
+  for (int64_t j = 0; j < len; ++j) best = row[j] < best ? row[j] : best;
+  return best;
+}
+
+// The canonical fp64 squared distance of knn_common.h (32 partial sums, butterfly combine,
+// no fused multiply-add); a NaN result counts as +inf.
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+#define FASTAD_CANONICAL_DISTANCE(T)                                                      \
+  FASTAD_VECTOR_CLONES double canonical_distance(const T* a, const T* b, int64_t len) {   \
+    double acc[32] = {};                                                                  \
+    int64_t t0 = 0;                                                                       \
+    for (; t0 + 32 <= len; t0 += 32) {                                                    \
+      _Pragma("omp simd") for (int l = 0; l < 32; ++l) {                                  \
+        const double diff = double(a[t0 + l]) - double(b[t0 + l]);                        \
+        const double sq = diff * diff;                                                    \
+        acc[l] = acc[l] + sq;                                                             \
+      }                                                                                   \
+    }                                                                                     \
+    for (int l = 0; t0 + l < len; ++l) {                                                  \
+      const double diff = double(a[t0 + l]) - double(b[t0 + l]);                          \
+      const double sq = diff * diff;                                                      \
+      acc[l] = acc[l] + sq;                                                               \
+    }                                                                                     \
+    for (int h = 16; h >= 1; h /= 2)                                                      \
+      for (int l = 0; l < h; ++l) acc[l] = acc[l] + acc[l + h];                           \
+    return acc[0] == acc[0] ? acc[0] : kInf;                                              \
   }
-FASTAD_SQUARED_DISTANCE(float)
-FASTAD_SQUARED_DISTANCE(double)
+FASTAD_CANONICAL_DISTANCE(float)
+FASTAD_CANONICAL_DISTANCE(double)
+#pragma GCC pop_options
 
-// Inserts (value, index) into the ascending list of length k, whose last value exceeds
-// `value` (or ties with a higher index). Equal values keep the lower index first.
-template <typename V>
-inline void insert_sorted(V* values, int64_t* indices, int64_t k, V value, int64_t index) {
+// Inserts (value, index) into the ascending list of length k whose last entry is worse.
+// Equal values keep the lower index first.
+inline void insert_sorted(double* values, int64_t* indices, int64_t k, double value,
+                          int64_t index) {
   int64_t p = k - 1;
   while (p > 0 && (values[p - 1] > value || (values[p - 1] == value && indices[p - 1] > index))) {
     values[p] = values[p - 1];
@@ -78,178 +118,342 @@ inline void insert_sorted(V* values, int64_t* indices, int64_t k, V value, int64
   indices[p] = index;
 }
 
-// Folds one expanded row of a tile (bank rows first..first+len) into a running top-k.
-template <typename T>
-void fold_row(T* row, const T* norms, int64_t len, int64_t first, int64_t k, T* values,
-              int64_t* indices) {
-  if (k == 1) {
-    const T best = expand_and_min(row, norms, len);
-    if (best < values[0]) {
-      int64_t j = 0;
-      while (row[j] != best) ++j;
-      values[0] = best;
-      indices[0] = first + j;
-    }
-    return;
+inline void insert_value(float* values, int64_t k, float value) {
+  int64_t p = k - 1;
+  while (p > 0 && values[p - 1] > value) {
+    values[p] = values[p - 1];
+    --p;
   }
-  expand_and_min(row, norms, len);
+  values[p] = value;
+}
+
+inline bool better(double d, int64_t j, double worst, int64_t worst_index) {
+  return d < worst || (d == worst && j < worst_index);
+}
+
+// Per (bank slice, query) candidate state: the slice's k smallest ŝ so far (ascending), the
+// kept rows (score, index) and their count (-1 once the buffer overflowed).
+struct Candidates {
+  int64_t n, k, cap, slices;
+  at::Tensor top, values, indices, count;
+  Candidates(int64_t n_, int64_t k_, int64_t slices_)
+      : n(n_), k(k_), cap(k_ + kExtraCandidates), slices(slices_) {
+    const auto f = at::TensorOptions().dtype(at::kFloat);
+    top = at::full({slices, n, k}, std::numeric_limits<float>::infinity(), f);
+    values = at::empty({slices, n, cap}, f);
+    indices = at::empty({slices, n, cap}, f.dtype(at::kLong));
+    count = at::zeros({slices, n}, f.dtype(at::kLong));
+  }
+  int64_t at_(int64_t slice, int64_t i) const { return slice * n + i; }
+};
+
+// Drops kept rows above thr; returns the new count.
+int64_t compact(float* values, int64_t* indices, int64_t count, double thr) {
+  int64_t kept = 0;
+  for (int64_t c = 0; c < count; ++c) {
+    if (double(values[c]) <= thr) {
+      values[kept] = values[c];
+      indices[kept++] = indices[c];
+    }
+  }
+  return kept;
+}
+
+// Folds one expanded tile row (bank rows first..first+len) into a query-slice state.
+void fold_scores(const float* s, int64_t len, int64_t first, int64_t k, int64_t cap,
+                 double margin2, float* top, float* values, int64_t* indices, int64_t& count) {
   for (int64_t c0 = 0; c0 < len; c0 += kScanChunk) {
     const int64_t c1 = std::min(len, c0 + kScanChunk);
-    if (!(range_min(row + c0, c1 - c0) < values[k - 1])) continue;
+    double thr = double(top[k - 1]) + margin2;
+    if (!(double(range_min(s + c0, c1 - c0)) <= thr)) continue;
     for (int64_t j = c0; j < c1; ++j) {
-      if (row[j] < values[k - 1]) insert_sorted(values, indices, k, row[j], first + j);
+      const float v = s[j];
+      if (v < top[k - 1]) {
+        insert_value(top, k, v);
+        thr = double(top[k - 1]) + margin2;
+      }
+      if (!(double(v) <= thr)) continue;
+      if (count == cap) {
+        count = compact(values, indices, count, thr);
+        if (count == cap) {
+          count = -1;
+          return;
+        }
+      }
+      values[count] = v;
+      indices[count++] = first + j;
     }
   }
 }
 
-// Candidate search: for every (query block, bank slice) pair, the k best bank rows of the
-// slice by |b|² − 2 q·b. Writes candidates [slices, N, k] (values, indices).
-template <typename T>
-void search_candidates(const at::Tensor& query, const at::Tensor& bank, const at::Tensor& norms,
-                       int64_t k, int64_t slices, T* cand_values, int64_t* cand_indices) {
-  const int64_t n = query.size(0), m = bank.size(0);
+// The candidate pass over a contiguous GEMM-dtype copy of queries and bank (float or bf16).
+template <typename G>
+void search_candidates(const at::Tensor& query, const at::Tensor& bank, const float* norms,
+                       const std::vector<double>& margin2, Candidates& cand) {
+  using Raw = std::conditional_t<std::is_same_v<G, float>, float, uint16_t>;
+  const int64_t n = query.size(0), m = bank.size(0), k = cand.k, slices = cand.slices;
   const int64_t blocks = (n + kQueryBlock - 1) / kQueryBlock;
-  const T* norm_data = norms.data_ptr<T>();
+  const int64_t items = blocks * slices;
+  float* top_all = cand.top.data_ptr<float>();
+  float* values_all = cand.values.data_ptr<float>();
+  int64_t* indices_all = cand.indices.data_ptr<int64_t>();
+  int64_t* count_all = cand.count.data_ptr<int64_t>();
   // Work items are handed out one at a time, so a thread that loses its core to another
   // process delays one item, not a fixed half of the work.
-  const int64_t items = blocks * slices;
   std::atomic<int64_t> next_item{0};
   at::parallel_for(0, std::min<int64_t>(items, at::get_num_threads()), 1, [&](int64_t, int64_t) {
     at::Tensor tile = at::empty({kQueryBlock, kBankTile}, query.options());
+    std::vector<float> scores(kBankTile);
     for (int64_t item = next_item++; item < items; item = next_item++) {
       const int64_t block = item / slices, slice = item % slices;
       const int64_t q0 = block * kQueryBlock, qn = std::min(kQueryBlock, n - q0);
       const int64_t s0 = slice * m / slices, s1 = (slice + 1) * m / slices;
-      T* values = cand_values + (slice * n + q0) * k;
-      int64_t* indices = cand_indices + (slice * n + q0) * k;
-      std::fill(values, values + qn * k, std::numeric_limits<T>::infinity());
-      std::fill(indices, indices + qn * k, int64_t(-1));
+      for (int64_t i = q0; i < q0 + qn; ++i) {
+        if (!(margin2[i] < kInf)) count_all[cand.at_(slice, i)] = -1;
+      }
       const at::Tensor queries = query.narrow(0, q0, qn);
       for (int64_t b0 = s0; b0 < s1; b0 += kBankTile) {
         const int64_t bn = std::min(kBankTile, s1 - b0);
         at::Tensor products = tile.narrow(0, 0, qn).narrow(1, 0, bn);
         at::mm_out(products, queries, bank.narrow(0, b0, bn).t());
-        T* rows = products.data_ptr<T>();
+        const Raw* rows = reinterpret_cast<const Raw*>(products.data_ptr());
         const int64_t stride = products.stride(0);
-        for (int64_t i = 0; i < qn; ++i) {
-          fold_row(rows + i * stride, norm_data + b0, bn, b0, k, values + i * k, indices + i * k);
+        for (int64_t r = 0; r < qn; ++r) {
+          const int64_t at = cand.at_(slice, q0 + r);
+          int64_t& count = count_all[at];
+          if (count < 0) continue;
+          float* top = top_all + at * k;
+          const float row_min = expand_row(rows + r * stride, norms + b0, scores.data(), bn);
+          if (k == 1 && row_min < top[0]) top[0] = row_min;  // k = 1: the tile's minimum is T
+          fold_scores(scores.data(), bn, b0, k, cand.cap, margin2[q0 + r], top,
+                      values_all + at * cand.cap, indices_all + at * cand.cap, count);
         }
       }
     }
   });
 }
 
-// Exact re-ranking of the candidates of all slices: dist [N, k] ascending, index [N, k].
+// Re-ranks the kept rows of every query (rows[i] is the output row of query i); returns the
+// queries (positions in `rows`) whose buffer overflowed in some slice.
 template <typename T>
-void rerank_exact(const at::Tensor& query, const at::Tensor& bank, int64_t k, int64_t slices,
-                  const int64_t* cand_indices, at::Tensor& dist, at::Tensor& index) {
-  const int64_t n = query.size(0), d = query.size(1);
-  const T* q = query.data_ptr<T>();
-  const T* b = bank.data_ptr<T>();
-  T* out_dist = dist.data_ptr<T>();
-  int64_t* out_index = index.data_ptr<int64_t>();
-  at::parallel_for(0, n, 64, [&](int64_t begin, int64_t end) {
-    std::vector<double> best(k);
+std::vector<int64_t> rerank(const T* q, const T* b, int64_t d, const std::vector<double>& margin2,
+                            const Candidates& cand, const std::vector<int64_t>& rows,
+                            double* out_dist, int64_t* out_index) {
+  const int64_t n = cand.n, k = cand.k, cap = cand.cap;
+  const float* top = cand.top.data_ptr<float>();
+  const float* values = cand.values.data_ptr<float>();
+  const int64_t* indices = cand.indices.data_ptr<int64_t>();
+  const int64_t* count = cand.count.data_ptr<int64_t>();
+  std::vector<char> overflow(n, 0);
+  at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      std::fill(best.begin(), best.end(), std::numeric_limits<double>::infinity());
-      int64_t* best_index = out_index + i * k;
+      double bound = kInf;
+      for (int64_t s = 0; s < cand.slices; ++s) {
+        if (count[cand.at_(s, i)] < 0) overflow[i] = 1;
+        bound = std::min(bound, double(top[cand.at_(s, i) * k + k - 1]));
+      }
+      if (overflow[i]) continue;
+      const double thr = bound + margin2[i];
+      double* best = out_dist + rows[i] * k;
+      int64_t* best_index = out_index + rows[i] * k;
+      std::fill(best, best + k, kInf);
       std::fill(best_index, best_index + k, std::numeric_limits<int64_t>::max());
-      for (int64_t slice = 0; slice < slices; ++slice) {
-        const int64_t* cands = cand_indices + (slice * n + i) * k;
-        for (int64_t c = 0; c < k; ++c) {
-          const int64_t j = cands[c];
-          if (j < 0) continue;
-          const double sq = squared_distance(q + i * d, b + j * d, d);
-          if (sq < best[k - 1] || (sq == best[k - 1] && j < best_index[k - 1])) {
-            insert_sorted(best.data(), best_index, k, sq, j);
-          }
+      for (int64_t s = 0; s < cand.slices; ++s) {
+        const int64_t at = cand.at_(s, i);
+        for (int64_t c = 0; c < count[at]; ++c) {
+          if (!(double(values[at * cap + c]) <= thr)) continue;
+          const int64_t j = indices[at * cap + c];
+          const double sq = canonical_distance(q + i * d, b + j * d, d);
+          if (better(sq, j, best[k - 1], best_index[k - 1])) insert_sorted(best, best_index, k, sq, j);
         }
       }
-      for (int64_t c = 0; c < k; ++c) out_dist[i * k + c] = static_cast<T>(std::sqrt(best[c]));
     }
   });
+  std::vector<int64_t> left;
+  for (int64_t i = 0; i < n; ++i)
+    if (overflow[i]) left.push_back(i);
+  return left;
+}
+
+// Exact scan of the whole bank for the given queries (rows of the output).
+template <typename T>
+void exact_scan(const T* q, const T* b, int64_t m, int64_t d, int64_t k,
+                const std::vector<int64_t>& rows, double* out_dist, int64_t* out_index) {
+  at::parallel_for(0, static_cast<int64_t>(rows.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t i = rows[r];
+      double* best = out_dist + i * k;
+      int64_t* best_index = out_index + i * k;
+      std::fill(best, best + k, kInf);
+      std::fill(best_index, best_index + k, std::numeric_limits<int64_t>::max());
+      for (int64_t j = 0; j < m; ++j) {
+        const double sq = canonical_distance(q + i * d, b + j * d, d);
+        if (better(sq, j, best[k - 1], best_index[k - 1])) insert_sorted(best, best_index, k, sq, j);
+      }
+    }
+  });
+}
+
+// Centring and norms shared by the candidate tiers (knn_common.h): the GEMM sees q − c and
+// b − c, with c the bank mean when the caller gave no norms (else c = 0 and the given norms).
+struct Prepared {
+  std::optional<at::Tensor> centre;  // [D] in the input dtype
+  at::Tensor norms;                  // [M] fp32 |b − c|²
+  std::vector<double> q_norm;        // [N] |q − c|
+  double b_norm;                     // >= max |b − c|
+};
+
+Prepared prepare(const at::Tensor& query, const at::Tensor& bank,
+                 const std::optional<at::Tensor>& bank_sq_norms) {
+  Prepared p;
+  at::Tensor q64 = query.to(at::kDouble);
+  if (bank_sq_norms.has_value()) {
+    p.norms = bank_sq_norms->to(at::kFloat).contiguous();
+  } else {
+    const at::Tensor c64 = bank.mean({0}, false, at::kDouble);
+    p.centre = c64.to(bank.scalar_type());
+    const at::Tensor c = p.centre->to(at::kDouble);
+    p.norms = (bank.to(at::kDouble) - c).square().sum(1).to(at::kFloat);
+    q64 = q64 - c;
+  }
+  const at::Tensor qn = q64.square().sum(1).sqrt().contiguous();
+  p.q_norm.assign(qn.data_ptr<double>(), qn.data_ptr<double>() + qn.numel());
+  // n̂ >= (1 − γ)|b − c|² (knn_common.h), so |b − c| <= sqrt(max n̂ / (1 − γ)).
+  const double da = static_cast<double>(bank.size(1)) * 2.384185791015625e-07;
+  const double max_norm = p.norms.max().item<double>();
+  p.b_norm = da < 0.5 ? std::sqrt(max_norm / (1 - da / (1 - da))) * (1 + 1e-15) : kInf;
+  return p;
+}
+
+// One candidate tier for the queries `rows` of `query`; returns the rows left to the next tier.
+template <typename T>
+std::vector<int64_t> candidate_tier(const at::Tensor& query, const at::Tensor& bank,
+                                    const Prepared& prep, int64_t k, bool bf16,
+                                    const std::vector<int64_t>& rows, double* out_dist,
+                                    int64_t* out_index) {
+  const int64_t n = rows.size(), m = bank.size(0), d = bank.size(1);
+  // bf16: round to nearest even, 2^-9, doubled to cover the fp32 centring before it; fp32:
+  // exact unless centred or rounded from fp64 (2^-24 each).
+  const bool exact_inputs = !bf16 && query.scalar_type() == at::kFloat && !prep.centre;
+  const GemmRounding rounding{bf16 ? 0x1p-8 : (exact_inputs ? 0.0 : 0x1p-23), bf16 ? 0x1p-8 : 0.0};
+  std::vector<double> margin2(n);
+  for (int64_t i = 0; i < n; ++i) {
+    margin2[i] = 2 * candidate_margin(rounding, d, prep.q_norm[rows[i]], prep.b_norm);
+  }
+  const at::Tensor picked =
+      n == query.size(0) ? query
+                         : query.index_select(0, at::tensor(rows, query.options().dtype(at::kLong)));
+  const auto gemm_type = bf16 ? at::kBFloat16 : at::kFloat;
+  const at::Tensor q_gemm = (prep.centre ? picked - *prep.centre : picked).to(gemm_type).contiguous();
+  const at::Tensor b_gemm = (prep.centre ? bank - *prep.centre : bank).to(gemm_type).contiguous();
+  const int64_t blocks = (n + kQueryBlock - 1) / kQueryBlock;
+  const int64_t slices = bank_slices(blocks, at::get_num_threads(), m, std::max(kBankTile, k));
+  Candidates cand(n, k, slices);
+  if (bf16) {
+    search_candidates<at::BFloat16>(q_gemm, b_gemm, prep.norms.data_ptr<float>(), margin2, cand);
+  } else {
+    search_candidates<float>(q_gemm, b_gemm, prep.norms.data_ptr<float>(), margin2, cand);
+  }
+  const at::Tensor q_exact = picked.contiguous();
+  std::vector<int64_t> left = rerank<T>(q_exact.data_ptr<T>(), bank.data_ptr<T>(), d, margin2,
+                                        cand, rows, out_dist, out_index);
+  for (auto& i : left) i = rows[i];
+  return left;
 }
 
 std::tuple<at::Tensor, at::Tensor> knn_cpu(const at::Tensor& query_in, const at::Tensor& bank_in,
                                            int64_t k,
-                                           const std::optional<at::Tensor>& bank_sq_norms) {
+                                           const std::optional<at::Tensor>& bank_sq_norms,
+                                           c10::string_view precision_name) {
   check_knn_args(query_in, bank_in, k, bank_sq_norms);
   TORCH_CHECK(query_in.scalar_type() == at::kFloat || query_in.scalar_type() == at::kDouble,
               "knn (CPU): query and bank must be float32 or float64, got ",
               query_in.scalar_type());
+  const Precision precision = parse_precision(std::string(precision_name), /*cuda=*/false);
+  const bool bf16_first = precision == Precision::kBf16 ||
+                          (precision_name == "auto" && cpu_has_bf16_dot());
   const at::Tensor query = query_in.contiguous(), bank = bank_in.contiguous();
-  const at::Tensor norms = squared_norms(bank, bank_sq_norms);
-  const int64_t n = query.size(0), m = bank.size(0);
-  at::Tensor dist = at::empty({n, k}, query.options());
+  const int64_t n = query.size(0), m = bank.size(0), d = bank.size(1);
+  at::Tensor dist64 = at::empty({n, k}, query.options().dtype(at::kDouble));
   at::Tensor index = at::empty({n, k}, query.options().dtype(at::kLong));
-  if (n == 0) return {dist, index};
+  if (n == 0) return {dist64.to(query.scalar_type()), index};
 
-  const int64_t blocks = (n + kQueryBlock - 1) / kQueryBlock;
-  const int64_t slices = bank_slices(blocks, at::get_num_threads(), m, kBankTile);
-  at::Tensor cand_indices = at::empty({slices, n, k}, index.options());
+  const Prepared prep = prepare(query, bank, bank_sq_norms);
+  std::vector<int64_t> rows(n);
+  std::iota(rows.begin(), rows.end(), 0);
+  double* out_dist = dist64.data_ptr<double>();
+  int64_t* out_index = index.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(query.scalar_type(), "knn_cpu", [&] {
-    at::Tensor cand_values = at::empty({slices, n, k}, query.options());
-    search_candidates<scalar_t>(query, bank, norms, k, slices, cand_values.data_ptr<scalar_t>(),
-                                cand_indices.data_ptr<int64_t>());
-    rerank_exact<scalar_t>(query, bank, k, slices, cand_indices.data_ptr<int64_t>(), dist, index);
+    if (bf16_first) {
+      rows = candidate_tier<scalar_t>(query, bank, prep, k, true, rows, out_dist, out_index);
+    }
+    if (!rows.empty()) {
+      rows = candidate_tier<scalar_t>(query, bank, prep, k, false, rows, out_dist, out_index);
+    }
+    exact_scan<scalar_t>(query.data_ptr<scalar_t>(), bank.data_ptr<scalar_t>(), m, d, k, rows,
+                         out_dist, out_index);
   });
-  return {dist, index};
+  return {dist64.sqrt_().to(query.scalar_type()), index};
 }
 
 // Greedy k-center: each step adds the row farthest from the chosen set. One pass over the
-// features per step fuses the distance to the newest centre, the running minimum and the argmax.
+// features per step fuses the canonical fp64 distance to the newest centre, the running fp64
+// minimum and the argmax (ties to the lower index), exactly as the CUDA kernel does.
+template <typename T>
+void kcenter_steps(const T* x, int64_t m, int64_t d, int64_t n, int64_t start, int64_t* sel) {
+  std::vector<double> min_dist(m, kInf);
+  const int threads = at::get_num_threads();
+  std::vector<double> part_best(threads);
+  std::vector<int64_t> part_index(threads);
+  // a thread gets at least ~256K multiply-adds per step, or the step runs on one thread
+  const int64_t grain = std::max<int64_t>(256, (int64_t(1) << 18) / d);
+  int64_t centre = start;
+  for (int64_t step = 0; step < n; ++step) {
+    sel[step] = centre;
+    min_dist[centre] = -1.0;  // chosen rows are never chosen again
+    if (step + 1 == n) break;
+    std::fill(part_best.begin(), part_best.end(), -2.0);
+    std::fill(part_index.begin(), part_index.end(), m);
+    const T* c = x + centre * d;
+    at::parallel_for(0, m, grain, [&](int64_t begin, int64_t end) {
+      const int tid = at::get_thread_num();
+      double best = -2.0;
+      int64_t best_index = m;
+      for (int64_t i = begin; i < end; ++i) {
+        const double updated = std::min(min_dist[i], canonical_distance(x + i * d, c, d));
+        min_dist[i] = updated;
+        if (updated > best) {
+          best = updated;
+          best_index = i;
+        }
+      }
+      if (best > part_best[tid] || (best == part_best[tid] && best_index < part_index[tid])) {
+        part_best[tid] = best;
+        part_index[tid] = best_index;
+      }
+    });
+    double best = -2.0;
+    int64_t best_index = m;
+    for (int t = 0; t < threads; ++t) {
+      if (part_best[t] > best || (part_best[t] == best && part_index[t] < best_index)) {
+        best = part_best[t];
+        best_index = part_index[t];
+      }
+    }
+    centre = best_index;
+  }
+}
+
 at::Tensor kcenter_coreset_cpu(const at::Tensor& features_in, int64_t n, int64_t start) {
   check_coreset_args(features_in, n, start);
   TORCH_CHECK(features_in.scalar_type() == at::kFloat || features_in.scalar_type() == at::kDouble,
               "kcenter_coreset (CPU): features must be float32 or float64, got ",
               features_in.scalar_type());
   const at::Tensor features = features_in.contiguous();
-  const int64_t m = features.size(0), d = features.size(1);
   at::Tensor selected = at::empty({n}, features.options().dtype(at::kLong));
-  int64_t* sel = selected.data_ptr<int64_t>();
-  std::vector<double> min_dist(m, std::numeric_limits<double>::infinity());
   AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "kcenter_coreset_cpu", [&] {
-    const scalar_t* x = features.data_ptr<scalar_t>();
-    const int threads = at::get_num_threads();
-    std::vector<double> part_best(threads);
-    std::vector<int64_t> part_index(threads);
-    // a thread gets at least ~256K multiply-adds per step, or the step runs on one thread
-    const int64_t grain = std::max<int64_t>(256, (int64_t(1) << 18) / d);
-    int64_t centre = start;
-    for (int64_t step = 0; step < n; ++step) {
-      sel[step] = centre;
-      min_dist[centre] = -1.0;  // chosen rows are never chosen again
-      if (step + 1 == n) break;
-      std::fill(part_best.begin(), part_best.end(), -2.0);
-      std::fill(part_index.begin(), part_index.end(), m);
-      const scalar_t* c = x + centre * d;
-      at::parallel_for(0, m, grain, [&](int64_t begin, int64_t end) {
-        const int tid = at::get_thread_num();
-        double best = -2.0;
-        int64_t best_index = m;
-        for (int64_t i = begin; i < end; ++i) {
-          const double updated = std::min(min_dist[i], squared_distance(x + i * d, c, d));
-          min_dist[i] = updated;
-          if (updated > best) {
-            best = updated;
-            best_index = i;
-          }
-        }
-        if (best > part_best[tid] || (best == part_best[tid] && best_index < part_index[tid])) {
-          part_best[tid] = best;
-          part_index[tid] = best_index;
-        }
-      });
-      double best = -2.0;
-      int64_t best_index = m;
-      for (int t = 0; t < threads; ++t) {
-        if (part_best[t] > best || (part_best[t] == best && part_index[t] < best_index)) {
-          best = part_best[t];
-          best_index = part_index[t];
-        }
-      }
-      centre = best_index;
-    }
+    kcenter_steps<scalar_t>(features.data_ptr<scalar_t>(), features.size(0), features.size(1), n,
+                            start, selected.data_ptr<int64_t>());
   });
   return selected;
 }

@@ -7,7 +7,7 @@ from torch import nn
 from fastad.ops._autocast import float32_under_autocast
 from fastad.nn.random_projection import sparse_random_matrix
 from fastad.ops import kcenter_coreset
-from fastad.ops.knn import _check_knn, knn_prepared
+from fastad.ops.knn import check_knn, knn_prepared
 from fastad.checks import check_finite, check_float, check_int, check_tensor
 
 
@@ -48,7 +48,7 @@ class NearestNeighborScorer(nn.Module):
     @float32_under_autocast
     def knn(self, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """query [N, D] -> (dist [N, k] ascending, index [N, k] into memory_bank)."""
-        _check_knn(query, self.centred_bank, self.k, check_values=False)
+        check_knn(query, self.centred_bank, self.k, check_values=False)
         check_finite("query", query)
         return knn_prepared(query - self.centre, self.centred_bank, self.k, self.bank_sq_norms)
 

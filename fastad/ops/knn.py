@@ -8,13 +8,16 @@ from fastad.ops._autocast import float32_under_autocast
 from fastad import _extension
 from fastad.backend import use_reference
 from fastad.ops import reference
-from fastad.checks import check_finite, check_float, check_int, check_same_device, check_tensor, tracing_or_capturing
+from fastad.checks import check_finite, check_float, check_int, check_same_device, check_tensor
 
 CUDA_MAX_K = 64
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "tf32")
+
+
 @float32_under_autocast
-def knn(query: torch.Tensor, bank: torch.Tensor, k: int = 1, *, check_values: bool = True):
+def knn(query: torch.Tensor, bank: torch.Tensor, k: int = 1, *, check_values: bool = True, precision: str = "auto"):
     """Exact k nearest bank rows of each query row, by Euclidean distance.
 
     Args:
@@ -22,47 +25,42 @@ def knn(query: torch.Tensor, bank: torch.Tensor, k: int = 1, *, check_values: bo
         bank: [M, D], same dtype and device as query, M >= 1.
         k: 1 <= k <= M (at most 64 on CUDA).
         check_values: reject NaN/Inf in query and bank (one pass over each; on CUDA it waits
-            for the device). Pass False only for data you have checked.
+            for the device, and it is skipped under graph capture and torch.compile). With
+            False, non-finite inputs follow the rule below instead.
+        precision: the candidate GEMM's: "auto" (BF16 on CPUs with AVX512-BF16/AMX-BF16,
+            else fp32; TF32 tensor cores on CUDA), "fp32", "bf16", or "tf32" (CUDA only).
+            The result is the same for every choice.
 
     Returns:
-        dist [N, k] ascending, the exact distances |q - b| of the returned rows, and
-        index [N, k] int64. Ties go to the lower bank index.
+        dist [N, k] ascending and index [N, k] int64: the k rows with the smallest float64
+        squared distance (computed in one fixed summation order on both devices, so CPU and
+        CUDA return the same rows), ties to the lower bank index; dist is its square root.
+        A pair whose distance is NaN counts as +inf: a query with NaN gets dist inf and
+        indices 0..k-1; a bank row with NaN/Inf comes after every finite row. Indices are
+        always valid rows.
 
-    Never materialises the N x M distance matrix. Candidates are ranked by |b|² − 2 q·b; when
-    the bank's mean c is far from the origin compared with the bank's spread, both tensors are
-    first centred on c (distances are translation invariant) so that large-norm embeddings do
-    not lose their neighbours to cancellation. The returned distances are recomputed directly,
-    so they carry no cancellation error. An index can differ from the float64 nearest only
-    between rows whose squared distances differ by less than about 2x the fp32 rounding of
-    |q − c|² + |b − c|². Differentiable in query and bank.
+    Candidates come from a low-precision GEMM over the bank centred on its mean, kept within
+    a proven error margin of the k-th best and re-ranked exactly (csrc/knn/knn_common.h); the
+    N x M matrix never exists. No host synchronisation besides check_values, so it runs
+    inside CUDA graph capture. Differentiable in query and bank.
     """
-    _check_knn(query, bank, k, check_values=False)
-    norms = torch.linalg.vector_norm(bank, dim=1).square()
-    if check_values and not tracing_or_capturing(bank):
-        if not bool(torch.isfinite(norms).all()):  # one pass: a NaN/Inf entry spoils its row's norm
-            raise ValueError(f"bank contains NaN or Inf values, or rows whose squared norm overflows {bank.dtype}")
-        check_finite("query", query)
-    centre = bank.mean(0, dtype=torch.float64)
-    offset = centre.square().sum()
-    far = offset > norms.mean(dtype=torch.float64) - offset  # |c|² > mean |b − c|²
-    if torch.compiler.is_compiling():  # no data-dependent branch in a graph: centre on c or on 0
-        centre = torch.where(far, centre, torch.zeros_like(centre)).to(bank.dtype)
-        return knn_prepared(query - centre, bank - centre, k)
-    if far:
-        centre = centre.to(bank.dtype)
-        return knn_prepared(query - centre, bank - centre, k)
-    return knn_prepared(query, bank, k, norms)
+    check_knn(query, bank, k, check_values=check_values)
+    return knn_prepared(query, bank, k, precision=precision)
 
 
-def knn_prepared(query: torch.Tensor, bank: torch.Tensor, k: int, bank_sq_norms: torch.Tensor | None = None):
-    """knn() without checks or centring, for callers that did both (NearestNeighborScorer).
+def knn_prepared(query: torch.Tensor, bank: torch.Tensor, k: int, bank_sq_norms: torch.Tensor | None = None,
+                 precision: str = "auto"):
+    """knn() without checks, for callers that did them (NearestNeighborScorer).
 
-    bank_sq_norms: optional [M] precomputed (bank * bank).sum(1).
+    bank_sq_norms: optional [M] (bank * bank).sum(1) in float32, for a bank already centred
+    near its mean (the search then skips centring); None centres on the bank mean.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if use_reference():
         return reference.knn(query, bank, k)
     _extension.require("knn")
-    return torch.ops.fastad.knn(query, bank, k, bank_sq_norms)
+    return torch.ops.fastad.knn(query, bank, k, bank_sq_norms, precision)
 
 
 @float32_under_autocast
@@ -94,7 +92,10 @@ def kcenter_coreset(features: torch.Tensor, n: int, start: int = 0, *, check_val
     return torch.ops.fastad.kcenter_coreset(features, n, start)
 
 
-def _check_knn(query, bank, k, check_values: bool) -> None:
+def check_knn(query, bank, k, check_values: bool = True) -> None:
+    """The argument checks of knn(): shapes, dtypes, devices, k, and NaN/Inf when check_values.
+
+    Raises TypeError/ValueError naming the argument."""
     check_tensor("query", query, 2, "[N, D]")
     check_tensor("bank", bank, 2, "[M, D]")
     check_float("query", query)
@@ -116,7 +117,7 @@ def _check_knn(query, bank, k, check_values: bool) -> None:
         check_finite("query", query)
 
 
-def _knn_fake(query, bank, k, bank_sq_norms=None):
+def _knn_fake(query, bank, k, bank_sq_norms=None, precision="auto"):
     n = query.shape[0]
     return query.new_empty((n, k)), query.new_empty((n, k), dtype=torch.long)
 
@@ -126,7 +127,7 @@ def _kcenter_coreset_fake(features, n, start):
 
 
 def _knn_setup_context(ctx, inputs, output):
-    query, bank, _, _ = inputs
+    query, bank = inputs[:2]
     dist, index = output
     ctx.save_for_backward(query, bank, dist, index)
 
@@ -142,7 +143,7 @@ def _knn_backward(ctx, grad_dist, grad_index):
     grad_bank = None
     if ctx.needs_input_grad[1]:
         grad_bank = torch.zeros_like(bank).index_add_(0, index.reshape(-1), -per_pair.reshape(-1, bank.shape[1]))
-    return grad_query, grad_bank, None, None
+    return grad_query, grad_bank, None, None, None
 
 
 if _extension.loaded():

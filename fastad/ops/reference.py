@@ -14,14 +14,15 @@ KNN_QUERY_CHUNK = 1024
 
 
 def knn(query: torch.Tensor, bank: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """query [N, D], bank [M, D] -> (dist [N, k] ascending, index [N, k] int64), ties to the
-    lower index. Distances are computed directly (no |q|² − 2q·b + |b|² expansion), a chunk of
-    queries at a time."""
+    """query [N, D], bank [M, D] -> (dist [N, k] ascending, index [N, k] int64): the k smallest
+    float64 distances, ties to the lower index, NaN counting as +inf. Distances are computed
+    directly (no |q|² − 2q·b + |b|² expansion), a chunk of queries at a time."""
     dists, indices = [], []
+    bank64 = bank.double()
     for chunk in query.split(KNN_QUERY_CHUNK):
-        d = torch.cdist(chunk, bank, compute_mode="donot_use_mm_for_euclid_dist")
-        d, i = torch.sort(d, dim=1, stable=True)
-        dists.append(d[:, :k])
+        d = torch.cdist(chunk.double(), bank64, compute_mode="donot_use_mm_for_euclid_dist")
+        d, i = torch.sort(torch.nan_to_num(d, nan=math.inf, posinf=math.inf), dim=1, stable=True)
+        dists.append(d[:, :k].to(query.dtype))
         indices.append(i[:, :k])
     if not dists:
         return query.new_empty((0, k)), torch.empty((0, k), dtype=torch.long, device=query.device)
@@ -29,14 +30,15 @@ def knn(query: torch.Tensor, bank: torch.Tensor, k: int) -> tuple[torch.Tensor, 
 
 
 def kcenter_coreset(features: torch.Tensor, n: int, start: int) -> torch.Tensor:
-    """features [M, D] -> index [n]: greedy k-center from row `start`, ties to the lower index,
-    chosen rows never chosen again."""
+    """features [M, D] -> index [n]: greedy k-center from row `start` on float64 squared
+    distances (NaN counting as +inf), ties to the lower index, chosen rows never chosen again."""
     chosen = torch.empty(n, dtype=torch.long, device=features.device)
     min_dist = torch.full((features.shape[0],), float("inf"), dtype=torch.float64, device=features.device)
+    features64 = features.double()
     centre = start
     for step in range(n):
         chosen[step] = centre
-        sq = (features - features[centre]).double().pow(2).sum(1)
+        sq = torch.nan_to_num((features64 - features64[centre]).pow(2).sum(1), nan=math.inf, posinf=math.inf)
         min_dist = torch.minimum(min_dist, sq)
         min_dist[chosen[: step + 1]] = -1.0
         centre = int(torch.argmax(min_dist))  # the first maximum
