@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fastad.ops._autocast import float32_under_autocast
+from fastad.ops.autocast import float32_under_autocast
 from fastad.nn.random_projection import sparse_random_matrix
 from fastad.ops import kcenter_coreset
 from fastad.ops.knn import check_knn, knn_prepared

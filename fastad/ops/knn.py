@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fastad.ops._autocast import float32_under_autocast
+from fastad.ops.autocast import float32_under_autocast
 from fastad import _extension
 from fastad.backend import use_reference
 from fastad.ops import reference
