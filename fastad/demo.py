@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from fastad._files import write_json
+from fastad.files import write_json
 from fastad.engine.evaluation import format_table
 from fastad.engine.pipeline import RESULTS_FILE, evaluate, fit_run, load_normal_images
 from fastad.engine.scorer import Scorer

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from fastad import _extension
+from fastad import extension
 from fastad.backend import get_backend
 
 
@@ -28,12 +28,12 @@ def info() -> dict:
     """
     import fastad
 
-    facts = _extension.compiled.build_facts() if _extension.loaded() else {}
+    facts = extension.compiled.build_facts() if extension.loaded() else {}
     return {
         "fastad": fastad.__version__,
         "torch": torch.__version__,
-        "extension_loaded": _extension.loaded(),
-        "extension_error": _extension.load_error,
+        "extension_loaded": extension.loaded(),
+        "extension_error": extension.load_error,
         "ops": _op_backends(),
         "cuda_archs": facts.get("cuda_archs"),
         "openmp": facts.get("openmp"),

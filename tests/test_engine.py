@@ -10,7 +10,7 @@ from safetensors import safe_open
 
 import fastad
 from fastad import cli
-from fastad._files import atomic_write
+from fastad.files import atomic_write
 from fastad.engine import load_checkpoint, resume, train
 from fastad.engine.evaluation import compute_metrics, format_table
 from fastad.engine.results import mask_contour, output_name, overlay

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fastad._files import atomic_write
+from fastad.files import atomic_write
 from fastad.checks import check_pair
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from fastad._files import write_json
+from fastad.files import write_json
 from fastad.engine.results import output_name, write_scores_csv
 
 PARTS = "parts"

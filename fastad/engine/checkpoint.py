@@ -19,7 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as save_tensors
 
-from fastad._files import atomic_write, write_json
+from fastad.files import atomic_write, write_json
 from fastad.models.base import AnomalyModel
 from fastad.models.registry import create_model
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from fastad._files import remove_temp_files, write_json
+from fastad.files import remove_temp_files, write_json
 from fastad.checks import check_int
 from fastad.data import open_dataset
 from fastad.data.images import UnreadableImageError

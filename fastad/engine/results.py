@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fastad._files import atomic_write
+from fastad.files import atomic_write
 from fastad.data.images import UnreadableImageError, save_image
 from fastad.data.report import SkippedImageWarning
 

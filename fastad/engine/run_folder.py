@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from fastad._files import remove_temp_files, write_json
+from fastad.files import remove_temp_files, write_json
 
 LOCK_FILE = ".fastad.lock"
 MANIFEST_FILE = "run.json"

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 import fastad
-from fastad._files import write_error
+from fastad.files import write_error
 from fastad.checks import check_bool, check_choice
 from fastad.data.folder import FolderDataset
 from fastad.data.report import warnings_to_stderr

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from fastad._files import write_json
+from fastad.files import write_json
 from fastad.checks import check_int
 from fastad.engine.checkpoint import CONFIG_FILE, load_checkpoint, restore_optimizer, save_checkpoint
 from fastad.models.base import AnomalyModel

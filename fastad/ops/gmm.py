@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from fastad.ops.autocast import float32_under_autocast
-from fastad import _extension
+from fastad import extension
 from fastad.backend import use_reference
 from fastad.ops import reference
 from fastad.checks import check_finite, check_float, check_same_device, check_tensor, tracing_or_capturing
@@ -47,7 +47,7 @@ def gmm_log_prob(z: torch.Tensor, log_phi: torch.Tensor, mu: torch.Tensor, scale
     _check_log_prob(z, log_phi, mu, scale_tril, per_component, check_values)
     if use_reference():
         return reference.gmm_log_prob(z, log_phi, mu, scale_tril, per_component)
-    _extension.require("gmm_log_prob")
+    extension.require("gmm_log_prob")
     return torch.ops.fastad.gmm_log_prob(z, log_phi, mu, scale_tril, per_component)
 
 
@@ -237,7 +237,7 @@ def _gmm_log_prob_backward(ctx, grad):
     return tuple(g if needed else None for g, needed in zip(grads, ctx.needs_input_grad)) + (None,)
 
 
-if _extension.loaded():
+if extension.loaded():
     torch.library.register_fake("fastad::gmm_log_prob", _gmm_log_prob_fake)
     torch.library.register_fake("fastad::gmm_log_prob_backward", _gmm_log_prob_backward_fake)
     torch.library.register_autograd("fastad::gmm_log_prob", _gmm_log_prob_backward,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from fastad.ops.autocast import float32_under_autocast
-from fastad import _extension
+from fastad import extension
 from fastad.backend import use_reference
 from fastad.ops import reference
 from fastad.checks import check_finite, check_float, check_int, check_same_device, check_tensor
@@ -59,7 +59,7 @@ def knn_prepared(query: torch.Tensor, bank: torch.Tensor, k: int, bank_sq_norms:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if use_reference():
         return reference.knn(query, bank, k)
-    _extension.require("knn")
+    extension.require("knn")
     return torch.ops.fastad.knn(query, bank, k, bank_sq_norms, precision)
 
 
@@ -88,7 +88,7 @@ def kcenter_coreset(features: torch.Tensor, n: int, start: int = 0, *, check_val
         check_finite("features", features)
     if use_reference():
         return reference.kcenter_coreset(features, n, start)
-    _extension.require("kcenter_coreset")
+    extension.require("kcenter_coreset")
     return torch.ops.fastad.kcenter_coreset(features, n, start)
 
 
@@ -146,7 +146,7 @@ def _knn_backward(ctx, grad_dist, grad_index):
     return grad_query, grad_bank, None, None, None
 
 
-if _extension.loaded():
+if extension.loaded():
     torch.library.register_fake("fastad::knn", _knn_fake)
     torch.library.register_fake("fastad::kcenter_coreset", _kcenter_coreset_fake)
     torch.library.register_autograd("fastad::knn", _knn_backward, setup_context=_knn_setup_context)

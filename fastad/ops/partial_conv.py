@@ -22,7 +22,7 @@ import torch
 from torch.nn.modules.utils import _pair
 
 from fastad.ops.autocast import float32_under_autocast
-from fastad import _extension
+from fastad import extension
 from fastad.backend import use_reference
 from fastad.ops import reference
 from fastad.checks import check_float, check_same_device, check_tensor
@@ -59,7 +59,7 @@ def partial_conv_coverage(mask: torch.Tensor, kernel_size, stride=1, padding=0, 
             raise ValueError(f"the dilated kernel {kernel_size} does not fit the padded mask {tuple(mask.shape)}")
     if use_reference():
         return reference.partial_conv_coverage(mask, kernel_size, stride, padding, dilation, groups)
-    _extension.require("partial_conv_coverage")
+    extension.require("partial_conv_coverage")
     return torch.ops.fastad.partial_conv_coverage(mask, kernel_size, stride, padding, dilation, groups)
 
 
@@ -83,7 +83,7 @@ def partial_conv_renormalize(raw: torch.Tensor, coverage: torch.Tensor, bias: to
     check_float("raw", raw, cuda_float64=True)
     if use_reference():
         return reference.partial_conv_renormalize(raw, coverage, bias, slide_winsize)
-    _extension.require("partial_conv_renormalize")
+    extension.require("partial_conv_renormalize")
     return torch.ops.fastad.partial_conv_renormalize(raw, coverage, bias, float(slide_winsize))
 
 
@@ -157,7 +157,7 @@ def partial_conv2d_checked(input, mask, weight, bias, stride, padding, dilation,
                            coverage: Coverage | None = None):
     """partial_conv2d() on arguments that check_partial_conv2d() passed (mask as it returned it),
     on the native backend."""
-    _extension.require("partial_conv2d")
+    extension.require("partial_conv2d")
     if coverage is None:
         coverage = mask_coverage(input.shape, mask, weight.shape, stride, padding, dilation, groups, multi_channel,
                                  device=input.device, dtype=input.dtype)
@@ -331,7 +331,7 @@ class _RenormalizeInPlace(torch.autograd.Function):
         return _renormalize_backward(ctx, grad_out, grad_update)
 
 
-if _extension.loaded():
+if extension.loaded():
     torch.library.register_fake("fastad::partial_conv_coverage", _coverage_fake)
     torch.library.register_fake("fastad::partial_conv_renormalize", _renormalize_fake)
     torch.library.register_fake("fastad::partial_conv_renormalize_", _renormalize_inplace_fake)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from fastad.ops.autocast import float32_under_autocast
-from fastad import _extension
+from fastad import extension
 from fastad.backend import use_reference
 from fastad.ops import reference
 from fastad.checks import check_float, check_int, check_pair, check_real, check_tensor
@@ -95,7 +95,7 @@ def gaussian_upsample(heatmap: torch.Tensor, out_size, receptive_field: int, str
     sigma = check_real("sigma", sigma, 0.0, strict=True)
     if use_reference():
         return reference.gaussian_upsample(heatmap, size, receptive_field, stride, start, sigma)
-    _extension.require("gaussian_upsample")
+    extension.require("gaussian_upsample")
     return torch.ops.fastad.gaussian_upsample(heatmap, list(size), receptive_field, stride, start, sigma)
 
 
@@ -118,7 +118,7 @@ def patch_average(patch_scores: torch.Tensor, grid: PatchGrid, out_size=None) ->
     size = _check_patch_scores("patch_scores", patch_scores, grid, out_size)
     if use_reference():
         return reference.patch_average(patch_scores, grid, size)
-    _extension.require("patch_average")
+    extension.require("patch_average")
     return torch.ops.fastad.patch_average(patch_scores, *_grid_args(grid), list(size))
 
 
@@ -151,7 +151,7 @@ def idw_upsample(patch_scores: torch.Tensor, grid: PatchGrid, out_size=None, pow
         radius = check_real("radius", radius, 0.0)
     if use_reference():
         return reference.idw_upsample(patch_scores, grid, size, power, radius)
-    _extension.require("idw_upsample")
+    extension.require("idw_upsample")
     return torch.ops.fastad.idw_upsample(patch_scores, *_grid_args(grid), list(size), power, radius)
 
 
@@ -181,7 +181,7 @@ def gaussian_blur(maps: torch.Tensor, sigma: float, kernel_size: int | None = No
                          f"got maps of shape {tuple(maps.shape)}")
     if use_reference():
         return reference.gaussian_blur(maps, sigma, kernel_size)
-    _extension.require("gaussian_blur")
+    extension.require("gaussian_blur")
     return torch.ops.fastad.gaussian_blur(maps, sigma, kernel_size)
 
 
@@ -306,7 +306,7 @@ def _blur_backward_grad(ctx, grad):
     return torch.ops.fastad.gaussian_blur(grad, ctx.sigma, ctx.kernel_size), None, None
 
 
-if _extension.loaded():
+if extension.loaded():
     torch.library.register_fake("fastad::gaussian_upsample", _gaussian_upsample_fake)
     torch.library.register_fake("fastad::gaussian_upsample_backward", _gaussian_upsample_backward_fake)
     torch.library.register_autograd("fastad::gaussian_upsample", _gaussian_upsample_grad,
