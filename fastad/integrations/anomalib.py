@@ -25,7 +25,8 @@ other than CPU/CUDA, float64 on CUDA, k > fastad's CUDA limit, a blur configured
 original anomalib code runs and an AnomalibFallbackWarning names why. NaN/Inf in a memory bank or
 query is refused with a ValueError (fastad.ops.knn), where anomalib would return NaN scores.
 
-disable() puts back the very objects enable() replaced (identity, not copies).
+disable() puts back the very objects enable() replaced (identity, not copies). datamodule() feeds
+any fastad dataset spec (e.g. the offline "builtin:brick") to anomalib's Engine.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ import importlib.metadata
 import threading
 import warnings
 import weakref
+from pathlib import Path
 
 import torch
 from torch.nn import functional as F
@@ -126,6 +128,18 @@ def enabled():
     finally:
         if not was_enabled:
             disable()
+
+
+def datamodule(spec: str, root, size=256, seed: int = 0, **kwargs):
+    """anomalib's MVTecAD datamodule over any fastad dataset spec (e.g. "builtin:brick"): the
+    dataset is written to root/<name> in the MVTec layout by fastad.data.export_mvtec (which
+    refuses a non-empty root/<name>); kwargs go to anomalib.data.MVTecAD."""
+    from anomalib.data import MVTecAD
+
+    from fastad.data import export_mvtec
+
+    exported = export_mvtec(spec, root, size=size, seed=seed)
+    return MVTecAD(root=root, category=Path(exported["path"]).name, **kwargs)
 
 
 def _original(owner: type, name: str):
@@ -239,7 +253,8 @@ class _SeparableBlur:
 def gaussian_sigma(module: torch.nn.Module) -> tuple[float, int] | str:
     """(sigma, kernel_size) of an anomalib GaussianBlur2d whose kernel is a normalised square
     Gaussian of odd size with "same" reflect padding, read back from its kernel and checked
-    against it (max difference <= 1e-6 of the largest tap); otherwise the reason it is not."""
+    against it (max difference <= 1e-6 of the largest tap, 4 ulps for a float16 kernel); otherwise
+    the reason it is not."""
     kernel = getattr(module, "kernel", None)
     if getattr(module, "padding", None) != "same" or getattr(module, "border_type", None) != "reflect":
         return "the blur is not configured with padding='same', border_type='reflect'"
@@ -256,7 +271,8 @@ def gaussian_sigma(module: torch.nn.Module) -> tuple[float, int] | str:
     taps = torch.exp(-torch.arange(-radius, radius + 1, dtype=torch.float64).square() / (2 * sigma * sigma))
     expected = torch.outer(taps, taps)
     expected /= expected.sum()
-    if not bool((kernel.detach().double().cpu() - expected).abs().max() <= 1e-6 * expected.max()):
+    tolerance = max(1e-6, 4 * torch.finfo(kernel.dtype).eps) * expected.max()  # a float16 model's kernel
+    if not bool((kernel.detach().double().cpu() - expected).abs().max() <= tolerance):
         return "the blur's kernel is not a normalised Gaussian"
     return sigma, size
 
