@@ -2,7 +2,7 @@
 results (coreset picks, neighbours, scores, maps), end to end through anomalib's Engine on the
 builtin data, and disable() puts anomalib back exactly. Skipped without anomalib."""
 import contextlib
-import importlib
+import importlib.metadata
 import warnings
 from pathlib import Path
 
@@ -15,6 +15,7 @@ import fastad.integrations.anomalib as fastad_anomalib  # noqa: E402
 from fastad.integrations.anomalib import AnomalibFallbackWarning  # noqa: E402
 from conftest import brute_force_knn  # noqa: E402
 
+from anomalib.data import MVTecAD  # noqa: E402
 from anomalib.engine import Engine  # noqa: E402
 from anomalib.models import Padim, Patchcore  # noqa: E402
 from anomalib.models.components import GaussianBlur2d  # noqa: E402
@@ -176,8 +177,7 @@ def _engine_run(model_factory, data_root, work_dir, accelerate: bool):
     """fit + predict through anomalib's Engine from the same seeds; returns (model, maps, scores)."""
     seed_everything(0, verbose=False)
     model = model_factory()
-    datamodule = importlib.import_module("anomalib.data").MVTecAD(
-        root=data_root, category="brick", train_batch_size=8, eval_batch_size=8, num_workers=0)
+    datamodule = MVTecAD(root=data_root, category="brick", train_batch_size=8, eval_batch_size=8, num_workers=0)
     engine = Engine(default_root_dir=work_dir, logger=False, accelerator="cpu", devices=1,
                     enable_progress_bar=False, enable_model_summary=False)
     with fastad_anomalib.enabled() if accelerate else contextlib.nullcontext(), warnings.catch_warnings():
