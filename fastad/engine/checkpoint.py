@@ -26,6 +26,7 @@ from fastad.models.registry import create_model
 CHECKPOINT_FILE = "checkpoint.safetensors"
 CONFIG_FILE = "config.json"
 FORMAT_VERSION = 1
+LEGACY_IMAGE_SCORE = "max"  # the image-score rule of checkpoints whose config has no image_score key
 
 
 @dataclass
@@ -214,13 +215,15 @@ def load_checkpoint(run, device="cpu") -> Checkpoint:
 
 def build_model(name: str, config: dict, source: str = "the saved model") -> AnomalyModel:
     """The registry model `name` built with `config` for a saved state (no weights file read);
-    ValueError naming `source` when the name is unknown or the model rejects the config."""
+    ValueError naming `source` when the name is unknown or the model rejects the config. A config
+    saved before the `image_score` key existed scores images by the map's maximum, as it did."""
     from fastad.models.registry import MODELS
 
     import fastad.models  # noqa: F401  (registers every model)
 
     if name not in MODELS:
         raise ValueError(f"{source}: model must be one of {', '.join(sorted(MODELS))}; got {name!r}")
+    config = {"image_score": LEGACY_IMAGE_SCORE, **config}
     try:
         return create_model(name, read_weight_files=False, **config)
     except (TypeError, ValueError, ArithmeticError) as error:
