@@ -91,12 +91,25 @@ def save_checkpoint(run_dir, model: AnomalyModel, header: dict, optimizer: torch
         header["scheduler"] = {k: v for k, v in scheduler.state_dict().items() if _is_json(v)}
     if generator is not None:
         tensors["generator"] = generator.get_state()
+    return _write(checkpoint_path(run_dir), tensors, header)
+
+
+def _write(path: Path, tensors: dict[str, torch.Tensor], header: dict) -> Path:
+    """The checkpoint file and config.json beside it, each written atomically."""
     data = save_tensors(tensors, metadata={"fastad": json.dumps(header)})
-    path = checkpoint_path(run_dir)
     with atomic_write(path) as f:
         f.write(data)
     write_json({k: v for k, v in header.items() if k != "optimizer"}, path.parent / CONFIG_FILE)
     return path
+
+
+def update_header(run, changes: dict) -> Path:
+    """Rewrites run's checkpoint with its header updated by `changes` (JSON values), every tensor
+    kept, through the same atomic save (the previous file stays intact until the rename). The
+    caller holds the run folder's lock. Raises as load_checkpoint for a missing or corrupt file."""
+    path = _existing_checkpoint(run)
+    header, tensors = _read(path, tensors=True)
+    return _write(path, tensors, {**header, **changes})
 
 
 def _is_json(value) -> bool:
