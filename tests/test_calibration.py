@@ -179,3 +179,22 @@ def test_bad_calibration_input_is_one_clear_error(tmp_path, normals, capsys):
     with pytest.raises(ValueError, match="finite number 'threshold'"):
         calibrated_threshold({"calibration": {"threshold": "high"}})
     assert calibrated_threshold({}) is None
+
+
+def test_image_score_setting_picks_the_rule_and_old_checkpoints_keep_max(tmp_path):
+    from fastad.engine.checkpoint import model_from_state
+    from fastad.metrics.image_score import image_score
+
+    images = torch.stack([fastad.data.open_dataset("builtin:gravel", "test", size=64)[i].image for i in range(4)])
+    train_images = torch.stack([fastad.data.open_dataset("builtin:gravel", "train", size=64)[i].image
+                                for i in range(3)])
+    plain = create_model("rawpixel")
+    train(plain, train_images, progress=False)
+    result = plain.score(images)
+    assert torch.equal(result.image_scores, result.maps.flatten(1).amax(1))
+    smoothed = model_from_state("rawpixel", {"image_score": "smooth_top1"}, plain.state_dict())
+    assert torch.allclose(smoothed.score(images).image_scores, image_score(result.maps, "smooth_top1"))
+    with pytest.raises(ValueError, match="image_score must be one of"):
+        create_model("rawpixel", image_score="norm_max")  # needs reference maps: a study rule only
+    legacy = {k: v for k, v in plain.config.items() if k != "image_score"}
+    assert model_from_state("rawpixel", legacy, plain.state_dict()).config["image_score"] == "max"
