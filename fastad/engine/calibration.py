@@ -24,7 +24,7 @@ import torch
 
 from fastad.checks import check_choice
 from fastad.data.report import warnings_to_stderr
-from fastad.engine.checkpoint import checkpoint_path, update_header
+from fastad.engine.checkpoint import checkpoint_path, read_header, update_header
 from fastad.engine.run_folder import locked
 
 CALIBRATION_KEY = "calibration"
@@ -127,6 +127,7 @@ def calibrate_run(run, folder, false_reject: float = DEFAULT_FALSE_REJECT, devic
 
     check_choice("precision", precision, PRECISIONS)
     check_rate("false_reject", false_reject)
+    read_header(run)  # FileNotFoundError / ValueError naming the file before the folder is locked
     with locked(checkpoint_path(run).parent):
         scorer = Scorer(run, device, batch_size, precision)
         return calibrate_scorer(scorer, run, folder=folder, false_reject=false_reject, progress=progress)
