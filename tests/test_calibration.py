@@ -174,6 +174,8 @@ def test_bad_calibration_input_is_one_clear_error(tmp_path, normals, capsys):
     assert cli.main(["calibrate", "--checkpoint", str(run), "--images", str(few)]) == 1
     assert f"at least {MIN_IMAGES} normal images, got {MIN_IMAGES - 1}" in capsys.readouterr().err
     assert "calibration" not in read_header(run)
+    assert cli.main(["calibrate", "--checkpoint", str(tmp_path / "typo"), "--images", str(normals)]) == 1
+    assert "found nothing at" in capsys.readouterr().err and not (tmp_path / "typo").exists()
     with pytest.raises(ValueError, match="calibration_holdout 0.1 of 40 normal images holds out 4"):
         split_holdout(torch.zeros(40, 3, 4, 4), 0.1, 0)
     with pytest.raises(ValueError, match="finite number 'threshold'"):
