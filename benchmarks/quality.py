@@ -84,7 +84,7 @@ def fmt(values) -> str:
 
 def tables(rows: list[dict], splits) -> str:
     """Markdown: model x texture x split x metric (mean ± std over seeds), then per model the mean
-    and the worst texture of each metric."""
+    and the worst texture of each metric, beside the baseline's mean over the same textures."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
         groups.setdefault((row["model"], row["texture"]), []).append(row)
@@ -94,17 +94,21 @@ def tables(rows: list[dict], splits) -> str:
         cells = [fmt([r.get(f"{s}_{k}") for r in runs]) for s in splits for k, _ in METRICS]
         train_s = statistics.mean(r["train_s"] for r in runs)
         lines.append(f"| {model} | {texture} | " + " | ".join(cells) + f" | {train_s:.0f} | {len(runs)} |")
-    lines += ["", "| model | split | " + " | ".join(f"mean {l} | worst {l}" for _, l in METRICS) + " |",
-              "|---" * (2 + 2 * len(METRICS)) + "|"]
+    lines += ["", "| model | split | textures | " + " | ".join(f"mean {l} | worst {l} | {BASELINE} {l}"
+                                                           for _, l in METRICS) + " |",
+              "|---" * (3 + 3 * len(METRICS)) + "|"]
     for model in sorted({m for m, _ in groups}):
         for split in splits:
             cells = []
             for key, _ in METRICS:
                 per_texture = {t: statistics.mean(r[f"{split}_{key}"] for r in runs)
                                for (m, t), runs in groups.items() if m == model}
+                baseline = [statistics.mean(r[f"{split}_{key}"] for r in groups[(BASELINE, t)])
+                            for t in per_texture if (BASELINE, t) in groups]
                 worst = min(per_texture, key=per_texture.get)
-                cells += [f"{statistics.mean(per_texture.values()):.3f}", f"{per_texture[worst]:.3f} ({worst})"]
-            lines.append(f"| {model} | {split} | " + " | ".join(cells) + " |")
+                cells += [f"{statistics.mean(per_texture.values()):.3f}", f"{per_texture[worst]:.3f} ({worst})",
+                          f"{statistics.mean(baseline):.3f}" if len(baseline) == len(per_texture) else "n/a"]
+            lines.append(f"| {model} | {split} | {len(per_texture)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,4 +1,4 @@
-"""Command line: `fastad train | score | eval | demo | info | data export`.
+"""Command line: `fastad train | calibrate | score | eval | demo | info | data export`.
 
 Exit codes: 0 done, 1 a run that failed (one line on stderr naming the file, folder or setting
 and what was wrong), 2 a usage error (a bad or missing argument), 130 interrupted. `--debug` or
@@ -62,6 +62,16 @@ def _spec(text: str) -> str:
     return text
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value}")
+    return value
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -78,14 +88,36 @@ def _train(args: argparse.Namespace) -> int:
     if not args.resume and (args.model is None or args.data is None):
         raise UsageError("--model and --data are required (unless --resume)")
     model, history = fit_run(args.model, args.data, args.out, args.steps, args.seed, args.device, dict(args.set),
-                             args.resume, args.checkpoint_every)
+                             args.resume, args.checkpoint_every, calibration_holdout=args.calibration_holdout,
+                             false_reject=args.false_reject)
     last = f", last loss {history[-1]['total']:.4g}" if history else ""
     print(f"trained {model.name}: {len(history)} steps{last}; checkpoint in {args.out}")
+    if args.calibration_holdout:
+        from fastad.engine.checkpoint import read_header
+
+        print(_calibrated(read_header(args.out)["calibration"]))
+    return 0
+
+
+def _calibrated(record: dict) -> str:
+    return (f"image-score threshold {record['threshold']:.6g} at a false-reject rate of {record['false_reject']:g} "
+            f"({record['image_score']} rule, {record['n_images']} normal images from {record['source']}; "
+            f"{100 * record['observed_false_reject']:.1f} % of them above it)")
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from fastad.engine.calibration import calibrate_run
+
+    if not Path(args.images).is_dir():
+        raise UsageError(f"--images {args.images} is not a folder")
+    record = calibrate_run(args.checkpoint, args.images, args.false_reject, args.device, args.batch_size,
+                           args.precision, progress=True)
+    print(f"{_calibrated(record)}; stored in {args.checkpoint}")
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from fastad.engine.evaluation import format_table
+    from fastad.engine.evaluation import format_decision, format_table
     from fastad.engine.pipeline import RESULTS_FILE, evaluate_run
 
     record = evaluate_run(args.checkpoint, args.data, args.device, args.batch_size, args.precision, args.overlays,
@@ -95,6 +127,8 @@ def _eval(args: argparse.Namespace) -> int:
         return 0
     print(f"{record['model']} on {record['data']}: {record['n_images']} images, {record['skipped']} skipped")
     print(format_table({record["model"]: record}))
+    if "decision" in record:
+        print(format_decision(record["decision"]))
     print(f"wrote {args.checkpoint}/{RESULTS_FILE}")
     return 0
 
@@ -167,7 +201,28 @@ def _add_train(commands, forms: str) -> None:
                        help="model constructor argument (JSON value), repeatable, e.g. --set stride=8")
     train.add_argument("--checkpoint-every", type=_positive, default=50, help="steps between checkpoints (>= 1)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    train.add_argument("--calibration-holdout", type=_fraction, default=0.0, metavar="FRACTION",
+                       help="hold out this fraction of the normal images from training and set the pass/fail "
+                            "threshold on them (default 0: train on all, no threshold; see fastad calibrate)")
+    _add_false_reject(train)
     train.set_defaults(run=_train)
+
+
+def _add_false_reject(parser) -> None:
+    from fastad.engine.calibration import DEFAULT_FALSE_REJECT
+
+    parser.add_argument("--false-reject", type=_fraction, default=DEFAULT_FALSE_REJECT, metavar="RATE",
+                        help=f"fraction of normal images the threshold may reject (default {DEFAULT_FALSE_REJECT:g})")
+
+
+def _add_calibrate(commands, precisions) -> None:
+    calibrate = commands.add_parser("calibrate", help="store a pass/fail image-score threshold set on normal images")
+    calibrate.add_argument("--checkpoint", required=True, help="run folder written by fastad train")
+    calibrate.add_argument("--images", required=True, help="folder of normal images (at least 10; 1/RATE to "
+                                                           "resolve the rate)")
+    _add_false_reject(calibrate)
+    _add_scoring_options(calibrate, precisions)
+    calibrate.set_defaults(run=_calibrate)
 
 
 def _add_scoring_options(parser, precisions) -> None:
@@ -242,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_demo)
     _add_train(commands, FORMS)
+    _add_calibrate(commands, tuple(PRECISIONS))
     _add_eval(commands, FORMS, tuple(PRECISIONS))
     _add_score(commands, tuple(PRECISIONS))
     _add_data(commands, FORMS)

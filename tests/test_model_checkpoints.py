@@ -17,6 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from fastad.engine import load_checkpoint, train
+from fastad.engine.checkpoint import LEGACY_IMAGE_SCORE, build_model
 from fastad.models import MODELS, create_model
 from fastad.models.components.backbones import VGG19_CONVS, ResNet18, VGG19Features, vgg11_features
 
@@ -117,4 +118,6 @@ def test_config_is_declared_once_and_checked(name):
     with safe_open(str(FIXTURES / name / ("checkpoint-without-vgg.safetensors" if name == "utad"
                                           else "checkpoint.safetensors")), "pt") as f:
         saved = json.loads(f.metadata()["fastad"])["config"]
-    assert cls.Config.from_dict(saved, name).as_dict() == saved       # an old header round-trips
+    legacy = {"image_score": LEGACY_IMAGE_SCORE, **saved}  # a header from before image_score loads with it
+    assert cls.Config.from_dict(legacy, name).as_dict() == legacy       # an old header round-trips
+    assert build_model(name, saved).config == legacy

@@ -26,6 +26,7 @@ from fastad.models.registry import create_model
 CHECKPOINT_FILE = "checkpoint.safetensors"
 CONFIG_FILE = "config.json"
 FORMAT_VERSION = 1
+LEGACY_IMAGE_SCORE = "max"  # the image-score rule of checkpoints whose config has no image_score key
 
 
 @dataclass
@@ -90,12 +91,25 @@ def save_checkpoint(run_dir, model: AnomalyModel, header: dict, optimizer: torch
         header["scheduler"] = {k: v for k, v in scheduler.state_dict().items() if _is_json(v)}
     if generator is not None:
         tensors["generator"] = generator.get_state()
+    return _write(checkpoint_path(run_dir), tensors, header)
+
+
+def _write(path: Path, tensors: dict[str, torch.Tensor], header: dict) -> Path:
+    """The checkpoint file and config.json beside it, each written atomically."""
     data = save_tensors(tensors, metadata={"fastad": json.dumps(header)})
-    path = checkpoint_path(run_dir)
     with atomic_write(path) as f:
         f.write(data)
     write_json({k: v for k, v in header.items() if k != "optimizer"}, path.parent / CONFIG_FILE)
     return path
+
+
+def update_header(run, changes: dict) -> Path:
+    """Rewrites run's checkpoint with its header updated by `changes` (JSON values), every tensor
+    kept, through the same atomic save (the previous file stays intact until the rename). The
+    caller holds the run folder's lock. Raises as load_checkpoint for a missing or corrupt file."""
+    path = _existing_checkpoint(run)
+    header, tensors = _read(path, tensors=True)
+    return _write(path, tensors, {**header, **changes})
 
 
 def _is_json(value) -> bool:
@@ -214,13 +228,15 @@ def load_checkpoint(run, device="cpu") -> Checkpoint:
 
 def build_model(name: str, config: dict, source: str = "the saved model") -> AnomalyModel:
     """The registry model `name` built with `config` for a saved state (no weights file read);
-    ValueError naming `source` when the name is unknown or the model rejects the config."""
+    ValueError naming `source` when the name is unknown or the model rejects the config. A config
+    saved before the `image_score` key existed scores images by the map's maximum, as it did."""
     from fastad.models.registry import MODELS
 
     import fastad.models  # noqa: F401  (registers every model)
 
     if name not in MODELS:
         raise ValueError(f"{source}: model must be one of {', '.join(sorted(MODELS))}; got {name!r}")
+    config = {"image_score": LEGACY_IMAGE_SCORE, **config}
     try:
         return create_model(name, read_weight_files=False, **config)
     except (TypeError, ValueError, ArithmeticError) as error:

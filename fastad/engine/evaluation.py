@@ -5,6 +5,7 @@ import math
 
 from fastad import metrics
 from fastad.engine.batch_scoring import ScoredImages
+from fastad.engine.calibration import decision_rates
 
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "pixel_ap", "aupro")
 
@@ -29,12 +30,17 @@ def compute_metrics(scored: ScoredImages, threshold: float | None = None) -> dic
     return result
 
 
-def evaluation_record(scored: ScoredImages, model: str, data: str, threshold: float | None = None) -> dict:
+def evaluation_record(scored: ScoredImages, model: str, data: str, threshold: float | None = None,
+                      decision_threshold: float | None = None) -> dict:
     """The results.json object: the four metrics (and iou at `threshold`, for models that
     segment), model, data, n_images (scored), skipped (count of unreadable files) and
-    skipped_files [{path, reason}]."""
-    return {**compute_metrics(scored, threshold), "model": model, "data": data, "n_images": len(scored.paths),
-            "skipped": len(scored.skipped), "skipped_files": [{"path": p, "reason": r} for p, r in scored.skipped]}
+    skipped_files [{path, reason}]; with the calibrated image-score `decision_threshold`, also
+    "decision": {threshold, false_reject, miss_rate} (fastad.engine.calibration.decision_rates)."""
+    record = {**compute_metrics(scored, threshold), "model": model, "data": data, "n_images": len(scored.paths),
+              "skipped": len(scored.skipped), "skipped_files": [{"path": p, "reason": r} for p, r in scored.skipped]}
+    if decision_threshold is not None:
+        record["decision"] = decision_rates(scored.image_scores, scored.labels, decision_threshold)
+    return record
 
 
 def format_table(records: dict[str, dict]) -> str:
@@ -47,4 +53,12 @@ def format_table(records: dict[str, dict]) -> str:
     lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
              for row in [header, *rows]]
     return "\n".join(lines)
+
+
+def format_decision(decision: dict) -> str:
+    """One line: the false-reject and miss rates at the calibrated threshold (n/a when undefined)."""
+    def rate(value):
+        return "n/a" if value is None else f"{100 * value:.1f} %"
+    return (f"at the calibrated threshold {decision['threshold']:.6g}: false-reject {rate(decision['false_reject'])}, "
+            f"miss {rate(decision['miss_rate'])}")
 

@@ -15,6 +15,7 @@ from fastad.checks import check_int
 from fastad.data import open_dataset
 from fastad.data.images import UnreadableImageError
 from fastad.data.report import report_skipped, warnings_to_stderr
+from fastad.engine.calibration import DEFAULT_FALSE_REJECT, MIN_IMAGES, calibrate_scorer, check_rate
 from fastad.engine.checkpoint import CHECKPOINT_FILE, read_header
 from fastad.engine.evaluation import evaluation_record
 from fastad.engine.results import write_overlays
@@ -45,9 +46,15 @@ def load_normal_images(data: str, size: int, seed: int = 0) -> tuple[torch.Tenso
 
 
 def fit_run(model_name: str, data: str, out, steps=None, seed: int = 0, device="cpu", config: dict | None = None,
-            resume_run: bool = False, checkpoint_every: int = 50, progress: bool = True) -> tuple[AnomalyModel, list]:
+            resume_run: bool = False, checkpoint_every: int = 50, progress: bool = True,
+            calibration_holdout: float = 0.0, false_reject: float = DEFAULT_FALSE_REJECT) -> tuple[AnomalyModel, list]:
     """Trains model `model_name` (constructor kwargs `config`) on the normal images of `data`,
     checkpointing into folder `out`; with resume_run, continues the run saved in `out` instead.
+
+    calibration_holdout: the fraction of the normal images (a seeded draw) kept out of training
+    and scored afterwards to store the image-score threshold at `false_reject` in the checkpoint
+    (fastad.engine.calibration); 0 (the default) trains on every image and stores no threshold.
+    A resumed run keeps the split it started with.
 
     The run holds `out`'s lock (fastad.engine.run_folder) from start to end, so a second train
     (or score) into the same folder fails at once with RunFolderBusy; a new run is refused
@@ -61,16 +68,47 @@ def fit_run(model_name: str, data: str, out, steps=None, seed: int = 0, device="
                 raise FileNotFoundError(f"--resume needs a checkpoint in {out}, found none")
             header = read_header(out)
             images, _ = load_normal_images(header["data"], header["image_size"], header["training"]["seed"])
-            return resume(out, images, device, progress, checkpoint_every)
+            holdout = header.get("calibration_holdout")
+            images, held = split_holdout(images, holdout["fraction"], holdout["seed"]) if holdout else (images, None)
+            model, history = resume(out, images, device, progress, checkpoint_every)
+            if held is not None and "calibration" not in read_header(out):
+                calibrate_scorer(Scorer(out, device), out, images=held, false_reject=holdout["false_reject"],
+                                 progress=progress)
+            return model, history
         if (out / CHECKPOINT_FILE).exists():
             raise FileExistsError(f"{out} already holds a checkpoint; pass --resume to continue it or choose "
                                   "another --out")
         remove_temp_files(out)
+        check_rate("false_reject", false_reject)
         torch.manual_seed(seed)
         model = create_model(model_name, **(config or {})).to(device)
         images, _ = load_normal_images(data, model.image_size, seed)
-        history = train(model, images.to(device), steps, seed, out, data, checkpoint_every, progress)
+        header, held = None, None
+        if calibration_holdout:
+            images, held = split_holdout(images, calibration_holdout, seed)
+            header = {"calibration_holdout": {"fraction": calibration_holdout, "seed": seed,
+                                              "false_reject": false_reject}}
+        history = train(model, images.to(device), steps, seed, out, data, checkpoint_every, progress, header=header)
+        if held is not None:
+            calibrate_scorer(Scorer(out, device), out, images=held, false_reject=false_reject, progress=progress)
     return model, history
+
+
+def split_holdout(images: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """images [N, ...] -> (training images, held-out images): round(fraction * N) of them drawn by
+    a generator seeded with `seed`, each part in its original order. ValueError when fraction is
+    not in (0, 1), or the held-out part would have fewer than calibration.MIN_IMAGES images or
+    nothing would be left to train on."""
+    fraction = check_rate("calibration_holdout", fraction)
+    n = images.shape[0]
+    held = round(fraction * n)
+    if held < MIN_IMAGES or held >= n:
+        raise ValueError(f"calibration_holdout {fraction:g} of {n} normal images holds out {held}: it must hold "
+                         f"out at least {MIN_IMAGES} and leave at least one to train on")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    keep = torch.zeros(n, dtype=torch.bool)
+    keep[order[held:]] = True
+    return images[keep], images[~keep]
 
 
 def evaluate(scorer: Scorer, data: str, overlays_dir=None, progress: bool = True, seed: int = 0) -> dict:
@@ -82,7 +120,8 @@ def evaluate(scorer: Scorer, data: str, overlays_dir=None, progress: bool = True
     if overlays_dir is not None:
         write_overlays(overlays_dir, scored, dataset)
     threshold = getattr(scorer.model, "threshold", None)  # models that segment (UTAD, eq. 9)
-    return evaluation_record(scored, scorer.model.name, data, None if threshold is None else float(threshold))
+    return evaluation_record(scored, scorer.model.name, data, None if threshold is None else float(threshold),
+                             scorer.threshold)
 
 
 def evaluate_run(run, data: str | None = None, device="cpu", batch_size: int = 8, precision: str = "fp32",

@@ -1,7 +1,9 @@
 """One scoring run of a folder of production images into an output folder, streamed and resumable.
 
-    out/scores.csv       `path,score`, one row per scored image in file-name order; each batch's
-                         rows are appended (flushed and fsynced) once its maps are on disk
+    out/scores.csv       `path,score` (and `verdict`, ok / defect, when the checkpoint holds a
+                         calibrated threshold), one row per scored image in file-name order;
+                         each batch's rows are appended (flushed and fsynced) once its maps are
+                         on disk
     out/maps/<name>.npy  the anomaly map [H, W] float32 of each image
     out/overlays/*.png   heat-map overlays (written at the end: they share one colour range)
     out/run.json         the manifest: images, checkpoint, settings; complete once finished
@@ -29,6 +31,7 @@ from fastad.checks import check_bool, check_choice
 from fastad.data.folder import FolderDataset
 from fastad.data.report import warnings_to_stderr
 from fastad.engine.batch_scoring import ScoredImages
+from fastad.engine.calibration import verdicts
 from fastad.engine.results import output_name, save_map, write_overlays
 from fastad.engine.run_folder import MANIFEST_FILE, claim, digest, locked, mark_complete, state_digest
 
@@ -36,7 +39,8 @@ SCORES_FILE = "scores.csv"
 MAPS_DIR = "maps"
 OVERLAYS_DIR = "overlays"
 OWNED = (SCORES_FILE, MAPS_DIR, OVERLAYS_DIR, "parts")  # what a scoring run writes into its folder
-HEADER = "path,score\r\n"  # csv.writer's default line ending, as write_scores_csv writes it
+COLUMNS = ("path", "score")
+VERDICT_COLUMN = "verdict"  # with a calibrated threshold
 
 
 def open_folder(path, size: int) -> FolderDataset:
@@ -48,12 +52,19 @@ def open_folder(path, size: int) -> FolderDataset:
         return FolderDataset(normal_dir=path, test_dir=path, split="test", size=size)
 
 
-def score_rows(paths: list[str], image_scores: torch.Tensor) -> str:
-    """CSV rows `path,score` (score to 9 significant digits: a float32 round-trips)."""
+def score_header(threshold: float | None) -> str:
+    """The header line of scores.csv (csv.writer's default line ending, as write_scores_csv's)."""
+    return ",".join(COLUMNS + ((VERDICT_COLUMN,) if threshold is not None else ())) + "\r\n"
+
+
+def score_rows(paths: list[str], image_scores: torch.Tensor, threshold: float | None = None) -> str:
+    """CSV rows `path,score` (score to 9 significant digits: a float32 round-trips), plus the
+    verdict (score > threshold: defect, else ok) when a threshold is given."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    for name, score in zip(paths, image_scores.tolist()):
-        writer.writerow([name, f"{score:.9g}"])
+    judged = verdicts(image_scores, threshold)
+    for i, (name, score) in enumerate(zip(paths, image_scores.tolist())):
+        writer.writerow([name, f"{score:.9g}"] + ([judged[i]] if judged else []))
     return buffer.getvalue()
 
 
@@ -65,10 +76,11 @@ def run_manifest(source: str, model, images: str, paths: list[str], settings: di
             "checkpoint": source, "model": model.name, "weights_sha256": state_digest(model), "settings": settings}
 
 
-def read_finished(path: Path, dataset) -> list[tuple[int, str, float]]:
+def read_finished(path: Path, dataset, threshold: float | None = None) -> list[tuple[int, str, float]]:
     """The rows an earlier attempt of this run appended to scores.csv -> [(dataset position, path,
     score)]; a half-written last line (a kill mid-write) is cut off the file. ValueError naming
-    the file when its rows are not this run's images in order."""
+    the file when its header is not score_header(threshold) or its rows are not this run's images
+    in order."""
     if not path.is_file():
         return []
     raw = path.read_bytes()
@@ -76,10 +88,14 @@ def read_finished(path: Path, dataset) -> list[tuple[int, str, float]]:
     if len(complete) != len(raw):
         os.truncate(path, len(complete))
     lines = complete.decode().splitlines()
+    header = score_header(threshold).rstrip()
+    if lines and lines[0] != header:
+        raise ValueError(f"{path} has the header {lines[0]!r}, this run writes {header!r}; pass --overwrite "
+                         "to score the folder again")
     position = {item[0]: i for i, item in enumerate(dataset.items)}
     finished = []
     for row in csv.reader(lines[1:]):
-        index = position.get(row[0]) if len(row) == 2 else None
+        index = position.get(row[0]) if len(row) == header.count(",") + 1 else None
         if index is None or (finished and index <= finished[-1][0]):
             raise ValueError(f"{path} does not list this run's images in order (row {row!r}); pass --overwrite "
                              "to score the folder again")
@@ -88,15 +104,16 @@ def read_finished(path: Path, dataset) -> list[tuple[int, str, float]]:
 
 
 class ScoresStream:
-    """out/scores.csv opened for appending. write(text) appends a whole batch's rows with one
+    """out/scores.csv opened for appending (a new file starts with `header`, default
+    score_header(None)). write(text) appends a whole batch's rows with one
     write, then fsyncs; if the write fails part-way (a full disk) the file is cut back to where
     the batch began, so the file only ever holds whole batches and a resume starts at the next."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, header: str | None = None):
         self.path = path
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         if os.fstat(self.fd).st_size == 0:
-            self.write(HEADER)
+            self.write(score_header(None) if header is None else header)
 
     def write(self, text: str) -> None:
         data, start = text.encode(), os.fstat(self.fd).st_size
@@ -143,16 +160,16 @@ def score_folder(scorer, path, out=None, save_maps: str | None = "npy", overlays
 
 def _stream(scorer, dataset, out: Path, save_maps, overlays: bool, num_workers, progress) -> ScoredImages:
     """Scores the images scores.csv does not hold yet, appending their rows batch by batch."""
-    finished = read_finished(out / SCORES_FILE, dataset)
+    finished = read_finished(out / SCORES_FILE, dataset, scorer.threshold)
     batch = scorer.batch_size
     start = (finished[-1][0] // batch + 1) * batch if finished else 0
-    stream = ScoresStream(out / SCORES_FILE)
+    stream = ScoresStream(out / SCORES_FILE, score_header(scorer.threshold))
 
     def write_batch(samples, result):
         if save_maps == "npy":
             for j, (index, image_path) in enumerate(zip(samples.indices, samples.paths)):
                 save_map(out / MAPS_DIR / f"{output_name(image_path, index)}.npy", result.maps[j])
-        stream.write(score_rows(samples.paths, result.image_scores))
+        stream.write(score_rows(samples.paths, result.image_scores, scorer.threshold))
 
     try:
         with warnings_to_stderr():

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from fastad.checks import check_bool, check_choice, check_int
+from fastad.engine.calibration import calibrated_threshold, verdicts
 from fastad.engine.checkpoint import checkpoint_path, load_checkpoint
 from fastad.engine.batch_scoring import ScoredImages, score_dataset
 from fastad.models.base import AnomalyModel
@@ -34,6 +35,11 @@ class Scorer:
         memory_format: "channels_last" (default: the model's conv weights and every batch are
             laid out NHWC, the layout oneDNN and cuDNN run fastest; the model passed in is
             converted in place) or "contiguous" (NCHW, as trained).
+
+    Attributes:
+        threshold: the image-score threshold of a calibrated checkpoint (its header's
+            "calibration", see fastad.engine.calibration), which gives every result a verdict;
+            None for an uncalibrated checkpoint or a model object.
     """
 
     def __init__(self, checkpoint, device="cpu", batch_size: int = 8, precision: str = "fp32",
@@ -57,14 +63,17 @@ class Scorer:
         self.model.to(memory_format=self.memory_format)
         self.batch_size, self.precision, self.cuda_graphs = batch_size, precision, cuda_graphs
         self.image_size = self.model.image_size
+        self.threshold = calibrated_threshold(self.header)
         self._graphs: dict[tuple, tuple] = {}
 
     def settings(self) -> dict:
-        """The settings that decide this scorer's floats: device, batch size, precision, CUDA
-        graphs, memory format, image size (what an output folder's manifest records)."""
+        """The settings that decide this scorer's output: device, batch size, precision, CUDA
+        graphs, memory format, image size, and the calibrated threshold when there is one (what
+        an output folder's manifest records)."""
         layout = next(name for name, value in MEMORY_FORMATS.items() if value == self.memory_format)
-        return {"device": str(self.device), "batch_size": self.batch_size, "precision": self.precision,
-                "cuda_graphs": self.cuda_graphs, "memory_format": layout, "image_size": self.image_size}
+        settings = {"device": str(self.device), "batch_size": self.batch_size, "precision": self.precision,
+                    "cuda_graphs": self.cuda_graphs, "memory_format": layout, "image_size": self.image_size}
+        return settings if self.threshold is None else {**settings, "threshold": self.threshold}
 
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
         if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
@@ -108,12 +117,13 @@ class Scorer:
     def score(self, images: torch.Tensor) -> AnomalyResult:
         """images [B, 3, H, W] (float in [0, 1] or uint8, any device and size; resized to the
         model's native size) -> AnomalyResult(image_scores [B], maps [B, S, S]) on self.device,
-        float32, S = the model's image_size."""
+        float32, S = the model's image_size; verdict ["ok" | "defect"] * B when the checkpoint was
+        calibrated (fastad.engine.calibration), else None."""
         images = self._prepare(images)
         with torch.inference_mode():
-            if self.cuda_graphs:
-                return self._graphed(images)
-            return self._forward(images)
+            result = self._graphed(images) if self.cuda_graphs else self._forward(images)
+        result.verdict = verdicts(result.image_scores, self.threshold)
+        return result
 
     __call__ = score
 

@@ -18,6 +18,7 @@ from fastad.checks import check_int
 from fastad.engine.checkpoint import CONFIG_FILE, load_checkpoint, restore_optimizer, save_checkpoint
 from fastad.models.base import AnomalyModel
 
+KEPT_HEADER_KEYS = ("calibration_holdout",)  # facts of the run a resume carries over (fastad.engine.pipeline)
 HISTORY_FILE = "history.json"
 
 
@@ -66,7 +67,8 @@ def _train_steps(model: AnomalyModel, stage_index: int, steps: range, n: int, tr
 
 
 def train(model: AnomalyModel, train_images: torch.Tensor, steps=None, seed: int = 0, run_dir=None,
-          data: str | None = None, checkpoint_every: int = 50, progress: bool = True, _resume=None) -> list[dict]:
+          data: str | None = None, checkpoint_every: int = 50, progress: bool = True, _resume=None,
+          header: dict | None = None) -> list[dict]:
     """Trains `model` through its stages on the normal images train_images [N, 3, H, W] (on the
     model's device), then prepares it for scoring.
 
@@ -79,6 +81,7 @@ def train(model: AnomalyModel, train_images: torch.Tensor, steps=None, seed: int
         data: the dataset spec, kept in the checkpoint header.
         checkpoint_every: steps between checkpoints, an int >= 1 (one is always written at the end
             of each stage).
+        header: more JSON facts for every checkpoint's header (a resume keeps them).
 
     Returns:
         the per-step losses [{"stage", "step", "total", ...}] (including those before a resume).
@@ -100,8 +103,8 @@ def train(model: AnomalyModel, train_images: torch.Tensor, steps=None, seed: int
             return
         position = {"stage_index": stage_index, "stage": model.stages[stage_index] if stage_index < len(model.stages)
                     else None, "step": step, "steps": steps, "seed": seed, "complete": complete}
-        save_checkpoint(run_dir, model, {"data": data, "image_size": model.image_size, "training": position},
-                        optimizer, scheduler, generator)
+        save_checkpoint(run_dir, model, {**(header or {}), "data": data, "image_size": model.image_size,
+                                         "training": position}, optimizer, scheduler, generator)
         write_json(history, Path(run_dir) / HISTORY_FILE)
 
     for stage_index in range(first_stage, len(model.stages)):
@@ -136,7 +139,9 @@ def resume(run_dir, train_images: torch.Tensor, device="cpu", progress: bool = T
     if training["complete"]:
         history_path = Path(run_dir) / HISTORY_FILE
         return checkpoint.model, json.loads(history_path.read_text()) if history_path.is_file() else []
+    kept = {key: header[key] for key in KEPT_HEADER_KEYS if key in header}
     history = train(checkpoint.model, train_images.to(device), training["steps"], training["seed"], run_dir,
-                    header.get("data"), checkpoint_every, progress, _resume=(header, checkpoint.training_tensors))
+                    header.get("data"), checkpoint_every, progress, _resume=(header, checkpoint.training_tensors),
+                    header=kept)
     return checkpoint.model, history
 

@@ -10,36 +10,25 @@ Rules (IMAGE_SCORE_RULES):
     smooth_top1       the mean of the top 1 % pixels of the smoothed map
     norm_max          the maximum of the normalised map z = (map - m) / s
     norm_smooth_top1  smooth_top1 of the normalised map
-where, for the norm_* rules (NORMALISED_RULES), m [H, W] is the per-position mean of `reference`
+A model's `image_score` setting takes one of MODEL_RULES (the rules that need no reference maps;
+they are defined, and applied on the model's device, in fastad.models.base).
+Where, for the norm_* rules (NORMALISED_RULES), m [H, W] is the per-position mean of `reference`
 maps of normal images (it removes border and position bias) and s the standard deviation of all
 their pixels after subtracting m (one scale per model and dataset).
 """
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 
 from fastad.checks import check_choice
 from fastad.metrics._inputs import as_cpu_tensor, check_no_nan
+from fastad.models.base import MODEL_RULES, SMOOTH_SIGMA, TOP_FRACTION, apply_rule, smooth
 
-IMAGE_SCORE_RULES = ("max", "q0.99", "q0.999", "smooth_max", "smooth_top1", "norm_max", "norm_smooth_top1")
+__all__ = ["IMAGE_SCORE_RULES", "MODEL_RULES", "NORMALISED_RULES", "SMOOTH_SIGMA", "TOP_FRACTION", "image_score",
+           "normalise", "smooth"]
+
 NORMALISED_RULES = ("norm_max", "norm_smooth_top1")
-SMOOTH_SIGMA = 4.0
-TOP_FRACTION = 0.01
-
-
-def smooth(maps: torch.Tensor, sigma: float = SMOOTH_SIGMA) -> torch.Tensor:
-    """maps [N, H, W] float -> the same maps blurred by a separable Gaussian of std `sigma` px
-    (replicate padding, so a flat map stays flat)."""
-    radius = max(1, int(math.ceil(3 * sigma)))
-    x = torch.arange(-radius, radius + 1, dtype=maps.dtype)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    out = F.pad(maps[:, None], (radius, radius, radius, radius), mode="replicate")
-    out = F.conv2d(F.conv2d(out, kernel.view(1, 1, 1, -1)), kernel.view(1, 1, -1, 1))
-    return out[:, 0]
+IMAGE_SCORE_RULES = MODEL_RULES + NORMALISED_RULES
 
 
 def normalise(maps: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -73,13 +62,5 @@ def image_score(maps, rule: str = "max", reference=None) -> torch.Tensor:
             raise ValueError(f"reference must be [M >= 1, {maps.shape[1]}, {maps.shape[2]}] like maps, "
                              f"got {list(reference.shape)}")
         maps = normalise(maps, reference)
-    flat = maps.flatten(1)
-    if rule in ("max", "norm_max"):
-        return flat.amax(1)
-    if rule.startswith("q"):
-        return torch.quantile(flat, float(rule[1:]), dim=1)
-    smoothed = smooth(maps).flatten(1)
-    if rule == "smooth_max":
-        return smoothed.amax(1)
-    k = max(1, round(TOP_FRACTION * smoothed.shape[1]))
-    return smoothed.topk(k, dim=1).values.mean(1)
+    return apply_rule(maps, rule.removeprefix("norm_"))
+

@@ -25,26 +25,70 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from fastad.checks import check_bool
+from fastad.checks import check_bool, check_choice
+
+
+MODEL_RULES = ("max", "q0.99", "q0.999", "smooth_max", "smooth_top1")  # see fastad.metrics.image_score
+SMOOTH_SIGMA = 4.0
+TOP_FRACTION = 0.01
+
+
+def smooth(maps: torch.Tensor, sigma: float = SMOOTH_SIGMA) -> torch.Tensor:
+    """maps [N, H, W] float -> the same maps blurred by a separable Gaussian of std `sigma` px
+    (replicate padding, so a flat map stays flat), on the maps' device."""
+    radius = max(1, int(math.ceil(3 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    out = F.pad(maps[:, None], (radius, radius, radius, radius), mode="replicate")
+    out = F.conv2d(F.conv2d(out, kernel.view(1, 1, 1, -1)), kernel.view(1, 1, -1, 1))
+    return out[:, 0]
+
+
+def apply_rule(maps: torch.Tensor, rule: str) -> torch.Tensor:
+    """Image scores [N] of maps [N, H, W] by `rule`, one of MODEL_RULES (module docstring of
+    fastad.metrics.image_score), on the maps' device, unchecked: "max" is exactly
+    maps.flatten(1).amax(1); q<p> the p quantile; smooth_max / smooth_top1 the maximum / the mean
+    of the top TOP_FRACTION pixels of smooth(maps)."""
+    flat = maps.flatten(1)
+    if rule == "max":
+        return flat.amax(1)
+    if rule.startswith("q"):
+        return torch.quantile(flat, float(rule[1:]), dim=1)
+    smoothed = smooth(maps).flatten(1)
+    if rule == "smooth_max":
+        return smoothed.amax(1)
+    k = max(1, round(TOP_FRACTION * smoothed.shape[1]))
+    return smoothed.topk(k, dim=1).values.mean(1)
 
 
 @dataclass
 class AnomalyResult:
     """What every model's score() returns. image_scores [B]: one anomaly score per image (higher =
-    more anomalous); maps [B, H, W]: per-pixel anomaly scores at the input resolution."""
+    more anomalous); maps [B, H, W]: per-pixel anomaly scores at the input resolution; verdict:
+    "ok" or "defect" per image (score above the calibrated threshold) when the scorer holds a
+    threshold (fastad.Scorer of a calibrated checkpoint), else None."""
 
     image_scores: torch.Tensor
     maps: torch.Tensor
+    verdict: list[str] | None = None
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Base of every model's Config: a frozen dataclass of JSON values whose subclasses declare the
     keys with their defaults and check them in __post_init__ (TypeError / ValueError naming the
-    key and what was expected)."""
+    key and what was expected). image_score: the image-score rule of every model (checked by
+    AnomalyModel, so that a subclass's __post_init__ need not call this one's); a model may
+    redeclare it with another default."""
+
+    image_score: str = "max"
 
     @classmethod
     def from_dict(cls, values: dict, model: str) -> ModelConfig:
@@ -99,7 +143,13 @@ class AnomalyModel(nn.Module):
         super().__init__()
         self.read_weight_files = check_bool("read_weight_files", read_weight_files)
         self.settings = self.Config.from_dict(config, self.name or type(self).__name__)
+        check_choice("image_score", self.settings.image_score, MODEL_RULES)
         self.config = self.settings.as_dict()
+
+    def image_scores(self, maps: torch.Tensor) -> torch.Tensor:
+        """maps [B, H, W] -> image scores [B] by the config's `image_score` rule (on the maps'
+        device; "max" is the map's maximum)."""
+        return apply_rule(maps, self.settings.image_score)
 
     def setup(self, train_images: torch.Tensor) -> None:
         """Called once before training with the normal images [N, 3, H, W] (input statistics)."""

@@ -68,4 +68,4 @@ class RawPixelKNN(AnomalyModel):
         b, p, d = z.shape
         patch_scores = self.memory_bank.score(z.reshape(b * p, d)).reshape(b, p)
         maps = patch_average(patch_scores.contiguous(), PatchGrid(self.patch_size, self.stride, tuple(images.shape[-2:])))
-        return AnomalyResult(maps.flatten(1).amax(1), maps)
+        return AnomalyResult(self.image_scores(maps), maps)

@@ -255,4 +255,4 @@ class FCDD(AnomalyModel):
         self.train(was_training)
         if maps.shape[-2:] != images.shape[-2:]:
             maps = F.interpolate(maps[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        return AnomalyResult(image_scores=maps.flatten(1).amax(1), maps=maps)
+        return AnomalyResult(image_scores=self.image_scores(maps), maps=maps)

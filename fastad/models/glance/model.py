@@ -314,7 +314,7 @@ class GlanceNet(AnomalyModel):
 
     def combine(self, s_iad: torch.Tensor, s_dad: torch.Tensor, image_size: tuple[int, int],
                 lambda_s: float | None = None) -> AnomalyResult:
-        """Eq. 13 and the IDW map: s_iad, s_dad [B, P] -> AnomalyResult(image_scores [B] = map max,
+        """Eq. 13 and the IDW map: s_iad, s_dad [B, P] -> AnomalyResult(image_scores [B] by image_score,
         maps [B, H, W]) with s = λs s_IAD + (1 - λs) s_DAD (λs default: the config's)."""
         lambda_s = self.config["lambda_s"] if lambda_s is None else lambda_s
         if not 0.0 <= lambda_s <= 1.0:
@@ -323,7 +323,7 @@ class GlanceNet(AnomalyModel):
         maps = idw_upsample(scores.float().contiguous(), self.grid(*image_size), power=self.config["idw_power"])
         if self.config["blur_sigma"] > 0:
             maps = gaussian_blur(maps[:, None], self.config["blur_sigma"])[:, 0]
-        return AnomalyResult(maps.flatten(1).amax(1), maps)
+        return AnomalyResult(self.image_scores(maps), maps)
 
     @torch.no_grad()
     def score(self, images: torch.Tensor, lambda_s: float | None = None) -> AnomalyResult:

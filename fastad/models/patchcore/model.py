@@ -169,7 +169,7 @@ class PatchCore(AnomalyModel):
         patch_scores = dist.reshape(b, 1, h, w)
         maps = F.interpolate(patch_scores, size=images.shape[-2:], mode="bilinear", align_corners=False)
         maps = gaussian_blur(maps, self.settings.sigma)[:, 0]
-        image_scores = maps.flatten(1).amax(1)
+        image_scores = self.image_scores(maps)
         if self.settings.neighbours > 1:
             image_scores = image_scores * self.reweighting(queries.reshape(b, h * w, d), dist.reshape(b, h * w),
                                                            index.reshape(b, h * w))

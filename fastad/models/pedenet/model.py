@@ -187,4 +187,4 @@ class PEDENet(AnomalyModel):
         patch_scores = self.memory_bank.score(z.reshape(b * p, d)).reshape(b, p)
         grid = PatchGrid(self.patch_size, stride, tuple(images.shape[-2:]))
         maps = patch_average(patch_scores.contiguous(), grid)
-        return AnomalyResult(image_scores=maps.flatten(1).amax(1), maps=maps)
+        return AnomalyResult(image_scores=self.image_scores(maps), maps=maps)

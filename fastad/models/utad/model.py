@@ -214,9 +214,9 @@ class UTAD(AnomalyModel):
 
     @torch.no_grad()
     def score(self, images: torch.Tensor) -> AnomalyResult:
-        """images [B, 3, H, W] in [0, 1] -> AnomalyResult(image_scores = max of map [B], maps [B, H, W])."""
+        """images [B, 3, H, W] in [0, 1] -> AnomalyResult(image_scores [B] by image_score, maps [B, H, W])."""
         maps = self.anomaly_maps(images)
-        return AnomalyResult(image_scores=maps.flatten(1).amax(1), maps=maps)
+        return AnomalyResult(image_scores=self.image_scores(maps), maps=maps)
 
     @torch.no_grad()
     def segment(self, images: torch.Tensor) -> torch.Tensor:
