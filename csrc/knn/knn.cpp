@@ -406,12 +406,13 @@ std::tuple<at::Tensor, at::Tensor> knn_cpu(const at::Tensor& query_in, const at:
 // bytes per row instead of D).
 //
 // Row i with stored minimum R (0 < R, 2^-900 <= R < inf) is skipped when
-//   sqrt(p) >= sqrt(R) (1 + eta) + slack,   p = computed |y_i - y_c|^2,  eta = 1e-6.
+//   p >= (sqrt(R) (1 + eta) + slack)^2,   p = computed |y_i - y_c|^2,  eta = 1e-6
+// (p over the first components only is a bound too: the rows of P are orthonormal).
 // Why min(R, canonical(i, c)) == R then: each computed y has an error of norm at most
 // E = sqrt(k) (D + 2) 2^-53 max_j |x_j - mu| (one rounding of x - mu, then a dot product;
-// |P_row| = 1, Cauchy-Schwarz), p has a relative error <= (k + 2) 2^-53, and |P|_2 <= 1 + tau
-// with tau <= 1e-9 checked on P P^T. With slack = 4 E, in exact arithmetic d(i, c) >= |P (x_i -
-// c)| / (1 + tau) >= sqrt(R) (1 + eta / 2). The canonical squared distance over D terms is within
+// |P_row| = 1, Cauchy-Schwarz), p has a relative error <= (k + 2) 2^-53, and |P|_2^2 <= 1 + k tau
+// (Gershgorin) with tau <= 1e-9 the largest entry of |P P^T - I|, checked. With slack = 4 E, in exact arithmetic d(i, c) >= |P (x_i -
+// c)| / |P|_2 >= sqrt(R) (1 + eta / 2). The canonical squared distance over D terms is within
 // a relative eps <= (D/32 + 8) 2^-52 of the exact one (nonnegative terms, every difference and
 // square rounded once, at most D/32 + 5 additions on any path) plus an absolute D 2^-1074 from
 // underflow, both far below eta R for D <= 2048 and R >= 2^-900; so canonical(i, c) > R.
@@ -448,7 +449,9 @@ KcenterProjection kcenter_projection(const at::Tensor& features, int64_t n) {
   const at::Tensor mu = x.mean(0);
   const at::Tensor centred = x - mu;
   const at::Tensor sample = centred.slice(0, 0, m, std::max<int64_t>(1, m / 8192));
-  const at::Tensor vectors = std::get<1>(at::linalg_eigh(sample.t().mm(sample)));
+  const at::Tensor covariance = sample.t().mm(sample);
+  if (!covariance.isfinite().all().item<bool>()) return proj;
+  const at::Tensor vectors = std::get<1>(at::linalg_eigh(covariance));
   const at::Tensor p = vectors.slice(1, d - k, d).t().contiguous();  // [k, D], orthonormal rows
   const double tau = (p.mm(p.t()) - at::eye(k, p.options())).abs().max().item<double>();
   const double max_norm = centred.norm(2, 1).max().item<double>();
@@ -460,18 +463,29 @@ KcenterProjection kcenter_projection(const at::Tensor& features, int64_t n) {
   return proj;
 }
 
-// Whether row i's minimum r2 provably stays as it is for the centre whose projection is yc.
+// Whether row i's minimum r2 provably stays as it is for the centre whose projection is yc. The
+// squared projected distance grows with every component, so it stops at the first 8-component
+// group that reaches (sqrt(r2) (1 + eta) + slack)^2 (its rounding, 4 ulps, is far below eta).
 inline bool kcenter_skip(double r2, const double* yi, const double* yc, int64_t k, double slack) {
   if (r2 <= 0.0) return true;
   if (!(r2 >= kPruneMinSquare && r2 < kInf)) return false;
+  const double bound = std::sqrt(r2) * (1.0 + kPruneEta) + slack;
+  const double target = bound * bound;
   double p = 0.0;
-  for (int64_t j = 0; j < k; ++j) {
-    const double diff = yi[j] - yc[j];
-    p += diff * diff;
+  for (int64_t j0 = 0; j0 < k; j0 += 8) {
+    const int64_t j1 = std::min(k, j0 + 8);
+    for (int64_t j = j0; j < j1; ++j) {
+      const double diff = yi[j] - yc[j];
+      p += diff * diff;
+    }
+    if (p >= target) return true;
   }
-  return p >= r2 && std::sqrt(p) >= std::sqrt(r2) * (1.0 + kPruneEta) + slack;
+  return false;
 }
 
+// Checks cost about as much as reading a row where few rows are skipped (features with a flat
+// spectrum): after a step with checks that read more than half the rows, the next `backoff`
+// steps read every row, the backoff doubling up to 64 while that lasts.
 template <typename T>
 void kcenter_steps(const T* x, int64_t m, int64_t d, int64_t n, int64_t start,
                    const KcenterProjection& proj, int64_t* sel) {
@@ -480,31 +494,44 @@ void kcenter_steps(const T* x, int64_t m, int64_t d, int64_t n, int64_t start,
   const int64_t k = proj.k;
   const int threads = at::get_num_threads();
   std::vector<KcenterBest> part(threads);
+  std::vector<int64_t> part_reads(threads);
   // a thread gets at least ~256K multiply-adds per step (unpruned), or the step runs on one thread
   const int64_t grain = std::max<int64_t>(256, (int64_t(1) << 18) / d);
-  int64_t centre = start;
+  int64_t centre = start, pause = 0, backoff = 1;
   for (int64_t step = 0; step < n; ++step) {
     sel[step] = centre;
     min_dist[centre] = -1.0;  // chosen rows are never chosen again
     if (step + 1 == n) break;
     std::fill(part.begin(), part.end(), KcenterBest{-2.0, m});
+    std::fill(part_reads.begin(), part_reads.end(), 0);
     const T* c = x + centre * d;
-    const double* yc = y ? y + centre * k : nullptr;
+    const double* yc = (y && pause == 0) ? y + centre * k : nullptr;
     at::parallel_for(0, m, grain, [&](int64_t begin, int64_t end) {
       KcenterBest best{-2.0, m};
+      int64_t reads = 0;
       for (int64_t i = begin; i < end; ++i) {
         double r = min_dist[i];
-        if (!(y && kcenter_skip(r, y + i * k, yc, k, proj.slack))) {
+        if (!(yc && kcenter_skip(r, y + i * k, yc, k, proj.slack))) {
           r = std::min(r, canonical_distance(x + i * d, c, d));
           min_dist[i] = r;
+          ++reads;
         }
         if (r > best.value) best = KcenterBest{r, i};
       }
       part[at::get_thread_num()].fold(best.value, best.index);
+      part_reads[at::get_thread_num()] += reads;
     });
     KcenterBest best{-2.0, m};
     for (const KcenterBest& p : part) best.fold(p.value, p.index);
     centre = best.index;
+    if (!yc) {
+      pause = std::max<int64_t>(0, pause - 1);
+    } else if (2 * std::accumulate(part_reads.begin(), part_reads.end(), int64_t(0)) > m) {
+      pause = backoff;
+      backoff = std::min<int64_t>(2 * backoff, 64);
+    } else {
+      backoff = 1;
+    }
   }
 }
 
