@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -483,9 +484,10 @@ inline bool kcenter_skip(double r2, const double* yi, const double* yc, int64_t 
   return false;
 }
 
-// Checks cost about as much as reading a row where few rows are skipped (features with a flat
-// spectrum): after a step with checks that read more than half the rows, the next `backoff`
-// steps read every row, the backoff doubling up to 64 while that lasts.
+// Where few rows are skipped (features with a flat spectrum) the checks cost more than they save:
+// a step with checks that took longer than the latest step without them (step 0 is one: no row
+// has a minimum yet) is followed by `backoff` steps without checks, the backoff doubling up to
+// 64 while that lasts. Timing only decides which rows are read, never what any step picks.
 template <typename T>
 void kcenter_steps(const T* x, int64_t m, int64_t d, int64_t n, int64_t start,
                    const KcenterProjection& proj, int64_t* sel) {
@@ -494,39 +496,39 @@ void kcenter_steps(const T* x, int64_t m, int64_t d, int64_t n, int64_t start,
   const int64_t k = proj.k;
   const int threads = at::get_num_threads();
   std::vector<KcenterBest> part(threads);
-  std::vector<int64_t> part_reads(threads);
   // a thread gets at least ~256K multiply-adds per step (unpruned), or the step runs on one thread
   const int64_t grain = std::max<int64_t>(256, (int64_t(1) << 18) / d);
-  int64_t centre = start, pause = 0, backoff = 1;
+  int64_t centre = start, pause = 1, backoff = 1;
+  double plain_seconds = kInf;
   for (int64_t step = 0; step < n; ++step) {
     sel[step] = centre;
     min_dist[centre] = -1.0;  // chosen rows are never chosen again
     if (step + 1 == n) break;
     std::fill(part.begin(), part.end(), KcenterBest{-2.0, m});
-    std::fill(part_reads.begin(), part_reads.end(), 0);
+    const auto began = std::chrono::steady_clock::now();
     const T* c = x + centre * d;
     const double* yc = (y && pause == 0) ? y + centre * k : nullptr;
     at::parallel_for(0, m, grain, [&](int64_t begin, int64_t end) {
       KcenterBest best{-2.0, m};
-      int64_t reads = 0;
       for (int64_t i = begin; i < end; ++i) {
         double r = min_dist[i];
         if (!(yc && kcenter_skip(r, y + i * k, yc, k, proj.slack))) {
           r = std::min(r, canonical_distance(x + i * d, c, d));
           min_dist[i] = r;
-          ++reads;
         }
         if (r > best.value) best = KcenterBest{r, i};
       }
       part[at::get_thread_num()].fold(best.value, best.index);
-      part_reads[at::get_thread_num()] += reads;
     });
     KcenterBest best{-2.0, m};
     for (const KcenterBest& p : part) best.fold(p.value, p.index);
     centre = best.index;
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
     if (!yc) {
+      plain_seconds = seconds;
       pause = std::max<int64_t>(0, pause - 1);
-    } else if (2 * std::accumulate(part_reads.begin(), part_reads.end(), int64_t(0)) > m) {
+    } else if (seconds > plain_seconds) {
       pause = backoff;
       backoff = std::min<int64_t>(2 * backoff, 64);
     } else {
