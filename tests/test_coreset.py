@@ -161,3 +161,53 @@ def test_scorer_state_dict_round_trip():
 def test_scorer_bad_input(make, error, message):
     with pytest.raises(error, match=message):
         make()
+
+
+def _clustered(m, d, clusters, spread, seed, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    centres = 10 * torch.randn(clusters, d, generator=g, dtype=torch.float64)
+    labels = torch.randint(clusters, (m,), generator=g)
+    scale = torch.logspace(0, -3, d, dtype=torch.float64)  # a decaying spectrum, like CNN features
+    return (centres[labels] + spread * scale * torch.randn(m, d, generator=g, dtype=torch.float64)).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("m,d,n,clusters,spread", [
+    (1500, 384, 120, 40, 1.0),    # PatchCore-like: most rows skipped by the projection bound
+    (4000, 1, 400, 8, 0.5),       # D = 1: k = 1, the projection is the distance itself
+    (2000, 7, 500, 3, 1e-3),      # tight clusters, k = 1
+    (300, 2048, 32, 5, 2.0),      # the largest D that prunes
+    (300, 2049, 20, 5, 2.0),      # above it: every row read
+])
+def test_pruned_steps_match_reference(m, d, n, clusters, spread, dtype):
+    features = _clustered(m, d, clusters, spread, m + d, dtype)
+    got = fastad.ops.kcenter_coreset(features, n, 3)
+    assert torch.equal(got, fastad.ops.reference.kcenter_coreset(features, n, 3))
+
+
+def test_pruned_steps_with_duplicates_and_ties():
+    """Exact duplicate rows (minimum 0 once a copy is chosen), equal distances to the farthest
+    point (ties to the lower index) and points on a lattice, where bounds are met with equality."""
+    g = torch.Generator().manual_seed(21)
+    lattice = torch.stack(torch.meshgrid(torch.arange(12.0), torch.arange(12.0), indexing="ij"), -1).reshape(-1, 2)
+    block = torch.cat([lattice, torch.zeros(lattice.shape[0], 6)], 1)
+    features = torch.cat([block, block, block[torch.randperm(block.shape[0], generator=g)]])
+    got = fastad.ops.kcenter_coreset(features, 300, 0)
+    assert torch.equal(got, fastad.ops.reference.kcenter_coreset(features, 300, 0))
+    assert len(set(got.tolist())) == 300
+
+
+@pytest.mark.parametrize("scale", [1e-140, 1e140])
+def test_pruned_steps_at_extreme_magnitudes(scale):
+    """float64 rows whose squared distances underflow or come close to overflow."""
+    features = _clustered(1000, 16, 10, 1.0, 22, torch.float64) * scale
+    got = fastad.ops.kcenter_coreset(features, 120, 0)
+    assert torch.equal(got, fastad.ops.reference.kcenter_coreset(features, 120, 0))
+
+
+def test_pruned_steps_with_non_finite_rows():
+    features = _clustered(1000, 32, 10, 1.0, 23)
+    features[17, 3] = float("nan")
+    features[500, 0] = float("inf")
+    got = fastad.ops.kcenter_coreset(features, 100, 17, check_values=False)
+    assert torch.equal(got, fastad.ops.reference.kcenter_coreset(features, 100, 17))

@@ -11,7 +11,10 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <numeric>
@@ -396,51 +399,141 @@ std::tuple<at::Tensor, at::Tensor> knn_cpu(const at::Tensor& query_in, const at:
   return {dist64.sqrt_().to(query.scalar_type()), index};
 }
 
-// Greedy k-center: each step adds the row farthest from the chosen set. One pass over the
-// features per step fuses the canonical fp64 distance to the newest centre, the running fp64
-// minimum and the argmax (ties to the lower index), exactly as the CUDA kernel does.
+// Greedy k-center: each step adds the row farthest from the chosen set, on the canonical fp64
+// squared distance, the running fp64 minimum per row and the argmax (ties to the lower index),
+// exactly as the CUDA kernel does. Rows that the newest centre c provably cannot bring closer
+// are not read: a lower bound on d(i, c) comes from a projection y = P (x - mu) onto the top k
+// principal directions (rows of P orthonormal, so |P v| <= |v|), kept in fp64 ([M, k], a few
+// bytes per row instead of D).
+//
+// Row i with stored minimum R (0 < R, 2^-900 <= R < inf) is skipped when
+//   p >= (sqrt(R) (1 + eta) + slack)^2,   p = computed |y_i - y_c|^2,  eta = 1e-6
+// (p over the first components only is a bound too: the rows of P are orthonormal).
+// Why min(R, canonical(i, c)) == R then: each computed y has an error of norm at most
+// E = sqrt(k) (D + 2) 2^-53 max_j |x_j - mu| (one rounding of x - mu, then a dot product;
+// |P_row| = 1, Cauchy-Schwarz), p has a relative error <= (k + 2) 2^-53, and |P|_2^2 <= 1 + k tau
+// (Gershgorin) with tau <= 1e-9 the largest entry of |P P^T - I|, checked. With slack = 4 E, in exact arithmetic d(i, c) >= |P (x_i -
+// c)| / |P|_2 >= sqrt(R) (1 + eta / 2). The canonical squared distance over D terms is within
+// a relative eps <= (D/32 + 8) 2^-52 of the exact one (nonnegative terms, every difference and
+// square rounded once, at most D/32 + 5 additions on any path) plus an absolute D 2^-1074 from
+// underflow, both far below eta R for D <= 2048 and R >= 2^-900; so canonical(i, c) > R.
+// Rows with R <= 0 (chosen rows hold -1, a duplicate of a centre holds 0) are skipped too:
+// canonical distances are >= 0. Rows with R = +inf or R < 2^-900 are always read. The pruning is
+// set up only where it can pay (M >= 256, n >= 16, D <= 2048) and all features are finite.
+constexpr double kPruneEta = 1e-6;
+constexpr double kPruneMinSquare = 0x1p-900;
+
+struct KcenterBest {
+  double value;
+  int64_t index;
+  void fold(double v, int64_t i) {
+    if (v > value || (v == value && i < index)) {
+      value = v;
+      index = i;
+    }
+  }
+};
+
+struct KcenterProjection {
+  at::Tensor y;  // [M, k] fp64, or undefined: no pruning
+  int64_t k = 0;
+  double slack = 0.0;
+};
+
+// The projection of the rows onto the top k principal directions of (a sample of) the rows.
+KcenterProjection kcenter_projection(const at::Tensor& features, int64_t n) {
+  const int64_t m = features.size(0), d = features.size(1);
+  KcenterProjection proj;
+  if (m < 256 || n < 16 || d > 2048) return proj;
+  const int64_t k = std::clamp<int64_t>(d / 4, 1, 32);
+  const at::Tensor x = features.to(at::kDouble);
+  const at::Tensor mu = x.mean(0);
+  const at::Tensor centred = x - mu;
+  const at::Tensor sample = centred.slice(0, 0, m, std::max<int64_t>(1, m / 8192));
+  const at::Tensor covariance = sample.t().mm(sample);
+  if (!covariance.isfinite().all().item<bool>()) return proj;
+  const at::Tensor vectors = std::get<1>(at::linalg_eigh(covariance));
+  const at::Tensor p = vectors.slice(1, d - k, d).t().contiguous();  // [k, D], orthonormal rows
+  const double tau = (p.mm(p.t()) - at::eye(k, p.options())).abs().max().item<double>();
+  const double max_norm = centred.norm(2, 1).max().item<double>();
+  at::Tensor y = centred.mm(p.t()).contiguous();
+  if (!(tau <= 1e-9) || !std::isfinite(max_norm) || !y.isfinite().all().item<bool>()) return proj;
+  proj.y = y;
+  proj.k = k;
+  proj.slack = 4.0 * std::sqrt(double(k)) * double(d + 2) * 0x1p-53 * max_norm * (1.0 + 1e-3);
+  return proj;
+}
+
+// Whether row i's minimum r2 provably stays as it is for the centre whose projection is yc. The
+// squared projected distance grows with every component, so it stops at the first 8-component
+// group that reaches (sqrt(r2) (1 + eta) + slack)^2 (its rounding, 4 ulps, is far below eta).
+inline bool kcenter_skip(double r2, const double* yi, const double* yc, int64_t k, double slack) {
+  if (r2 <= 0.0) return true;
+  if (!(r2 >= kPruneMinSquare && r2 < kInf)) return false;
+  const double bound = std::sqrt(r2) * (1.0 + kPruneEta) + slack;
+  const double target = bound * bound;
+  double p = 0.0;
+  for (int64_t j0 = 0; j0 < k; j0 += 8) {
+    const int64_t j1 = std::min(k, j0 + 8);
+    for (int64_t j = j0; j < j1; ++j) {
+      const double diff = yi[j] - yc[j];
+      p += diff * diff;
+    }
+    if (p >= target) return true;
+  }
+  return false;
+}
+
+// Where few rows are skipped (features with a flat spectrum) the checks cost more than they save:
+// a step with checks that took longer than the latest step without them (step 0 is one: no row
+// has a minimum yet) is followed by `backoff` steps without checks, the backoff doubling up to
+// 64 while that lasts. Timing only decides which rows are read, never what any step picks.
 template <typename T>
-void kcenter_steps(const T* x, int64_t m, int64_t d, int64_t n, int64_t start, int64_t* sel) {
+void kcenter_steps(const T* x, int64_t m, int64_t d, int64_t n, int64_t start,
+                   const KcenterProjection& proj, int64_t* sel) {
   std::vector<double> min_dist(m, kInf);
+  const double* y = proj.y.defined() ? proj.y.data_ptr<double>() : nullptr;
+  const int64_t k = proj.k;
   const int threads = at::get_num_threads();
-  std::vector<double> part_best(threads);
-  std::vector<int64_t> part_index(threads);
-  // a thread gets at least ~256K multiply-adds per step, or the step runs on one thread
+  std::vector<KcenterBest> part(threads);
+  // a thread gets at least ~256K multiply-adds per step (unpruned), or the step runs on one thread
   const int64_t grain = std::max<int64_t>(256, (int64_t(1) << 18) / d);
-  int64_t centre = start;
+  int64_t centre = start, pause = 1, backoff = 1;
+  double plain_seconds = kInf;
   for (int64_t step = 0; step < n; ++step) {
     sel[step] = centre;
     min_dist[centre] = -1.0;  // chosen rows are never chosen again
     if (step + 1 == n) break;
-    std::fill(part_best.begin(), part_best.end(), -2.0);
-    std::fill(part_index.begin(), part_index.end(), m);
+    std::fill(part.begin(), part.end(), KcenterBest{-2.0, m});
+    const auto began = std::chrono::steady_clock::now();
     const T* c = x + centre * d;
+    const double* yc = (y && pause == 0) ? y + centre * k : nullptr;
     at::parallel_for(0, m, grain, [&](int64_t begin, int64_t end) {
-      const int tid = at::get_thread_num();
-      double best = -2.0;
-      int64_t best_index = m;
+      KcenterBest best{-2.0, m};
       for (int64_t i = begin; i < end; ++i) {
-        const double updated = std::min(min_dist[i], canonical_distance(x + i * d, c, d));
-        min_dist[i] = updated;
-        if (updated > best) {
-          best = updated;
-          best_index = i;
+        double r = min_dist[i];
+        if (!(yc && kcenter_skip(r, y + i * k, yc, k, proj.slack))) {
+          r = std::min(r, canonical_distance(x + i * d, c, d));
+          min_dist[i] = r;
         }
+        if (r > best.value) best = KcenterBest{r, i};
       }
-      if (best > part_best[tid] || (best == part_best[tid] && best_index < part_index[tid])) {
-        part_best[tid] = best;
-        part_index[tid] = best_index;
-      }
+      part[at::get_thread_num()].fold(best.value, best.index);
     });
-    double best = -2.0;
-    int64_t best_index = m;
-    for (int t = 0; t < threads; ++t) {
-      if (part_best[t] > best || (part_best[t] == best && part_index[t] < best_index)) {
-        best = part_best[t];
-        best_index = part_index[t];
-      }
+    KcenterBest best{-2.0, m};
+    for (const KcenterBest& p : part) best.fold(p.value, p.index);
+    centre = best.index;
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
+    if (!yc) {
+      plain_seconds = seconds;
+      pause = std::max<int64_t>(0, pause - 1);
+    } else if (seconds > plain_seconds) {
+      pause = backoff;
+      backoff = std::min<int64_t>(2 * backoff, 64);
+    } else {
+      backoff = 1;
     }
-    centre = best_index;
   }
 }
 
@@ -451,9 +544,10 @@ at::Tensor kcenter_coreset_cpu(const at::Tensor& features_in, int64_t n, int64_t
               features_in.scalar_type());
   const at::Tensor features = features_in.contiguous();
   at::Tensor selected = at::empty({n}, features.options().dtype(at::kLong));
+  const KcenterProjection projection = kcenter_projection(features, n);
   AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "kcenter_coreset_cpu", [&] {
     kcenter_steps<scalar_t>(features.data_ptr<scalar_t>(), features.size(0), features.size(1), n,
-                            start, selected.data_ptr<int64_t>());
+                            start, projection, selected.data_ptr<int64_t>());
   });
   return selected;
 }
