@@ -25,3 +25,28 @@ def no_tf32():
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def train_rawpixel_run(folder):
+    """folder, holding a trained raw-pixel kNN checkpoint: no optimizer steps, only its memory bank
+    of three 64 px builtin:gravel training crops (the small real run the engine tests score with)."""
+    import fastad
+    from fastad.engine import train
+    from fastad.models import create_model
+
+    train_set = fastad.data.open_dataset("builtin:gravel", "train", size=64)
+    train(create_model("rawpixel"), torch.stack([train_set[i].image for i in range(3)]), run_dir=folder,
+          progress=False)
+    return folder
+
+
+def write_gravel_pngs(folder, split: str, indices, size: int = 48):
+    """folder, holding builtin:gravel `split` crops `indices` at `size` px as 8-bit PNGs named
+    00.png, 01.png, ... in the order of `indices`."""
+    import fastad
+    from fastad.data.images import save_image
+
+    dataset = fastad.data.open_dataset("builtin:gravel", split, size=size)
+    for n, i in enumerate(indices):
+        save_image(dataset[i].image, folder / f"{n:02d}.png")
+    return folder

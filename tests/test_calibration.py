@@ -3,7 +3,6 @@ images (fastad calibrate, or fastad train --calibration-holdout), stored in the 
 used by score (verdict column, AnomalyResult.verdict) and eval (false-reject and miss rates)."""
 import json
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,46 +10,31 @@ from safetensors import safe_open
 
 import fastad
 from fastad import cli
-from fastad.data.images import save_image
 from fastad.engine import train
 from fastad.engine.calibration import MIN_IMAGES, calibrated_threshold, decision_rates, threshold_at
 from fastad.engine.checkpoint import read_header
 from fastad.engine.pipeline import load_normal_images, split_holdout
 from fastad.models import create_model
+from conftest import train_rawpixel_run, write_gravel_pngs
 
 BATCH = 2
-
-
-def tiny_run(folder) -> Path:
-    train_set = fastad.data.open_dataset("builtin:gravel", "train", size=64)
-    train(create_model("rawpixel"), torch.stack([train_set[i].image for i in range(3)]), run_dir=folder,
-          progress=False)
-    return folder
 
 
 @pytest.fixture(scope="module")
 def normals(tmp_path_factory):
     """Twelve normal builtin gravel crops (training split, not the three trained on) as PNGs."""
-    folder = tmp_path_factory.mktemp("normals")
-    train_set = fastad.data.open_dataset("builtin:gravel", "train", size=48)
-    for i in range(12):
-        save_image(train_set[10 + i].image, folder / f"{i:02d}.png")
-    return folder
+    return write_gravel_pngs(tmp_path_factory.mktemp("normals"), "train", range(10, 22))
 
 
 @pytest.fixture(scope="module")
 def line_images(tmp_path_factory):
     """Eight builtin gravel test crops (normal and defective) as PNGs."""
-    folder = tmp_path_factory.mktemp("line")
-    test_set = fastad.data.open_dataset("builtin:gravel", "test", size=48)
-    for i in range(8):
-        save_image(test_set[i].image, folder / f"{i:02d}.png")
-    return folder
+    return write_gravel_pngs(tmp_path_factory.mktemp("line"), "test", range(8))
 
 
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory, normals):
-    run = tiny_run(tmp_path_factory.mktemp("calibrated"))
+    run = train_rawpixel_run(tmp_path_factory.mktemp("calibrated"))
     assert cli.main(["--threads", "1", "calibrate", "--checkpoint", str(run), "--images", str(normals),
                      "--false-reject", "0.1", "--batch-size", str(BATCH)]) == 0
     return run
@@ -84,7 +68,7 @@ def test_too_few_images_are_refused_and_an_unresolvable_rate_warns():
 
 def test_calibrate_stores_the_threshold_of_the_normal_scores_and_keeps_every_tensor(calibrated, normals, tmp_path):
     record = read_header(calibrated)["calibration"]
-    scores = fastad.Scorer(tiny_run(tmp_path / "fresh"), batch_size=BATCH).score_folder(normals, progress=False)
+    scores = fastad.Scorer(train_rawpixel_run(tmp_path / "fresh"), batch_size=BATCH).score_folder(normals, progress=False)
     assert record["threshold"] == threshold_at(scores.image_scores, 0.1)
     assert record["n_images"] == 12 and record["false_reject"] == 0.1 and record["image_score"] == "max"
     assert record["observed_false_reject"] == pytest.approx(1 / 12)
@@ -108,7 +92,7 @@ def test_verdicts_in_scores_csv_and_anomaly_result(calibrated, line_images, tmp_
     images = torch.stack([fastad.data.load_image(line_images / f"{i:02d}.png", 48) for i in range(8)])
     result = fastad.Scorer(calibrated).score(images)
     assert result.verdict == ["defect" if s > threshold else "ok" for s in result.image_scores.tolist()]
-    assert fastad.Scorer(tiny_run(tmp_path / "plain")).score(images).verdict is None
+    assert fastad.Scorer(train_rawpixel_run(tmp_path / "plain")).score(images).verdict is None
 
 
 def test_a_calibrated_score_resumes_bit_for_bit(calibrated, line_images, tmp_path, monkeypatch, capsys):
@@ -166,7 +150,7 @@ def test_decision_rates_count_above_as_rejected():
 
 
 def test_bad_calibration_input_is_one_clear_error(tmp_path, normals, capsys):
-    run = tiny_run(tmp_path / "run")
+    run = train_rawpixel_run(tmp_path / "run")
     few = tmp_path / "few"
     few.mkdir()
     for path in sorted(normals.iterdir())[:MIN_IMAGES - 1]:

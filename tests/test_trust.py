@@ -21,10 +21,11 @@ from safetensors.torch import save_file
 
 import fastad
 from fastad import cli
-from fastad.data.images import UnreadableImageError, load_image, save_image
+from fastad.data.images import UnreadableImageError, load_image
 from fastad.engine import load_checkpoint, train
 from fastad.engine.run_folder import RunFolderBusy, locked
 from fastad.models import create_model
+from conftest import train_rawpixel_run, write_gravel_pngs
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 2
@@ -33,21 +34,13 @@ BATCH = 2
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A trained raw-pixel kNN checkpoint (no optimizer steps: only its memory bank)."""
-    folder = tmp_path_factory.mktemp("run")
-    train_set = fastad.data.open_dataset("builtin:gravel", "train", size=64)
-    train(create_model("rawpixel"), torch.stack([train_set[i].image for i in range(3)]), run_dir=folder,
-          progress=False)
-    return folder
+    return train_rawpixel_run(tmp_path_factory.mktemp("run"))
 
 
 @pytest.fixture(scope="module")
 def good_images(tmp_path_factory):
     """Eight small builtin gravel test images as 8-bit PNGs."""
-    folder = tmp_path_factory.mktemp("good")
-    test_set = fastad.data.open_dataset("builtin:gravel", "test", size=48)
-    for i in range(8):
-        save_image(test_set[i].image, folder / f"{i:02d}.png")
-    return folder
+    return write_gravel_pngs(tmp_path_factory.mktemp("good"), "test", range(8))
 
 
 def png_chunk(kind: bytes, body: bytes) -> bytes:
