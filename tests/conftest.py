@@ -1,4 +1,6 @@
 """Shared test helpers: the devices to run on, a TF32-off fixture and a float64 brute-force k-NN oracle."""
+import contextlib
+
 import pytest
 import torch
 
@@ -50,3 +52,24 @@ def write_gravel_pngs(folder, split: str, indices, size: int = 48):
     for n, i in enumerate(indices):
         save_image(dataset[i].image, folder / f"{n:02d}.png")
     return folder
+
+
+@contextlib.contextmanager
+def scoring_fails_on_call(monkeypatch, n: int):
+    """Inside the block fastad.Scorer.score raises OSError(28, "No space left on device") on its
+    n-th call (a disk filling up mid-run); the real method is back after the block."""
+    import fastad
+
+    real, calls = fastad.Scorer.score, []
+
+    def failing(self, images):
+        calls.append(1)
+        if len(calls) == n:
+            raise OSError(28, "No space left on device")
+        return real(self, images)
+
+    monkeypatch.setattr(fastad.Scorer, "score", failing)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(fastad.Scorer, "score", real)

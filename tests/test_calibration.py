@@ -15,7 +15,7 @@ from fastad.engine.calibration import MIN_IMAGES, calibrated_threshold, decision
 from fastad.engine.checkpoint import read_header
 from fastad.engine.pipeline import load_normal_images, split_holdout
 from fastad.models import create_model
-from conftest import train_rawpixel_run, write_gravel_pngs
+from conftest import scoring_fails_on_call, train_rawpixel_run, write_gravel_pngs
 
 BATCH = 2
 
@@ -102,17 +102,8 @@ def test_a_calibrated_score_resumes_bit_for_bit(calibrated, line_images, tmp_pat
 
     reference, out = tmp_path / "reference", tmp_path / "out"
     assert score(reference) == 0
-    calls, real = [], fastad.Scorer.score
-
-    def failing(self, images):
-        calls.append(1)
-        if len(calls) == 3:
-            raise OSError(28, "No space left on device")
-        return real(self, images)
-
-    monkeypatch.setattr(fastad.Scorer, "score", failing)
-    assert score(out) == 1
-    monkeypatch.setattr(fastad.Scorer, "score", real)
+    with scoring_fails_on_call(monkeypatch, 3):
+        assert score(out) == 1
     assert len((out / "scores.csv").read_text().splitlines()) == 1 + 2 * BATCH
     capsys.readouterr()
     assert score(out) == 0

@@ -25,7 +25,7 @@ from fastad.data.images import UnreadableImageError, load_image
 from fastad.engine import load_checkpoint, train
 from fastad.engine.run_folder import RunFolderBusy, locked
 from fastad.models import create_model
-from conftest import train_rawpixel_run, write_gravel_pngs
+from conftest import scoring_fails_on_call, train_rawpixel_run, write_gravel_pngs
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 2
@@ -203,21 +203,12 @@ def test_a_run_failing_mid_way_resumes_after_a_half_written_row(run_dir, good_im
                                                                 capsys):
     reference, out = tmp_path / "reference", tmp_path / "out"
     assert score(run_dir, good_images, reference, "--no-overlays") == 0
-    calls, real = [], fastad.Scorer.score
-
-    def failing(self, images):
-        calls.append(1)
-        if len(calls) == 3:
-            raise OSError(28, "No space left on device")
-        return real(self, images)
-
-    monkeypatch.setattr(fastad.Scorer, "score", failing)
-    assert score(run_dir, good_images, out, "--no-overlays") == 1
+    with scoring_fails_on_call(monkeypatch, 3):
+        assert score(run_dir, good_images, out, "--no-overlays") == 1
     assert "No space left on device" in capsys.readouterr().err
     assert len((out / "scores.csv").read_text().splitlines()) == 1 + 2 * BATCH
     with open(out / "scores.csv", "ab") as f:
         f.write(str(good_images / "04.png").encode() + b",1.2")  # a row cut off by the crash
-    monkeypatch.setattr(fastad.Scorer, "score", real)
     assert score(run_dir, good_images, out, "--no-overlays") == 0
     assert_same_run(out, reference)
 
