@@ -62,24 +62,22 @@ def _spec(text: str) -> str:
     return text
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value}")
-    return value
+def _argument(convert, accept, expected: str):
+    """An argparse type: text -> convert(text), refused with "expected <expected>, got ..." when
+    it does not convert or accept(value) is false."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
+        return value
+    return parse
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {value}")
-    return value
+_fraction = _argument(float, lambda value: 0.0 <= value < 1.0, "a number in [0, 1)")
+_positive = _argument(int, lambda value: value >= 1, "an int >= 1")
 
 
 def _train(args: argparse.Namespace) -> int:
