@@ -118,7 +118,7 @@ def evaluate(scorer: Scorer, data: str, overlays_dir=None, progress: bool = True
         dataset = open_dataset(data, "test", size=scorer.image_size, seed=seed)
         scored = scorer.score_dataset(dataset, progress=progress)
     if overlays_dir is not None:
-        write_overlays(overlays_dir, scored, dataset)
+        write_overlays(overlays_dir, scored, dataset, threshold=scorer.threshold)
     threshold = getattr(scorer.model, "threshold", None)  # models that segment (UTAD, eq. 9)
     return evaluation_record(scored, scorer.model.name, data, None if threshold is None else float(threshold),
                              scorer.threshold)

@@ -1,5 +1,11 @@
 """Writing results: per-image scores (CSV), anomaly maps (.npy), heat-map overlays (PNG).
-Every file is written to a temporary name and renamed into place."""
+Every file is written to a temporary name and renamed into place.
+
+An overlay PNG reads on its own: image | heat map | heat map over the image (ground truth
+outlined), a colour bar labelled with the set's map range, and a caption with the image score
+(and verdict, with a calibrated threshold). Heat maps use matplotlib's viridis: perceptually
+uniform, monotonic in lightness, so it reads in grey and with the common colour-vision
+deficiencies (jet does neither)."""
 from __future__ import annotations
 
 import csv
@@ -7,13 +13,17 @@ import io
 import warnings
 from pathlib import Path
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
 
 from fastad.files import atomic_write
-from fastad.data.images import UnreadableImageError, save_image
+from fastad.data.images import UnreadableImageError
 from fastad.data.report import SkippedImageWarning
+from fastad.engine.calibration import verdicts
 
 
 def write_scores_csv(path, paths: list[str], image_scores: torch.Tensor, labels: torch.Tensor | None = None) -> None:
@@ -40,11 +50,22 @@ def save_map(path, anomaly_map: torch.Tensor) -> None:
         np.save(f, anomaly_map.detach().cpu().float().numpy())
 
 
+COLOUR_MAP = "viridis"
+LUT_SIZE = 256
+
+
+@functools.cache
+def colour_table() -> torch.Tensor:
+    """COLOUR_MAP sampled at LUT_SIZE levels: [LUT_SIZE, 3] float32 RGB in [0, 1]."""
+    from matplotlib import colormaps  # imported on first use: slow import
+
+    return torch.from_numpy(colormaps[COLOUR_MAP](np.linspace(0, 1, LUT_SIZE))[:, :3].astype(np.float32))
+
+
 def heat_colours(values: torch.Tensor) -> torch.Tensor:
-    """values [H, W] in [0, 1] -> RGB [3, H, W] in [0, 1] (blue - cyan - yellow - red)."""
-    x = values.clamp(0, 1)
-    return torch.stack([(1.5 - (4 * x - 3).abs()).clamp(0, 1), (1.5 - (4 * x - 2).abs()).clamp(0, 1),
-                        (1.5 - (4 * x - 1).abs()).clamp(0, 1)])
+    """values [H, W] in [0, 1] (clamped) -> RGB [3, H, W] in [0, 1] in COLOUR_MAP."""
+    levels = (values.float().clamp(0, 1) * (LUT_SIZE - 1)).round().long()
+    return colour_table()[levels].permute(2, 0, 1).contiguous()
 
 
 def mask_contour(mask: torch.Tensor) -> torch.Tensor:
@@ -68,20 +89,61 @@ def overlay(image: torch.Tensor, anomaly_map: torch.Tensor, mask: torch.Tensor |
     return torch.cat([image, heat, blended], dim=2)
 
 
+def caption(score: float | None, verdict: str | None) -> str:
+    """The overlay's caption: "score 1.23 | defect" (the parts that are known)."""
+    parts = ([] if score is None else [f"score {score:.4g}"]) + ([] if verdict is None else [verdict])
+    return " | ".join(parts)
+
+
+def _font(size: int):
+    return ImageFont.load_default(size=size)
+
+
+def annotate(picture: torch.Tensor, scale: tuple[float, float], text: str) -> Image.Image:
+    """picture [3, S, W] in [0, 1] -> an RGB image with a colour bar of COLOUR_MAP on the right,
+    labelled with scale = (low, high) at its ends, and `text` in a band below."""
+    rows = picture.shape[1]
+    size = max(10, rows // 16)
+    font = _font(size)
+    labels = [f"{scale[1]:.3g}", f"{scale[0]:.3g}"]
+    bar = max(8, rows // 16)
+    label_width = int(max(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(t, font=font) for t in labels)) + 4
+    band = size + 6
+    canvas = Image.new("RGB", (picture.shape[2] + bar + 6 + label_width, rows + band), "white")
+    canvas.paste(Image.fromarray(_bytes(picture)), (0, 0))
+    ramp = heat_colours(torch.linspace(1, 0, rows)[:, None].expand(rows, bar))
+    canvas.paste(Image.fromarray(_bytes(ramp)), (picture.shape[2] + 3, 0))
+    draw = ImageDraw.Draw(canvas)
+    x = picture.shape[2] + bar + 6
+    draw.text((x, 0), labels[0], fill="black", font=font)
+    draw.text((x, rows - size - 2), labels[1], fill="black", font=font)
+    draw.text((3, rows + 2), text, fill="black", font=font)
+    return canvas
+
+
+def _bytes(picture: torch.Tensor) -> np.ndarray:
+    """[3, H, W] in [0, 1] -> [H, W, 3] uint8."""
+    return (picture.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
 def save_overlay(path, image: torch.Tensor, anomaly_map: torch.Tensor, mask: torch.Tensor | None,
-                 scale: tuple[float, float]) -> None:
-    """overlay(...) as an 8-bit PNG at path."""
-    save_image(overlay(image.detach().cpu().float(), anomaly_map.detach().cpu(),
-                       None if mask is None else mask.cpu(), scale), path)
+                 scale: tuple[float, float], score: float | None = None, verdict: str | None = None) -> None:
+    """overlay(...) with its colour bar and caption (annotate) as an 8-bit PNG at path."""
+    picture = overlay(image.detach().cpu().float(), anomaly_map.detach().cpu(), None if mask is None else mask.cpu(),
+                      scale)
+    with atomic_write(path) as f:
+        annotate(picture, scale, caption(score, verdict)).save(f, format="PNG")
 
 
-def write_overlays(out, scored, dataset, limit: int | None = None) -> Path:
+def write_overlays(out, scored, dataset, limit: int | None = None, threshold: float | None = None) -> Path:
     """Overlays of the scored images of `dataset` (ScoredImages with maps; anomalous ones first,
     `limit` at most) into out/overlays/<name>.png, one colour range for the whole set; <name> is
-    output_name(path, dataset position), as the map's."""
+    output_name(path, dataset position), as the map's. Each caption has the image score, and the
+    verdict when the calibrated `threshold` is given."""
     folder = Path(out) / "overlays"
     scale = map_scale(scored.maps)
     order = sorted(range(len(scored.paths)), key=lambda i: (-int(scored.labels[i]), i))[:limit]
+    judged = verdicts(scored.image_scores, threshold)
     for i in order:
         index = scored.indices[i] if scored.indices else i
         try:
@@ -90,7 +152,8 @@ def write_overlays(out, scored, dataset, limit: int | None = None) -> Path:
             warnings.warn(f"no overlay for {error.path}: {error.reason}", SkippedImageWarning, stacklevel=2)
             continue
         save_overlay(folder / f"{output_name(scored.paths[i], index)}.png", image, scored.maps[i],
-                     scored.masks[i] if scored.labels[i] == 1 else None, scale)
+                     scored.masks[i] if scored.labels[i] == 1 else None, scale, float(scored.image_scores[i]),
+                     judged[i] if judged else None)
     return folder
 
 
