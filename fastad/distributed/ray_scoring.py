@@ -16,6 +16,7 @@ writes it, and refused when it holds another run's results unless overwrite=True
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,10 +131,12 @@ def score_on_ray(checkpoint, paths_or_folder, out, *, address: str | None = None
             for i, path in enumerate(paths):
                 record_path(out, path, i).unlink(missing_ok=True)
         pending = [i for i, path in enumerate(paths) if not is_finished(out, path, i, save_maps)]
+        started = time.perf_counter()
         failed = _score_pending(ray, address, model, paths, pending, out, device, batch_size, precision, cuda_graphs,
                                 save_maps, num_replicas, cpus_per_replica) if pending else []
         kept, image_scores = assemble_scores(out, paths)
-        mark_complete(out)
+        timing = {"seconds": round(time.perf_counter() - started, 3), "images": len(pending) - len(failed)}
+        mark_complete(out, skipped=[{"path": p, "reason": r} for p, r in skipped + failed], timing=timing)
     return DistributedScores(kept, image_scores, skipped + failed, scored=len(pending) - len(failed),
                              resumed=len(paths) - len(pending))
 

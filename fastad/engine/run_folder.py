@@ -26,8 +26,9 @@ from fastad.files import remove_temp_files, write_json
 LOCK_FILE = ".fastad.lock"
 MANIFEST_FILE = "run.json"
 # manifest entries that do not identify a run: its status, the fastad version, where the
-# checkpoint was read from (its weights' digest identifies it)
-INFORMATIONAL_KEYS = ("complete", "fastad", "checkpoint")
+# checkpoint was read from (its weights' digest identifies it), what the last attempt skipped
+# and how long it took
+INFORMATIONAL_KEYS = ("complete", "fastad", "checkpoint", "skipped", "timing")
 
 
 class RunFolderBusy(RuntimeError):
@@ -115,9 +116,9 @@ def claim(folder, manifest: dict, overwrite: bool, owned) -> bool:
     return True
 
 
-def mark_complete(folder) -> None:
-    """Sets complete: true in folder/run.json."""
-    write_json({**(read_manifest(folder) or {}), "complete": True}, Path(folder) / MANIFEST_FILE)
+def mark_complete(folder, **facts) -> None:
+    """Sets complete: true in folder/run.json, with the informational `facts` (INFORMATIONAL_KEYS)."""
+    write_json({**(read_manifest(folder) or {}), **facts, "complete": True}, Path(folder) / MANIFEST_FILE)
 
 
 def digest(values) -> str:

@@ -6,7 +6,9 @@
                          on disk
     out/maps/<name>.npy  the anomaly map [H, W] float32 of each image
     out/overlays/*.png   heat-map overlays (written at the end: they share one colour range)
-    out/run.json         the manifest: images, checkpoint, settings; complete once finished
+    out/run.json         the manifest: images, checkpoint, settings; complete once finished,
+                         then also `skipped` [{path, reason}] and `timing` {seconds, images} of
+                         the last attempt (what fastad.report shows)
 
 Running the same scoring again resumes: the images scores.csv already holds are not scored
 again, the rest are scored in the batches an uninterrupted run would have used, so the final
@@ -20,6 +22,7 @@ import csv
 import io
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -151,10 +154,12 @@ def score_folder(scorer, path, out=None, save_maps: str | None = "npy", overlays
                             settings)
     with locked(out):
         claim(out, manifest, overwrite, OWNED)
+        started = time.perf_counter()
         scored = _stream(scorer, dataset, out, save_maps, overlays, num_workers, progress)
+        timing = {"seconds": round(time.perf_counter() - started, 3), "images": len(scored.paths) - scored.resumed}
         if overlays and scored.paths:
-            write_overlays(out, scored, dataset)
-        mark_complete(out)
+            write_overlays(out, scored, dataset, threshold=scorer.threshold)
+        mark_complete(out, skipped=[{"path": p, "reason": r} for p, r in scored.skipped], timing=timing)
     return scored
 
 
