@@ -84,6 +84,7 @@ def pip_cuda_include_dirs() -> list:
 
 setup(
     packages=find_packages(include=["fastad", "fastad.*"]),
+    package_data={"fastad.report": ["templates/*"]},  # the report page's template, style and script
     ext_modules=[extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
 )

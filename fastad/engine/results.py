@@ -80,13 +80,21 @@ def overlay(image: torch.Tensor, anomaly_map: torch.Tensor, mask: torch.Tensor |
     """image [3, H, W], map [H, W], mask [H, W] bool or None -> [3, H, 3W] in [0, 1]: the image,
     the heat map (colour range `scale` = (low, high)), and the image under the heat map with the
     ground-truth contour in green, side by side."""
+    heat, blended = blend(image, anomaly_map, mask, scale)
+    return torch.cat([image, heat, blended], dim=2)
+
+
+def blend(image: torch.Tensor, anomaly_map: torch.Tensor, mask: torch.Tensor | None,
+          scale: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """image [3, H, W], map [H, W], mask [H, W] bool or None -> (heat map [3, H, W], the image
+    under the heat map with the mask's contour in green [3, H, W]), in [0, 1]."""
     low, high = scale
     heat = heat_colours((anomaly_map.float() - low) / (high - low))
     blended = 0.55 * image + 0.45 * heat
     if mask is not None and bool(mask.any()):
         edge = mask_contour(mask.bool())
         blended[:, edge] = torch.tensor([0.0, 1.0, 0.0])[:, None]
-    return torch.cat([image, heat, blended], dim=2)
+    return heat, blended
 
 
 def caption(score: float | None, verdict: str | None) -> str:
@@ -110,9 +118,9 @@ def annotate(picture: torch.Tensor, scale: tuple[float, float], text: str) -> Im
     label_width = int(max(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(t, font=font) for t in labels)) + 4
     band = size + 6
     canvas = Image.new("RGB", (picture.shape[2] + bar + 6 + label_width, rows + band), "white")
-    canvas.paste(Image.fromarray(_bytes(picture)), (0, 0))
+    canvas.paste(Image.fromarray(as_bytes(picture)), (0, 0))
     ramp = heat_colours(torch.linspace(1, 0, rows)[:, None].expand(rows, bar))
-    canvas.paste(Image.fromarray(_bytes(ramp)), (picture.shape[2] + 3, 0))
+    canvas.paste(Image.fromarray(as_bytes(ramp)), (picture.shape[2] + 3, 0))
     draw = ImageDraw.Draw(canvas)
     x = picture.shape[2] + bar + 6
     draw.text((x, 0), labels[0], fill="black", font=font)
@@ -121,7 +129,7 @@ def annotate(picture: torch.Tensor, scale: tuple[float, float], text: str) -> Im
     return canvas
 
 
-def _bytes(picture: torch.Tensor) -> np.ndarray:
+def as_bytes(picture: torch.Tensor) -> np.ndarray:
     """[3, H, W] in [0, 1] -> [H, W, 3] uint8."""
     return (picture.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
