@@ -1,4 +1,4 @@
-"""Command line: `fastad train | calibrate | score | eval | demo | info | data export`.
+"""Command line: `fastad train | calibrate | score | eval | report | demo | info | data export`.
 
 Exit codes: 0 done, 1 a run that failed (one line on stderr naming the file, folder or setting
 and what was wrong), 2 a usage error (a bad or missing argument), 130 interrupted. `--debug` or
@@ -117,9 +117,11 @@ def _calibrate(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from fastad.engine.evaluation import format_decision, format_table
     from fastad.engine.pipeline import RESULTS_FILE, evaluate_run
+    from fastad.engine.score_run import REPORT_FILE
 
-    record = evaluate_run(args.checkpoint, args.data, args.device, args.batch_size, args.precision, args.overlays,
-                          progress=not args.json)
+    report = Path(args.checkpoint) / REPORT_FILE if args.report else None
+    record = evaluate_run(args.checkpoint, args.data, args.device, args.batch_size, args.precision,
+                          args.overlays or args.report, progress=not args.json, report=report)
     if args.json:
         print(json.dumps({k: v for k, v in record.items() if k != "skipped_files"}))
         return 0
@@ -128,7 +130,28 @@ def _eval(args: argparse.Namespace) -> int:
     if "decision" in record:
         print(format_decision(record["decision"]))
     print(f"wrote {args.checkpoint}/{RESULTS_FILE}")
+    if report is not None:
+        print(f"report: {report}")
     return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from fastad.report import REPORT_FILE, read_scores_dir, write_report
+
+    data = read_scores_dir(args.scores_dir)
+    path = write_report(data, args.out or Path(args.scores_dir) / REPORT_FILE)
+    for notice in data.notices:
+        print(f"note: {notice}", file=sys.stderr)
+    print(f"report of {len(data.rows)} images: {path}")
+    return 0
+
+
+def _score_report(args: argparse.Namespace) -> None:
+    """With --report: the report of the folder just scored, its path printed."""
+    if args.report:
+        from fastad.report import report_scores
+
+        print(f"report: {report_scores(args.out)}")
 
 
 def _score(args: argparse.Namespace) -> int:
@@ -145,6 +168,7 @@ def _score(args: argparse.Namespace) -> int:
                                  not args.no_overlays, args.workers, overwrite=args.overwrite)
     print(f"scored {len(scored.paths)} images ({scored.resumed} already done by an earlier attempt, "
           f"{len(scored.skipped)} skipped as unreadable) -> {args.out}/scores.csv")
+    _score_report(args)
     return 0
 
 
@@ -161,6 +185,7 @@ def _score_ray(args: argparse.Namespace) -> int:
                           save_maps=args.maps == "npy", cuda_graphs=args.cuda_graphs, overwrite=args.overwrite)
     print(f"scored {len(result.paths)} images on Ray ({result.resumed} already done by an earlier run, "
           f"{len(result.skipped)} skipped as unreadable) -> {args.out}/scores.csv")
+    _score_report(args)
     return 0
 
 
@@ -237,6 +262,8 @@ def _add_eval(commands, forms: str, precisions) -> None:
                           help=f"dataset spec, {forms} (default: the one it was trained on)")
     evaluate.add_argument("--json", action="store_true", help="print only the results JSON object")
     evaluate.add_argument("--overlays", action="store_true", help="also write heat-map overlays into the run folder")
+    evaluate.add_argument("--report", action="store_true",
+                          help="also write the HTML report (and the overlays it links) into the run folder")
     _add_scoring_options(evaluate, precisions)
     evaluate.set_defaults(run=_eval)
 
@@ -253,6 +280,7 @@ def _add_score(commands, precisions) -> None:
     score.add_argument("--workers", type=int, default=None, help="DataLoader decoding workers (default: cores - 1, at most 4)")
     score.add_argument("--maps", choices=("npy", "none"), default="npy", help="per-image anomaly maps")
     score.add_argument("--no-overlays", action="store_true", help="skip the heat-map overlay PNGs")
+    score.add_argument("--report", action="store_true", help="also write the HTML report, OUT/report.html")
     score.add_argument("--engine", choices=("local", "ray"), default="local",
                        help="local: this process; ray: an actor pool on a Ray cluster (pip install 'fastad[ray]')")
     score.add_argument("--address", default=None,
@@ -261,6 +289,14 @@ def _add_score(commands, precisions) -> None:
     score.add_argument("--replicas", type=_positive, default=None,
                        help="model replicas for --engine ray (default: one per GPU with --device cuda, else per CPU)")
     score.set_defaults(run=_score)
+
+
+def _add_report(commands) -> None:
+    report = commands.add_parser("report", help="the HTML inspection report of a fastad score output folder")
+    report.add_argument("scores_dir", help="the --out folder of fastad score (scores.csv, run.json, maps/)")
+    report.add_argument("--out", default=None, help="the .html file to write (default SCORES_DIR/report.html; "
+                                                    "thumbnails go into <name>_files/ beside it)")
+    report.set_defaults(run=_report)
 
 
 def _add_data(commands, forms: str) -> None:
@@ -298,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_calibrate(commands, tuple(PRECISIONS))
     _add_eval(commands, FORMS, tuple(PRECISIONS))
     _add_score(commands, tuple(PRECISIONS))
+    _add_report(commands)
     _add_data(commands, FORMS)
     return parser
 

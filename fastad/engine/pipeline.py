@@ -6,6 +6,7 @@ checkpoint on a dataset's test split.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -111,27 +112,37 @@ def split_holdout(images: torch.Tensor, fraction: float, seed: int) -> tuple[tor
     return images[keep], images[~keep]
 
 
-def evaluate(scorer: Scorer, data: str, overlays_dir=None, progress: bool = True, seed: int = 0) -> dict:
+def evaluate(scorer: Scorer, data: str, overlays_dir=None, progress: bool = True, seed: int = 0,
+             report=None) -> dict:
     """Scores the test split of `data` with scorer (a fastad.Scorer) and returns its results.json
-    record; writes overlays into overlays_dir/overlays when given."""
+    record; writes overlays into overlays_dir/overlays when given, and the HTML report
+    (fastad.report, the `report` extra) at the .html path `report` when given."""
+    started = time.perf_counter()
     with warnings_to_stderr():
         dataset = open_dataset(data, "test", size=scorer.image_size, seed=seed)
         scored = scorer.score_dataset(dataset, progress=progress)
+    seconds = time.perf_counter() - started
     if overlays_dir is not None:
         write_overlays(overlays_dir, scored, dataset, threshold=scorer.threshold)
     threshold = getattr(scorer.model, "threshold", None)  # models that segment (UTAD, eq. 9)
-    return evaluation_record(scored, scorer.model.name, data, None if threshold is None else float(threshold),
-                             scorer.threshold)
+    record = evaluation_record(scored, scorer.model.name, data, None if threshold is None else float(threshold),
+                               scorer.threshold)
+    if report is not None:
+        from fastad.report.evaluation import write_evaluation_report
+
+        write_evaluation_report(scorer, scored, dataset, record, report, seconds,
+                                None if overlays_dir is None else Path(overlays_dir))
+    return record
 
 
 def evaluate_run(run, data: str | None = None, device="cpu", batch_size: int = 8, precision: str = "fp32",
-                 overlays: bool = False, progress: bool = True) -> dict:
+                 overlays: bool = False, progress: bool = True, report=None) -> dict:
     """Evaluates the checkpoint in folder `run` on `data` (default: the data it was trained on)
-    and writes run/results.json."""
+    and writes run/results.json (and the HTML report at the .html path `report`, when given)."""
     scorer = Scorer(run, device, batch_size, precision)
     data = data or scorer.header.get("data")
     if not data:
         raise ValueError("data must be given: the checkpoint does not say what it was trained on")
-    record = evaluate(scorer, data, run if overlays else None, progress)
+    record = evaluate(scorer, data, run if overlays else None, progress, report=report)
     write_json(record, Path(run) / RESULTS_FILE)
     return record

@@ -41,7 +41,8 @@ from fastad.engine.run_folder import MANIFEST_FILE, claim, digest, locked, mark_
 SCORES_FILE = "scores.csv"
 MAPS_DIR = "maps"
 OVERLAYS_DIR = "overlays"
-OWNED = (SCORES_FILE, MAPS_DIR, OVERLAYS_DIR, "parts")  # what a scoring run writes into its folder
+REPORT_FILE, REPORT_ASSETS = "report.html", "report_files"  # fastad.report's page and its thumbnails
+OWNED = (SCORES_FILE, MAPS_DIR, OVERLAYS_DIR, "parts", REPORT_FILE, REPORT_ASSETS)  # what a run writes there
 COLUMNS = ("path", "score")
 VERDICT_COLUMN = "verdict"  # with a calibrated threshold
 
@@ -209,4 +210,4 @@ def _with_finished(scored: ScoredImages, finished, dataset, out_dir, keep_maps: 
                         indices + scored.indices, resumed=len(finished))
 
 
-__all__ = ["MANIFEST_FILE", "OWNED", "SCORES_FILE", "open_folder", "read_finished", "score_folder"]
+__all__ = ["MANIFEST_FILE", "OWNED", "REPORT_FILE", "SCORES_FILE", "open_folder", "read_finished", "score_folder"]

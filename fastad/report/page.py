@@ -21,12 +21,12 @@ import numpy as np
 
 import fastad
 from fastad.engine.calibration import VERDICTS
+from fastad.engine.score_run import REPORT_FILE
 from fastad.files import atomic_write
 from fastad.report import charts
 from fastad.report.run_data import ReportData
 from fastad.report.thumbnails import shared_scale, write_thumbnails
 
-REPORT_FILE = "report.html"
 TEMPLATE = "report.html.j2"
 FIRST_RENDER = 120  # cards the page builds at once; more as the reader scrolls
 # (ReportData.curves key, title, x label, y label, x limit)
