@@ -15,6 +15,7 @@ import torch
 from fastad.files import write_json
 from fastad.engine.evaluation import format_table
 from fastad.engine.pipeline import RESULTS_FILE, evaluate, fit_run, load_normal_images
+from fastad.engine.score_run import REPORT_FILE
 from fastad.engine.scorer import Scorer
 from fastad.engine.trainer import train
 from fastad.models.registry import create_model
@@ -23,13 +24,14 @@ from fastad.models.registry import create_model
 def run(data: str = "builtin:brick", out=None, model: str = "pedenet", steps: int | None = None, seed: int = 0,
         device="cpu", progress: bool = True) -> dict:
     """Trains `model` on `data` into out/run, evaluates it and the raw-pixel baseline on the test
-    split, writes out/overlays/*.png and out/results.json; returns the results.json object (the
-    model's metrics, model, data, n_images, skipped, and `baseline` with the same keys)."""
+    split, writes out/overlays/*.png, out/report.html and out/results.json; returns the
+    results.json object (the model's metrics, model, data, n_images, skipped, and `baseline`
+    with the same keys) with out and report added."""
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="fastad-demo-"))
     started = time.perf_counter()
     trained, _ = fit_run(model, data, out / "run", steps, seed, device, progress=progress)
     train_seconds = time.perf_counter() - started
-    record = evaluate(Scorer(trained, device), data, overlays_dir=out, progress=progress)
+    record = evaluate(Scorer(trained, device), data, overlays_dir=out, progress=progress, report=out / REPORT_FILE)
 
     baseline = create_model("rawpixel").to(device)
     images, _ = load_normal_images(data, baseline.image_size, seed)
@@ -38,7 +40,7 @@ def run(data: str = "builtin:brick", out=None, model: str = "pedenet", steps: in
     record["train_seconds"] = round(train_seconds, 1)
     record["total_seconds"] = round(time.perf_counter() - started, 1)
     write_json(record, out / RESULTS_FILE)
-    return record | {"out": str(out)}
+    return record | {"out": str(out), "report": str(out / REPORT_FILE)}
 
 
 def main(data: str, out, model: str, steps: int | None, seed: int) -> int:
@@ -51,4 +53,5 @@ def main(data: str, out, model: str, steps: int | None, seed: int) -> int:
     print()
     print(f"heat-map overlays (image | map | map over image, defect outlined in green): {record['out']}/overlays")
     print(f"metrics: {record['out']}/{RESULTS_FILE}; checkpoint: {record['out']}/run")
+    print(f"inspection report (open in a browser): {record['report']}")
     return 0
