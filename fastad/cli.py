@@ -119,9 +119,14 @@ def _eval(args: argparse.Namespace) -> int:
     from fastad.engine.pipeline import RESULTS_FILE, evaluate_run
     from fastad.engine.score_run import REPORT_FILE
 
-    report = Path(args.checkpoint) / REPORT_FILE if args.report else None
+    report, on_scored = None, None
+    if args.report:
+        from fastad.report.evaluation import reporter
+
+        report = Path(args.checkpoint) / REPORT_FILE
+        on_scored = reporter(report, Path(args.checkpoint))
     record = evaluate_run(args.checkpoint, args.data, args.device, args.batch_size, args.precision,
-                          args.overlays or args.report, progress=not args.json, report=report)
+                          args.overlays or args.report, progress=not args.json, on_scored=on_scored)
     if args.json:
         print(json.dumps({k: v for k, v in record.items() if k != "skipped_files"}))
         return 0

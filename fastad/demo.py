@@ -17,6 +17,7 @@ from fastad.engine.evaluation import format_table
 from fastad.engine.pipeline import RESULTS_FILE, evaluate, fit_run, load_normal_images
 from fastad.engine.score_run import REPORT_FILE
 from fastad.engine.scorer import Scorer
+from fastad.report.evaluation import reporter
 from fastad.engine.trainer import train
 from fastad.models.registry import create_model
 
@@ -31,7 +32,8 @@ def run(data: str = "builtin:brick", out=None, model: str = "pedenet", steps: in
     started = time.perf_counter()
     trained, _ = fit_run(model, data, out / "run", steps, seed, device, progress=progress)
     train_seconds = time.perf_counter() - started
-    record = evaluate(Scorer(trained, device), data, overlays_dir=out, progress=progress, report=out / REPORT_FILE)
+    record = evaluate(Scorer(trained, device), data, overlays_dir=out, progress=progress,
+                      on_scored=reporter(out / REPORT_FILE, out))
 
     baseline = create_model("rawpixel").to(device)
     images, _ = load_normal_images(data, baseline.image_size, seed)

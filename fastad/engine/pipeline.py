@@ -113,10 +113,11 @@ def split_holdout(images: torch.Tensor, fraction: float, seed: int) -> tuple[tor
 
 
 def evaluate(scorer: Scorer, data: str, overlays_dir=None, progress: bool = True, seed: int = 0,
-             report=None) -> dict:
+             on_scored=None) -> dict:
     """Scores the test split of `data` with scorer (a fastad.Scorer) and returns its results.json
-    record; writes overlays into overlays_dir/overlays when given, and the HTML report
-    (fastad.report, the `report` extra) at the .html path `report` when given."""
+    record; writes overlays into overlays_dir/overlays when given. on_scored, when given, is
+    called with (scorer, ScoredImages, dataset, record, scoring seconds) before the record is
+    returned (fastad.report.evaluation.reporter writes the HTML report that way)."""
     started = time.perf_counter()
     with warnings_to_stderr():
         dataset = open_dataset(data, "test", size=scorer.image_size, seed=seed)
@@ -127,22 +128,19 @@ def evaluate(scorer: Scorer, data: str, overlays_dir=None, progress: bool = True
     threshold = getattr(scorer.model, "threshold", None)  # models that segment (UTAD, eq. 9)
     record = evaluation_record(scored, scorer.model.name, data, None if threshold is None else float(threshold),
                                scorer.threshold)
-    if report is not None:
-        from fastad.report.evaluation import write_evaluation_report
-
-        write_evaluation_report(scorer, scored, dataset, record, report, seconds,
-                                None if overlays_dir is None else Path(overlays_dir))
+    if on_scored is not None:
+        on_scored(scorer, scored, dataset, record, seconds)
     return record
 
 
 def evaluate_run(run, data: str | None = None, device="cpu", batch_size: int = 8, precision: str = "fp32",
-                 overlays: bool = False, progress: bool = True, report=None) -> dict:
+                 overlays: bool = False, progress: bool = True, on_scored=None) -> dict:
     """Evaluates the checkpoint in folder `run` on `data` (default: the data it was trained on)
-    and writes run/results.json (and the HTML report at the .html path `report`, when given)."""
+    and writes run/results.json; on_scored as in evaluate."""
     scorer = Scorer(run, device, batch_size, precision)
     data = data or scorer.header.get("data")
     if not data:
         raise ValueError("data must be given: the checkpoint does not say what it was trained on")
-    record = evaluate(scorer, data, run if overlays else None, progress, report=report)
+    record = evaluate(scorer, data, run if overlays else None, progress, on_scored=on_scored)
     write_json(record, Path(run) / RESULTS_FILE)
     return record

@@ -110,3 +110,12 @@ def write_evaluation_report(scorer, scored: ScoredImages, dataset, record: dict,
     """Writes the report of an evaluation at `out` (an .html path); returns it."""
     facts = evaluation_facts(scorer, record, seconds)
     return write_report(evaluation_data(scored, dataset, record, facts, scorer.threshold, overlays), out)
+
+
+def reporter(out, overlays=None):
+    """An on_scored callback for fastad.engine.pipeline.evaluate / evaluate_run that writes the
+    report of the evaluation at `out` (an .html path); overlays: the folder whose overlays/ the
+    full-size view links (None: the thumbnails only)."""
+    def write(scorer, scored, dataset, record, seconds):
+        write_evaluation_report(scorer, scored, dataset, record, out, seconds, overlays)
+    return write
