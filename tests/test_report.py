@@ -20,11 +20,11 @@ from fastad import cli
 from fastad.engine.batch_scoring import ScoredImages
 from fastad.engine.calibration import calibrate_run
 from fastad.engine.evaluation import compute_metrics
-from fastad.engine.results import annotate, colour_table, heat_colours
-from fastad.report import read_scores_dir, report_scores, write_report
+from fastad.engine.results import annotate, colour_table, heat_colours, map_scale
+from fastad.report import ReportRow, read_scores_dir, report_scores, write_report
 from fastad.report.charts import MAX_POINTS
 from fastad.report.evaluation import evaluation_data, per_defect, subset
-from fastad.report.thumbnails import THUMB_SIZE
+from fastad.report.thumbnails import THUMB_SIZE, shared_scale
 from browser import Chromium, find_chromium
 from conftest import train_rawpixel_run, write_gravel_pngs
 
@@ -144,6 +144,13 @@ def test_overlay_png_reads_on_its_own(scored):
     assert saved.width > 3 * saved.height * 0.9 and saved.height > 256  # 3 panels, bar, caption band
 
 
+def test_thumbnails_share_the_sets_map_range():
+    maps = torch.rand(5, 8, 8, generator=torch.Generator().manual_seed(0))
+    rows = [ReportRow(f"r{i}", f"{i}.png", None, 0.0, map=maps[i]) for i in range(5)]
+    assert shared_scale(rows) == map_scale(maps)
+    assert shared_scale([ReportRow("r", "r.png", None, 0.0)]) is None
+
+
 def copy_folder(scored, tmp_path) -> Path:
     folder = tmp_path / "copy"
     shutil.copytree(scored[0], folder)
@@ -261,6 +268,29 @@ def test_evaluation_report_has_curves_and_metrics_per_defect(tmp_path):
     assert page.read_text().count("<svg") == 3 and "per-defect" in links.ids
     assert "truncated" in links.ids["skipped"]
     assert len(list((tmp_path / "eval_files" / "thumbs").iterdir())) == len(scored.paths)
+
+
+def test_eval_report_from_the_command_line(scored, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(scored[0].parent / "run", run)
+    test_set = fastad.data.open_dataset("builtin:gravel", "test", size=48)
+    picks = [i for i in range(len(test_set)) if test_set[i].label == 0][:3] + \
+            [i for i in range(len(test_set)) if test_set[i].label == 1][:3]
+    images = write_gravel_pngs(tmp_path / "test", "test", picks)
+    (tmp_path / "masks").mkdir()
+    for n, i in enumerate(picks):
+        fastad.data.images.save_mask(test_set[i].mask, tmp_path / "masks" / f"{n:02d}.png")
+    spec = f"folder:normal={images},test={images},masks={tmp_path / 'masks'}"
+    assert cli.main(["eval", "--checkpoint", str(run), "--data", spec, "--report"]) == 0
+    assert f"report: {run / 'report.html'}" in capsys.readouterr().out
+    page = run / "report.html"
+    links = parse(page)
+    assert page.read_text().count("<svg") == 3 and "Image ROC" in page.read_text()
+    assert "defect" in links.ids["per-defect"] and int(links.ids["count-skipped"]) == 0
+    gallery = json.loads(links.ids["rows-data"])
+    assert len(gallery) == 6 and all(unquote(g[6]).startswith("overlays/") for g in gallery)
+    for link in links.links:
+        assert (page.parent / unquote(link)).is_file(), link
 
 
 def test_bad_report_file_name(scored, tmp_path):

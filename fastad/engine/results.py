@@ -52,6 +52,7 @@ def save_map(path, anomaly_map: torch.Tensor) -> None:
 
 COLOUR_MAP = "viridis"
 LUT_SIZE = 256
+HEAT_WEIGHT = 0.45  # of the heat map where it lies over the image
 
 
 @functools.cache
@@ -90,7 +91,7 @@ def blend(image: torch.Tensor, anomaly_map: torch.Tensor, mask: torch.Tensor | N
     under the heat map with the mask's contour in green [3, H, W]), in [0, 1]."""
     low, high = scale
     heat = heat_colours((anomaly_map.float() - low) / (high - low))
-    blended = 0.55 * image + 0.45 * heat
+    blended = (1 - HEAT_WEIGHT) * image + HEAT_WEIGHT * heat
     if mask is not None and bool(mask.any()):
         edge = mask_contour(mask.bool())
         blended[:, edge] = torch.tensor([0.0, 1.0, 0.0])[:, None]
