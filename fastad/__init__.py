@@ -6,7 +6,7 @@
     auroc = fastad.metrics.pixel_auroc(maps, masks)
     fastad.set_backend("reference")    # pure-PyTorch ops, e.g. when the extension is missing
 """
-__version__ = "0.1.0"
+from fastad.version import __version__
 
 from fastad.backend import get_backend, set_backend, use_backend
 from fastad.info import info

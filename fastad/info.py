@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from fastad import extension
+from fastad.version import __version__
 from fastad.backend import get_backend
 
 
@@ -26,11 +27,9 @@ def info() -> dict:
     each compiled op has, the CUDA architectures compiled, OpenMP, the threads torch uses, whether
     a CUDA device is visible, and the backend selected with fastad.set_backend.
     """
-    import fastad
-
     facts = extension.compiled.build_facts() if extension.loaded() else {}
     return {
-        "fastad": fastad.__version__,
+        "fastad": __version__,
         "torch": torch.__version__,
         "extension_loaded": extension.loaded(),
         "extension_error": extension.load_error,

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import fastad
+from fastad.version import __version__
 from fastad.files import write_error
 from fastad.checks import check_bool, check_choice
 from fastad.data.folder import FolderDataset
@@ -75,7 +75,7 @@ def score_rows(paths: list[str], image_scores: torch.Tensor, threshold: float | 
 def run_manifest(source: str, model, images: str, paths: list[str], settings: dict) -> dict:
     """What identifies a scoring run: the images (`images` says where from, `paths` are the
     readable files in order), the checkpoint (`source`, and the model's weights), settings."""
-    return {"fastad": fastad.__version__, "kind": "score", "images": images,
+    return {"fastad": __version__, "kind": "score", "images": images,
             "inputs": {"count": len(paths), "sha256": digest(paths)},
             "checkpoint": source, "model": model.name, "weights_sha256": state_digest(model), "settings": settings}
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from fastad.ops.autocast import float32_under_autocast
+from fastad.ops import fake
 from fastad import extension
 from fastad.backend import use_reference
 from fastad.ops import reference
@@ -216,12 +217,38 @@ def _check_params(z, gamma, eps) -> None:
         raise ValueError("gamma must hold finite memberships >= 0 (NaN, Inf or negative values found)")
 
 
+def _check_mixture_fake(op, z, log_phi, mu, scale_tril):
+    """csrc/gmm/gmm_common.h's check_gmm_args, for the fake kernels."""
+    fake.check(z.dim() == 2, f"{op}: z must be [N, D], got shape {fake.shape(z)}")
+    fake.check(log_phi.dim() == 1, f"{op}: log_phi must be [K], got shape {fake.shape(log_phi)}")
+    k, d = log_phi.shape[0], z.shape[1]
+    fake.check(k >= 1, f"{op}: the mixture needs K >= 1 components")
+    fake.check(d >= 1, f"{op}: z must have D >= 1 features")
+    fake.check(mu.dim() == 2 and mu.shape[0] == k and mu.shape[1] == d,
+               f"{op}: mu must be [K={k}, D={d}], got shape {fake.shape(mu)}")
+    fake.check(scale_tril.dim() == 3 and tuple(scale_tril.shape) == (k, d, d),
+               f"{op}: scale_tril must be [K={k}, D={d}, D={d}], got shape {fake.shape(scale_tril)}")
+    for t in (log_phi, mu, scale_tril):
+        fake.check(t.dtype == z.dtype, f"{op}: z, log_phi, mu and scale_tril must share one dtype")
+        fake.check(t.device == z.device, f"{op}: z, log_phi, mu and scale_tril must be on one device")
+    fake.check(z.dtype in (torch.float32, torch.float64),
+               f"{op}: tensors must be float32 or float64, got {fake.SCALAR_NAMES.get(z.dtype, z.dtype)}")
+
+
 def _gmm_log_prob_fake(z, log_phi, mu, scale_tril, per_component=False):
+    _check_mixture_fake("gmm_log_prob", z, log_phi, mu, scale_tril)
     shape = (z.shape[0], log_phi.shape[0]) if per_component else (z.shape[0],)
     return z.new_empty(shape)
 
 
 def _gmm_log_prob_backward_fake(grad, z, log_phi, mu, scale_tril, result, per_component):
+    op = "gmm_log_prob_backward"
+    _check_mixture_fake(op, z, log_phi, mu, scale_tril)
+    want = (z.shape[0], log_phi.shape[0]) if per_component else (z.shape[0],)
+    fake.check(tuple(grad.shape) == want, f"{op}: grad must have the forward output's shape, got {fake.shape(grad)}")
+    fake.check(result.shape == grad.shape, f"{op}: result must have the forward output's shape, got {fake.shape(result)}")
+    for t in (grad, result):
+        fake.check(t.dtype == z.dtype and t.device == z.device, f"{op}: grad and result must match z's dtype and device")
     return tuple(t.new_empty(t.shape) for t in (z, log_phi, mu, scale_tril))  # contiguous, like the kernels
 
 

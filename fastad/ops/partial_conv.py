@@ -22,6 +22,7 @@ import torch
 from torch.nn.modules.utils import _pair
 
 from fastad.ops.autocast import float32_under_autocast
+from fastad.ops import fake
 from fastad import extension
 from fastad.backend import use_reference
 from fastad.ops import reference
@@ -249,8 +250,40 @@ def _out_size(size, kernel, stride, padding, dilation):
 
 
 def _coverage_fake(mask, kernel_size, stride, padding, dilation, groups):
+    op = "partial_conv_coverage"
+    fake.check(mask.dim() == 4, f"{op}: mask must be [B, C, H, W], got shape {fake.shape(mask)}")
+    fake.check(mask.dtype.is_floating_point,
+               f"{op}: mask must be a floating tensor, got {fake.SCALAR_NAMES.get(mask.dtype, mask.dtype)}")
+    fake.check(len(kernel_size) == len(stride) == len(padding) == len(dilation) == 2,
+               f"{op}: kernel_size, stride, padding and dilation take 2 values each")
+    for a in range(2):
+        fake.check(kernel_size[a] >= 1 and stride[a] >= 1 and dilation[a] >= 1 and padding[a] >= 0,
+                   f"{op}: need kernel_size, stride, dilation >= 1 and padding >= 0")
+    fake.check(groups >= 1 and mask.shape[1] % groups == 0,
+               f"{op}: groups ({groups}) must divide the mask's channels ({mask.shape[1]})")
     size = [_out_size(mask.shape[2 + a], kernel_size[a], stride[a], padding[a], dilation[a]) for a in range(2)]
+    fake.check(size[0] >= 1 and size[1] >= 1, f"{op}: the dilated kernel does not fit the padded mask {fake.shape(mask)}")
     return mask.new_empty((mask.shape[0], groups, *size))
+
+
+def _check_renormalize_fake(op, raw, coverage, bias):
+    """csrc/partial_conv/partial_conv_common.h's check_renormalize_args, for the fake kernels."""
+    fake.check(raw.dim() == 4, f"{op}: raw / grad_out must be [B, Co, Ho, Wo], got shape {fake.shape(raw)}")
+    fake.check(coverage.dim() == 4, f"{op}: coverage must be [B or 1, G, Ho, Wo], got shape {fake.shape(coverage)}")
+    fake.check(coverage.shape[0] in (raw.shape[0], 1),
+               f"{op}: coverage batch must be 1 or {raw.shape[0]}, got {coverage.shape[0]}")
+    fake.check(coverage.shape[1] >= 1 and raw.shape[1] % coverage.shape[1] == 0,
+               f"{op}: coverage groups ({coverage.shape[1]}) must divide the output channels ({raw.shape[1]})")
+    fake.check(coverage.shape[2:] == raw.shape[2:],
+               f"{op}: coverage is {fake.shape(coverage)} but the output is {fake.shape(raw)}")
+    fake.check(raw.dtype.is_floating_point and coverage.dtype == raw.dtype,
+               f"{op}: raw and coverage must share one floating dtype, got {fake.SCALAR_NAMES.get(raw.dtype)} and "
+               f"{fake.SCALAR_NAMES.get(coverage.dtype)}")
+    fake.check(coverage.device == raw.device, f"{op}: raw and coverage are on different devices")
+    if bias is not None:
+        fake.check(bias.dim() == 1 and bias.shape[0] == raw.shape[1],
+                   f"{op}: bias must be [Co={raw.shape[1]}], got shape {fake.shape(bias)}")
+        fake.check(bias.dtype == raw.dtype and bias.device == raw.device, f"{op}: bias must match raw's dtype and device")
 
 
 def _kernel_reads_directly(t):
@@ -264,14 +297,17 @@ def _output_like(t):
 
 
 def _renormalize_fake(raw, coverage, bias, slide_winsize):
+    _check_renormalize_fake("partial_conv_renormalize", raw, coverage, bias)
     return _output_like(raw), coverage.new_empty(coverage.shape)
 
 
 def _renormalize_backward_fake(grad_out, coverage, slide_winsize, has_bias):
+    _check_renormalize_fake("partial_conv_renormalize_backward", grad_out, coverage, None)
     return _output_like(grad_out), grad_out.new_empty((grad_out.shape[1] if has_bias else 0,))
 
 
 def _renormalize_inplace_fake(raw, coverage, bias, slide_winsize):
+    _check_renormalize_fake("partial_conv_renormalize_", raw, coverage, bias)
     return coverage.new_empty(coverage.shape)
 
 

@@ -12,11 +12,13 @@ to every output they touch, as in any linear map.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from fastad.ops.autocast import float32_under_autocast
+from fastad.ops import fake
 from fastad import extension
 from fastad.backend import use_reference
 from fastad.ops import reference
@@ -202,11 +204,25 @@ def _grid_args(grid: PatchGrid) -> tuple[list[int], list[int], list[int]]:
 
 # --- fake kernels and autograd ----------------------------------------------------------------
 
+def _check_gaussian_fake(op, t, name, plane, size_name, size, receptive_field, stride, start, sigma):
+    fake.check_float(op, name, t, 4, f"[B, C, {plane}]")
+    fake.check_size(op, size_name, size)
+    fake.check(receptive_field >= 1, f"{op}: receptive_field must be >= 1, got {receptive_field}")
+    fake.check(stride >= 1, f"{op}: stride must be >= 1, got {stride}")
+    fake.check(math.isfinite(start), f"{op}: start must be finite, got {start:g}")
+    fake.check_sigma(op, sigma)
+    fake.check(t.shape[2] >= 1 and t.shape[3] >= 1, f"{op}: {name} must have {plane} >= 1")
+
+
 def _gaussian_upsample_fake(heatmap, out_size, receptive_field, stride, start, sigma):
+    _check_gaussian_fake("gaussian_upsample", heatmap, "heatmap", "h, w", "out_size", out_size,
+                         receptive_field, stride, start, sigma)
     return heatmap.new_empty((heatmap.shape[0], heatmap.shape[1], out_size[0], out_size[1]))
 
 
 def _gaussian_upsample_backward_fake(grad, in_size, receptive_field, stride, start, sigma):
+    _check_gaussian_fake("gaussian_upsample_backward", grad, "grad", "H, W", "in_size", in_size,
+                         receptive_field, stride, start, sigma)
     return grad.new_empty((grad.shape[0], grad.shape[1], in_size[0], in_size[1]))
 
 
@@ -233,12 +249,21 @@ def _gaussian_upsample_backward_grad(ctx, grad):
 
 
 def _patch_average_fake(scores, patch_size, stride, image_size, out_size):
+    op = "patch_average"
+    fake.check_float(op, "scores", scores, 2, "[B, P]")
+    fake.check_size(op, "out_size", out_size)
+    rows, cols = fake.check_patch_grid(op, patch_size, stride, image_size)
+    fake.check(scores.shape[1] == rows * cols,
+               f"{op}: scores must have P = {rows * cols} ({rows} x {cols} patches), got {scores.shape[1]}")
     return scores.new_empty((scores.shape[0], out_size[0], out_size[1]))
 
 
 def _patch_average_backward_fake(grad, patch_size, stride, image_size):
-    grid = PatchGrid(patch_size, stride, image_size)
-    return grad.new_empty((grad.shape[0], grid.num_patches))
+    op = "patch_average_backward"
+    fake.check_float(op, "grad", grad, 3, "[B, H, W]")
+    fake.check(grad.shape[1] >= 1 and grad.shape[2] >= 1, f"{op}: grad must have H, W >= 1")
+    rows, cols = fake.check_patch_grid(op, patch_size, stride, image_size)
+    return grad.new_empty((grad.shape[0], rows * cols))
 
 
 def _patch_average_setup(ctx, inputs, output):
@@ -260,13 +285,28 @@ def _patch_average_backward_grad(ctx, grad):
     return g, None, None, None
 
 
+def _check_idw_grid_fake(op, patch_size, stride, image_size, power, radius) -> int:
+    rows, cols = fake.check_patch_grid(op, patch_size, stride, image_size)
+    fake.check(math.isfinite(power) and power >= 0, f"{op}: power must be >= 0, got {power:g}")
+    fake.check(radius is None or (math.isfinite(radius) and radius >= 0),
+               f"{op}: radius must be >= 0 or None, got {0.0 if radius is None else radius:g}")
+    return rows * cols
+
+
 def _idw_fake(scores, patch_size, stride, image_size, out_size, power, radius):
+    op = "idw_upsample"
+    fake.check_float(op, "scores", scores, 2, "[B, P]")
+    patches = _check_idw_grid_fake(op, patch_size, stride, image_size, power, radius)
+    fake.check_size(op, "out_size", out_size)
+    fake.check(scores.shape[1] == patches, f"{op}: scores must have P = {patches}, got {scores.shape[1]}")
     return scores.new_empty((scores.shape[0], out_size[0], out_size[1]))
 
 
 def _idw_backward_fake(grad, patch_size, stride, image_size, power, radius):
-    grid = PatchGrid(patch_size, stride, image_size)
-    return grad.new_empty((grad.shape[0], grid.num_patches))
+    op = "idw_upsample_backward"
+    fake.check_float(op, "grad", grad, 3, "[B, H, W]")
+    patches = _check_idw_grid_fake(op, patch_size, stride, image_size, power, radius)
+    return grad.new_empty((grad.shape[0], patches))
 
 
 def _idw_setup(ctx, inputs, output):
@@ -290,8 +330,23 @@ def _idw_backward_grad(ctx, grad):
     return g, None, None, None, None, None
 
 
+def _check_blur_fake(op, maps, sigma, kernel_size):
+    fake.check_float(op, "maps", maps, 4, "[B, C, H, W]")
+    fake.check_sigma(op, sigma)
+    fake.check(kernel_size >= 1 and kernel_size % 2 == 1, f"{op}: kernel_size must be odd and >= 1, got {kernel_size}")
+    fake.check(kernel_size // 2 < maps.shape[2] and kernel_size // 2 < maps.shape[3],
+               f"{op}: reflect padding needs kernel_size / 2 = {kernel_size // 2} below H and W, got maps of shape "
+               f"{fake.shape(maps)}")
+
+
 def _blur_fake(maps, sigma, kernel_size):
+    _check_blur_fake("gaussian_blur", maps, sigma, kernel_size)
     return torch.empty_like(maps, memory_format=torch.contiguous_format)
+
+
+def _blur_backward_fake(grad, sigma, kernel_size):
+    _check_blur_fake("gaussian_blur_backward", grad, sigma, kernel_size)
+    return torch.empty_like(grad, memory_format=torch.contiguous_format)
 
 
 def _blur_setup(ctx, inputs, output):
@@ -324,6 +379,6 @@ if extension.loaded():
     torch.library.register_autograd("fastad::idw_upsample_backward", _idw_backward_grad,
                                     setup_context=_idw_backward_setup)
     torch.library.register_fake("fastad::gaussian_blur", _blur_fake)
-    torch.library.register_fake("fastad::gaussian_blur_backward", _blur_fake)
+    torch.library.register_fake("fastad::gaussian_blur_backward", _blur_backward_fake)
     torch.library.register_autograd("fastad::gaussian_blur", _blur_grad, setup_context=_blur_setup)
     torch.library.register_autograd("fastad::gaussian_blur_backward", _blur_backward_grad, setup_context=_blur_setup)
