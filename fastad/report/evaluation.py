@@ -15,6 +15,7 @@ from fastad.metrics.aupro import region_labels, pro_curve
 from fastad.report.charts import thin
 from fastad.report.page import write_report
 from fastad.report.run_data import ReportData, ReportRow
+from fastad.version import __version__
 
 PRO_LIMIT = 0.3
 
@@ -25,14 +26,16 @@ def evaluation_data(scored: ScoredImages, dataset, record: dict, facts: list[tup
     facts: the run table; threshold: the calibrated image-score threshold (None: no verdicts);
     overlays: the folder holding overlays/<name>.png for the full-size view (None: thumbnails only)."""
     judged = verdicts(scored.image_scores, threshold) or [None] * len(scored.paths)
+    maps = scored.maps if scored.maps.numel() else None
+    masks = scored.masks if scored.masks.numel() else None
     rows = []
     for i, path in enumerate(scored.paths):
         index = scored.indices[i] if scored.indices else i
         name = output_name(path, index)
-        full = None if overlays is None else overlays / "overlays" / f"{name}.png"
+        full = None if overlays is None else Path(overlays) / "overlays" / f"{name}.png"
         rows.append(ReportRow(name, path, lambda index=index: dataset[index].image, float(scored.image_scores[i]),
-                              judged[i], int(scored.labels[i]), scored.defects[i], scored.maps[i] if scored.maps.numel()
-                              else None, scored.masks[i] if scored.masks.numel() else None,
+                              judged[i], int(scored.labels[i]), scored.defects[i],
+                              None if maps is None else maps[i], None if masks is None else masks[i],
                               str(full) if full is not None and full.is_file() else None))
     skipped = [(s["path"], s["reason"]) for s in record.get("skipped_files", [])]
     return ReportData("eval", f"fastad evaluation report: {record['model']} on {record['data']}", facts, rows,
@@ -89,8 +92,6 @@ def per_defect(scored: ScoredImages) -> list[dict]:
 
 def evaluation_facts(scorer, record: dict, seconds: float | None) -> list[tuple[str, str]]:
     """The run table of an evaluation by `scorer` (a fastad.Scorer) that took `seconds` to score."""
-    import fastad
-
     calibration = scorer.header.get(CALIBRATION_KEY)
     threshold = ("none (uncalibrated)" if calibration is None else
                  f"{calibration['threshold']:.6g} (false-reject rate {calibration['false_reject']:g} on "
@@ -102,7 +103,7 @@ def evaluation_facts(scorer, record: dict, seconds: float | None) -> list[tuple[
             ("threshold", threshold), ("data", f"{record['data']}: {n} test images"),
             ("device", f"{scorer.device}, {scorer.precision}, batch {scorer.batch_size}"),
             ("speed", f"{n / seconds:.1f} images/s ({n} images in {seconds:.1f} s)" if seconds else "not recorded"),
-            ("fastad", fastad.__version__)]
+            ("fastad", __version__)]
 
 
 def write_evaluation_report(scorer, scored: ScoredImages, dataset, record: dict, out, seconds: float | None = None,

@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-import fastad
+from fastad.version import __version__
 from fastad.engine.calibration import VERDICTS
 from fastad.engine.score_run import REPORT_FILE
 from fastad.files import atomic_write
@@ -113,5 +113,5 @@ def render(data: ReportData, page: Path, thumbs: dict[int, str], failed: list, s
     return environment.get_template(TEMPLATE).render(
         data=data, counts=counts(data), histogram=histogram, curve_svgs=curve_svgs, thumb_failures=failed, scale=scale,
         rows=gallery_rows(data, page, thumbs), verdicts=[v for v in VERDICTS if any(r.verdict == v for r in data.rows)],
-        first_render=FIRST_RENDER, version=fastad.__version__,
+        first_render=FIRST_RENDER, version=__version__,
         generated=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))

@@ -14,7 +14,7 @@ import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import fastad
+from fastad.version import __version__
 from fastad.engine.calibration import CALIBRATION_KEY, VERDICTS
 from fastad.engine.checkpoint import read_header
 from fastad.engine.run_folder import read_manifest
@@ -71,8 +71,8 @@ def read_scores_dir(folder) -> ReportData:
         raise FileNotFoundError(f"{folder} has no {SCORES_FILE}: expected the --out folder of fastad score")
     manifest = read_manifest(folder) or {}
     version = manifest.get("fastad")
-    notices = [] if version in (None, fastad.__version__) else [
-        f"written by fastad {version}; read by fastad {fastad.__version__}"]
+    notices = [] if version in (None, __version__) else [
+        f"written by fastad {version}; read by fastad {__version__}"]
     threshold = manifest.get("settings", {}).get("threshold")
     rows, cut = read_rows(scores, version)
     attach_files(folder, rows, manifest.get("images"))
@@ -99,7 +99,7 @@ def read_rows(scores: Path, version: str | None) -> tuple[list[ReportRow], bool]
     if not lines or lines[0] not in headers:
         wrote = f" (written by fastad {version})" if version else ""
         raise ValueError(f"{scores} has the header {lines[0] if lines else ''!r}{wrote}; fastad "
-                         f"{fastad.__version__} reads {' or '.join(sorted(map(repr, headers)))}")
+                         f"{__version__} reads {' or '.join(sorted(map(repr, headers)))}")
     rows = []
     for number, row in enumerate(csv.reader(lines[1:]), start=2):
         if len(row) != lines[0].count(",") + 1 or (len(row) == 3 and row[2] not in VERDICTS):
@@ -163,7 +163,7 @@ def run_facts(manifest: dict, n_rows: int) -> list[tuple[str, str]]:
             ("device", f"{settings.get('device', 'unknown')}, {settings.get('precision', '?')}, batch "
                        f"{settings.get('batch_size', '?')}, {settings.get('engine', 'local')} engine"),
             ("speed", speed),
-            ("fastad", f"{manifest.get('fastad', 'unknown')} (report: {fastad.__version__})")]
+            ("fastad", f"{manifest.get('fastad', 'unknown')} (report: {__version__})")]
 
 
 def checkpoint_header(checkpoint) -> tuple[dict, str]:
