@@ -135,6 +135,10 @@ def exported_program(module: DeployModule, example: torch.Tensor):
         first = str(error).strip().splitlines()
         raise UnsupportedOpError(f"{module.model.name} cannot be exported at a dynamic batch size: "
                                  f"{' '.join(first[:2])}") from error
+    except (RuntimeError, TypeError, NotImplementedError) as error:  # a data-dependent step while tracing
+        line = (str(error).strip().splitlines() or [""])[0]
+        raise UnsupportedOpError(f"{module.model.name} ({_settings_line(module.model)}) cannot be traced for "
+                                 f"export: {type(error).__name__}: {line}") from error
     lowering.build_tables(program)
     program = program.run_decompositions(lowering.decomposition_table())
     remaining = lowering.remaining_fastad_ops(program)
@@ -142,6 +146,12 @@ def exported_program(module: DeployModule, example: torch.Tensor):
         raise UnsupportedOpError(f"{module.model.name}'s scoring graph holds {remaining[0]}, which has no "
                                  f"ONNX lowering (see fastad.deploy.lowering)")
     return program
+
+
+def _settings_line(model: AnomalyModel) -> str:
+    """The model's scoring settings that decide its graph, as `key=value` text."""
+    keys = [key for key in ("inference", "stride", "image_score") if key in model.config]
+    return ", ".join(f"{key}={model.config[key]!r}" for key in keys)
 
 
 def write_onnx(module: DeployModule, images: torch.Tensor, path: Path, input_dtype: str) -> Path:
