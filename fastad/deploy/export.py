@@ -124,8 +124,9 @@ def _check_images(images: torch.Tensor | None, size: int) -> torch.Tensor:
     return images.float().cpu()
 
 
-def exported_program(module: DeployModule, example: torch.Tensor):
-    """torch.export of `module` at a dynamic batch with every fastad op replaced by its lowering."""
+def exported_program(module: nn.Module, example: torch.Tensor, label: str):
+    """torch.export of `module` at a dynamic batch with every fastad op replaced by its lowering;
+    `label` names the module in an UnsupportedOpError."""
     batch = {0: torch.export.Dim("batch", min=1, max=1 << 16)}
     try:
         with torch.no_grad(), warnings.catch_warnings():
@@ -133,17 +134,17 @@ def exported_program(module: DeployModule, example: torch.Tensor):
             program = torch.export.export(module, (example,), dynamic_shapes=(batch,), strict=False)
     except torch._dynamo.exc.UserError as error:
         first = str(error).strip().splitlines()
-        raise UnsupportedOpError(f"{module.model.name} cannot be exported at a dynamic batch size: "
+        raise UnsupportedOpError(f"{label} cannot be exported at a dynamic batch size: "
                                  f"{' '.join(first[:2])}") from error
     except (RuntimeError, TypeError, NotImplementedError) as error:  # a data-dependent step while tracing
         line = (str(error).strip().splitlines() or [""])[0]
-        raise UnsupportedOpError(f"{module.model.name} ({_settings_line(module.model)}) cannot be traced for "
+        raise UnsupportedOpError(f"{label} cannot be traced for "
                                  f"export: {type(error).__name__}: {line}") from error
     lowering.build_tables(program)
     program = program.run_decompositions(lowering.decomposition_table())
     remaining = lowering.remaining_fastad_ops(program)
     if remaining:
-        raise UnsupportedOpError(f"{module.model.name}'s scoring graph holds {remaining[0]}, which has no "
+        raise UnsupportedOpError(f"{label}: its graph holds {remaining[0]}, which has no "
                                  f"ONNX lowering (see fastad.deploy.lowering)")
     return program
 
@@ -157,12 +158,21 @@ def _settings_line(model: AnomalyModel) -> str:
 def write_onnx(module: DeployModule, images: torch.Tensor, path: Path, input_dtype: str) -> Path:
     """The ONNX file of `module` (opset OPSET, dynamic batch) at `path`."""
     example = (images[:2] * 255).round().to(torch.uint8) if input_dtype == "uint8" else images[:2]
-    program = exported_program(module, example)
+    program = exported_program(module, example, f"{module.model.name} ({_settings_line(module.model)})")
     names = ["image_scores", "maps"] + ([] if module.threshold is None else ["verdict"])
+    return save_onnx(program, path, ["images"], names)
+
+
+def save_onnx(program, path: Path, input_names: list[str], output_names: list[str]) -> Path:
+    """An exported program (fastad ops lowered) as an ONNX file at opset OPSET.
+
+    The onnxscript graph optimizer stays off: it rewrites `x + 1e-8` to `x` (partial_conv's
+    coverage epsilon), turning 0 / (0 + eps) * 0 into NaN. ONNX Runtime and OpenVINO fold and
+    fuse the graph themselves when they load it."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        onnx_program = torch.onnx.export(program, dynamo=True, opset_version=OPSET, input_names=["images"],
-                                         output_names=names, optimize=True, verbose=False)
+        onnx_program = torch.onnx.export(program, dynamo=True, opset_version=OPSET, input_names=input_names,
+                                         output_names=output_names, optimize=False, verbose=False)
     onnx_program.save(str(path))
     return path
 
