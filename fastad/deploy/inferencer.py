@@ -65,7 +65,8 @@ class Inferencer:
         if self.runtime == "onnxruntime" and self.metadata["format"] != "onnx":
             raise ValueError(f"runtime 'onnxruntime' needs an ONNX artefact; {self.folder} holds "
                              f"{self.metadata['format']!r} (use runtime 'openvino')")
-        self.batch_size = check_int("batch_size", batch_size, 1)
+        check_int("batch_size", batch_size, 1)
+        self.batch_size = batch_size
         self.image_size = int(self.metadata["input"]["image_size"])
         self.threshold = self.metadata.get("threshold")
         self.uint8 = self.metadata["input"]["dtype"] == "uint8"
@@ -155,7 +156,8 @@ def _onnxruntime(graph: Path, num_threads: int | None):
 
     options = ort.SessionOptions()
     if num_threads is not None:
-        options.intra_op_num_threads = check_int("num_threads", num_threads, 1)
+        check_int("num_threads", num_threads, 1)
+        options.intra_op_num_threads = num_threads
     session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda images: session.run(None, {name: images})
@@ -166,7 +168,8 @@ def _openvino(graph: Path, num_threads: int | None, precision: str):
 
     config = {"INFERENCE_PRECISION_HINT": "f16" if precision == "fp16" else "f32"}
     if num_threads is not None:
-        config["INFERENCE_NUM_THREADS"] = check_int("num_threads", num_threads, 1)
+        check_int("num_threads", num_threads, 1)
+        config["INFERENCE_NUM_THREADS"] = num_threads
     compiled = ov.Core().compile_model(str(graph), "CPU", config)
     request = compiled.create_infer_request()
 
