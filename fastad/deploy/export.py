@@ -26,6 +26,7 @@ from torch import nn
 import fastad
 from fastad.checks import check_choice
 from fastad.deploy import lowering
+from fastad.deploy.inferencer import Inferencer
 from fastad.deploy.lowering import UnsupportedOpError
 from fastad.engine.calibration import calibrated_threshold
 from fastad.engine.checkpoint import checkpoint_path, load_checkpoint
@@ -132,14 +133,10 @@ def exported_program(module: nn.Module, example: torch.Tensor, label: str):
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.export.export(module, (example,), dynamic_shapes=(batch,), strict=False)
-    except torch._dynamo.exc.UserError as error:
-        first = str(error).strip().splitlines()
-        raise UnsupportedOpError(f"{label} cannot be exported at a dynamic batch size: "
-                                 f"{' '.join(first[:2])}") from error
-    except (RuntimeError, TypeError, NotImplementedError) as error:  # a data-dependent step while tracing
-        line = (str(error).strip().splitlines() or [""])[0]
-        raise UnsupportedOpError(f"{label} cannot be traced for "
-                                 f"export: {type(error).__name__}: {line}") from error
+    except (RuntimeError, TypeError, NotImplementedError) as error:  # a guard on the batch, a data-dependent step
+        lines = [line.strip(" -") for line in str(error).strip().splitlines() if line.strip()][:2]
+        raise UnsupportedOpError(f"{label} cannot be traced for export at a dynamic batch: "
+                                 f"{type(error).__name__}: {' '.join(lines)}") from error
     lowering.build_tables(program)
     program = program.run_decompositions(lowering.decomposition_table())
     remaining = lowering.remaining_fastad_ops(program)
@@ -204,8 +201,6 @@ def artefact_metadata(model: AnomalyModel, header: dict, source: str, format: st
 
 def _checked_deviation(folder: Path, metadata: dict, model: AnomalyModel, images: torch.Tensor,
                        threshold: float | None) -> dict:
-    from fastad.deploy.inferencer import Inferencer
-
     inferencer = Inferencer(folder, metadata=metadata)
     got = inferencer.score(images if metadata["input"]["dtype"] == "float32" else (images * 255).round().byte())
     reference_images = images if metadata["input"]["dtype"] == "float32" else (images * 255).round() / 255

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastad.checks import check_choice, check_int
-from fastad.engine.calibration import verdicts
+from fastad.engine.calibration import VERDICTS
 from fastad.models.base import AnomalyResult
 
 RUNTIMES = ("onnxruntime", "openvino")
@@ -111,9 +111,7 @@ class Inferencer:
         result = AnomalyResult(torch.from_numpy(np.asarray(outputs[0], np.float32)).clone(),
                                torch.from_numpy(np.asarray(outputs[1], np.float32)).clone())
         if self.threshold is not None:
-            result.verdict = ["defect" if v else "ok" for v in np.asarray(outputs[2]).tolist()]
-        else:
-            result.verdict = verdicts(result.image_scores, None)
+            result.verdict = [VERDICTS[int(bool(v))] for v in np.asarray(outputs[2]).tolist()]
         return result
 
     __call__ = score

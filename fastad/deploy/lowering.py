@@ -27,6 +27,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from fastad import extension
 from fastad.ops import PatchGrid, reference
 
 #: bank rows per MatMul chunk of the knn lowering (bounds the [N, chunk] block held at once)
@@ -186,8 +187,8 @@ LOWERINGS = {
 
 def decomposition_table() -> dict:
     """{torch.ops.fastad.<op>.default: lowering} for run_decompositions."""
-    from fastad import extension  # noqa: F401  (loads the op library)
-
+    if not extension.loaded():  # no fastad op can be in a graph (the reference backend's are plain torch)
+        return {}
     return {getattr(torch.ops.fastad, name).default: fn for name, fn in LOWERINGS.items()}
 
 
