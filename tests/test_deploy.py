@@ -168,6 +168,23 @@ def test_an_op_without_lowering_is_refused_in_one_line(tmp_path):
         export(CoresetProbe(), tmp_path / "out", "onnx", check_images=torch.rand(2, 3, 32, 32))
 
 
+class ChunkedProbe(AnomalyModel):
+    """Scoring that splits the batch into chunks of 2: no graph for any batch size."""
+
+    name = "chunked_probe"
+    image_size = 32
+
+    def score(self, images):
+        maps = torch.cat([chunk.mean(1) for chunk in images.split(2)])
+        return AnomalyResult(maps.flatten(1).amax(1), maps)
+
+
+def test_a_batch_bound_scoring_is_refused_in_one_line(tmp_path):
+    with pytest.raises(UnsupportedOpError, match="chunked_probe .*dynamic batch") as caught:
+        export(ChunkedProbe(), tmp_path / "out", "onnx", check_images=torch.rand(3, 3, 32, 32))
+    assert "\n" not in str(caught.value)
+
+
 def test_load_names_what_is_missing(tmp_path, calibrated_ir):
     with pytest.raises(FileNotFoundError, match="metadata.json"):
         load(tmp_path)
