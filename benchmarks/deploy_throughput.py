@@ -65,7 +65,12 @@ def anomalib_contenders(model, root: Path) -> dict:
     xml = theirs.to_openvino(root / "anomalib-ov", input_size=(SIZE, SIZE))
     pt = theirs.to_torch(root / "anomalib-torch")
     os.environ["TRUST_REMOTE_CODE"] = "1"  # TorchInferencer unpickles: the file is the one written just above
-    openvino, torch_inferencer = OpenVINOInferencer(path=xml, device="CPU"), TorchInferencer(path=pt, device="cpu")
+    here = os.getcwd()
+    os.chdir(root)  # OpenVINOInferencer writes ./openvino_cache: into the run's temporary folder
+    try:
+        openvino, torch_inferencer = OpenVINOInferencer(path=xml, device="CPU"), TorchInferencer(path=pt, device="cpu")
+    finally:
+        os.chdir(here)
     fixed = openvino.model.inputs[0].get_partial_shape()[0]
     batch = fixed.get_length() if fixed.is_static else None
 
