@@ -100,7 +100,8 @@ def export(checkpoint, out, format: str = "onnx", precision: str = "fp32", input
             write_openvino(onnx_path, staging / FORMATS["openvino"], precision)
             onnx_path.unlink()
         metadata = artefact_metadata(model, header, source, format, precision, input_dtype, threshold)
-        metadata["deviation"] = _checked_deviation(staging, metadata, model, images, threshold)
+        data = CHECK_DATA if check_images is None else "check_images"
+        metadata["deviation"] = _checked_deviation(staging, metadata, model, images, threshold, data)
         _publish(staging, out, metadata)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -200,13 +201,13 @@ def artefact_metadata(model: AnomalyModel, header: dict, source: str, format: st
 
 
 def _checked_deviation(folder: Path, metadata: dict, model: AnomalyModel, images: torch.Tensor,
-                       threshold: float | None) -> dict:
+                       threshold: float | None, data: str) -> dict:
     inferencer = Inferencer(folder, metadata=metadata)
     got = inferencer.score(images if metadata["input"]["dtype"] == "float32" else (images * 255).round().byte())
     reference_images = images if metadata["input"]["dtype"] == "float32" else (images * 255).round() / 255
     with torch.inference_mode():
         expected = model.score(reference_images)
-    deviation = {"images": len(images), "data": CHECK_DATA, "runtime": inferencer.runtime,
+    deviation = {"images": len(images), "data": data, "runtime": inferencer.runtime,
                  "image_scores": relative_deviation(got.image_scores, expected.image_scores),
                  "maps": relative_deviation(got.maps, expected.maps)}
     if threshold is not None:
