@@ -27,7 +27,7 @@ $(VENV)/.torch-installed: | $(BIN)/python
 
 # --no-build-isolation: build against the torch installed above, not a freshly downloaded one.
 $(VENV)/.fastad-installed: $(VENV)/.torch-installed $(SOURCES)
-	$(BIN)/pip install --no-build-isolation -e ".[test,bench,ray,anomalib,report]" "$(TORCH_SPEC)"
+	$(BIN)/pip install --no-build-isolation -e ".[test,bench,ray,anomalib,report,deploy]" "$(TORCH_SPEC)"
 	touch $@
 
 install: $(VENV)/.fastad-installed

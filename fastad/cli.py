@@ -1,4 +1,4 @@
-"""Command line: `fastad train | calibrate | score | eval | report | demo | info | data export`.
+"""Command line: `fastad train | calibrate | score | eval | export | report | demo | info | data export`.
 
 Exit codes: 0 done, 1 a run that failed (one line on stderr naming the file, folder or setting
 and what was wrong), 2 a usage error (a bad or missing argument), 130 interrupted. `--debug` or
@@ -164,16 +164,39 @@ def _score(args: argparse.Namespace) -> int:
 
     if not Path(args.images).is_dir():
         raise UsageError(f"--images {args.images} is not a folder")
-    if args.engine == "ray":
+    if args.engine == "ray" and args.model_file is None:
         return _score_ray(args)
     if args.address is not None or args.replicas is not None:
         raise UsageError("--address and --replicas need --engine ray")
-    scorer = Scorer(args.checkpoint, args.device, args.batch_size, args.precision, args.cuda_graphs)
+    scorer = _model_file_scorer(args) if args.model_file is not None else \
+        Scorer(args.checkpoint, args.device, args.batch_size, args.precision, args.cuda_graphs)
     scored = scorer.score_folder(args.images, args.out, None if args.maps == "none" else args.maps,
                                  not args.no_overlays, args.workers, overwrite=args.overwrite)
     print(f"scored {len(scored.paths)} images ({scored.resumed} already done by an earlier attempt, "
           f"{len(scored.skipped)} skipped as unreadable) -> {args.out}/scores.csv")
     _score_report(args)
+    return 0
+
+
+def _model_file_scorer(args: argparse.Namespace):
+    """The fastad.deploy inferencer of --model-file (CPU runtimes: no --device, --precision or CUDA graphs)."""
+    from fastad.deploy import load
+
+    if args.engine != "local" or args.device != "cpu" or args.precision != "fp32" or args.cuda_graphs:
+        raise UsageError("--model-file runs on the CPU runtime the artefact names; drop --engine, --device, "
+                         "--precision and --cuda-graphs (its precision was chosen at export)")
+    return load(args.model_file, args.runtime, args.batch_size)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from fastad.deploy import export
+
+    out = export(args.checkpoint, args.out, args.format, args.precision, args.input_dtype)
+    metadata = json.loads((out / "metadata.json").read_text())
+    deviation = metadata["deviation"]
+    print(f"exported {metadata['model']} as {args.format} ({args.precision}) -> {out}/{metadata['file']}; "
+          f"deviation from PyTorch on {deviation['images']} {deviation['data']} images: maps "
+          f"{deviation['maps']:.2g}, image scores {deviation['image_scores']:.2g} (relative)")
     return 0
 
 
@@ -274,8 +297,15 @@ def _add_eval(commands, forms: str, precisions) -> None:
 
 
 def _add_score(commands, precisions) -> None:
+    from fastad.deploy.inferencer import RUNTIMES
+
     score = commands.add_parser("score", help="score a folder of images with a checkpoint")
-    score.add_argument("--checkpoint", required=True, help="run folder written by fastad train")
+    source = score.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="run folder written by fastad train")
+    source.add_argument("--model-file", default=None, help="artefact folder written by fastad export (scored "
+                        "by ONNX Runtime or OpenVINO on the CPU)")
+    score.add_argument("--runtime", choices=RUNTIMES, default=None,
+                       help="with --model-file: the runtime (default: onnxruntime for ONNX, openvino for IR)")
     score.add_argument("--images", required=True, help="folder of images to score")
     score.add_argument("--out", required=True, help="writes scores.csv, maps/*.npy, overlays/*.png, run.json; "
                                                    "the same command again resumes an interrupted run")
@@ -302,6 +332,19 @@ def _add_report(commands) -> None:
     report.add_argument("--out", default=None, help="the .html file to write (default SCORES_DIR/report.html; "
                                                     "thumbnails go into <name>_files/ beside it)")
     report.set_defaults(run=_report)
+
+
+def _add_export(commands) -> None:
+    from fastad.deploy.export import FORMATS, INPUT_DTYPES, PRECISIONS
+
+    export = commands.add_parser("export", help="write a checkpoint's scoring graph as an ONNX or OpenVINO artefact")
+    export.add_argument("--checkpoint", required=True, help="run folder written by fastad train")
+    export.add_argument("--format", choices=tuple(FORMATS), required=True)
+    export.add_argument("--out", required=True, help="artefact folder: the graph file(s) and metadata.json")
+    export.add_argument("--precision", choices=PRECISIONS, default=PRECISIONS[0], help="fp16: OpenVINO only")
+    export.add_argument("--input-dtype", choices=INPUT_DTYPES, default=INPUT_DTYPES[0],
+                        help="the graph's input: float32 in [0, 1] or uint8 0..255")
+    export.set_defaults(run=_export)
 
 
 def _add_data(commands, forms: str) -> None:
@@ -340,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(commands, FORMS, tuple(PRECISIONS))
     _add_score(commands, tuple(PRECISIONS))
     _add_report(commands)
+    _add_export(commands)
     _add_data(commands, FORMS)
     return parser
 

@@ -251,7 +251,8 @@ class FCDD(AnomalyModel):
         resized bilinearly to H x W if that differs; image score = max of the map."""
         was_training = self.training
         self.eval()
-        maps = torch.cat([self.anomaly_map(self.normalize(chunk)) for chunk in images.split(batch_size)])
+        chunks = (images,) if torch.compiler.is_compiling() else images.split(batch_size)  # one graph for any batch
+        maps = torch.cat([self.anomaly_map(self.normalize(chunk)) for chunk in chunks])
         self.train(was_training)
         if maps.shape[-2:] != images.shape[-2:]:
             maps = F.interpolate(maps[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]

@@ -182,7 +182,8 @@ class UTAD(AnomalyModel):
         """images [B, 3, H, W] -> eq. 8 maps [B, H, W] (in chunks of batch_size)."""
         was_training = self.training
         self.eval()
-        maps = torch.cat([self._combine(self.layer_distances(chunk)) for chunk in images.split(batch_size)])
+        chunks = (images,) if torch.compiler.is_compiling() else images.split(batch_size)  # one graph for any batch
+        maps = torch.cat([self._combine(self.layer_distances(chunk)) for chunk in chunks])
         self.train(was_training)
         return maps
 
