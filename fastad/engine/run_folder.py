@@ -5,7 +5,9 @@ that says which run it holds.
         resuming = claim(out, manifest, overwrite, OWNED)
 
 The lock is an flock on out/.fastad.lock (released by the kernel when the process dies, so a
-killed run never leaves the folder locked). The manifest, out/run.json, holds what makes the
+killed run never leaves the folder locked). A process forked while the lock is held (a
+DataLoader worker) closes its copy of the lock at once, so the lock dies with the run, not with
+the last of its workers. The manifest, out/run.json, holds what makes the
 results of a run what they are (inputs, checkpoint, settings); a later run with the same
 manifest resumes, any other is refused unless it asks to overwrite.
 """
@@ -28,6 +30,19 @@ MANIFEST_FILE = "run.json"
 # manifest entries that do not identify a run: its status, the fastad version, where the
 # checkpoint was read from (its weights' digest identifies it)
 INFORMATIONAL_KEYS = ("complete", "fastad", "checkpoint")
+_held: set[int] = set()  # the lock file descriptors this process holds
+
+
+def _close_inherited_locks() -> None:
+    """In a forked child: closes its copies of the parent's lock descriptors (the parent keeps
+    the lock), so that the child outliving a killed parent does not keep the folder locked."""
+    for fd in list(_held):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
 class RunFolderBusy(RuntimeError):
@@ -51,8 +66,10 @@ def locked(folder):
                                 "another output folder") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _held.add(fd)
         yield folder
     finally:
+        _held.discard(fd)
         os.close(fd)
 
 
