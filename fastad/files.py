@@ -6,6 +6,7 @@ on a shared server are as readable as the user's umask allows. A failed write na
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -58,6 +59,24 @@ def write_json(obj, path) -> None:
     with atomic_write(path, "w") as f:
         json.dump(obj, f, indent=2)
         f.write("\n")
+
+
+def file_fingerprint(path) -> str:
+    """What a result computed from the file at path was computed from: "<size> <mtime_ns>
+    <blake2b-128 hex of its bytes>". OSError when it cannot be read."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        stat = os.fstat(f.fileno())
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return f"{stat.st_size} {stat.st_mtime_ns} {digest.hexdigest()}"
+
+
+def same_content(a: str, b: str) -> bool:
+    """Two file_fingerprint()s of the same bytes (size and digest equal; the time may differ)."""
+    size_a, _, digest_a = a.split(" ")
+    size_b, _, digest_b = b.split(" ")
+    return size_a == size_b and digest_a == digest_b
 
 
 def remove_temp_files(folder) -> int:
