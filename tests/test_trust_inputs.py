@@ -238,7 +238,7 @@ def test_a_restart_right_after_kill_9_gets_the_lock(run_dir, good_images, tmp_pa
     process.send_signal(signal.SIGKILL)
     process.wait()
     capsys.readouterr()
-    assert score(run_dir, good_images, out, "--no-overlays") == 0, capsys.readouterr().err
+    assert score(run_dir, good_images, out, "--no-overlays", "--batch-size", "1") == 0, capsys.readouterr().err
     assert len(csv_rows(out)) == 6
 
 
@@ -268,8 +268,9 @@ def test_overwrite_keeps_files_no_fastad_run_recorded(run_dir, good_images, tmp_
     (scored / "overlays" / "notes.txt").write_text("mine")
     recorded = json.loads((scored / "run.json").read_text())["owns"]
     assert "scores.csv" in recorded and "maps" in recorded
-    assert score(run_dir, good_images, scored, "--overwrite", "--batch-size", "3") == 0
-    assert (scored / "overlays" / "notes.txt").read_text() == "mine"
+    assert score(run_dir, good_images, scored, "--overwrite", "--batch-size", "3") == 1  # would write into it
+    assert score(run_dir, good_images, scored, "--overwrite", "--batch-size", "3", "--no-overlays") == 0
+    assert (scored / "overlays" / "notes.txt").read_text() == "mine" and len(csv_rows(scored)) == 6
 
 
 # --- 6. a checkpoint that proves itself ----------------------------------------------------------
