@@ -143,9 +143,18 @@ def _score(args: argparse.Namespace) -> int:
     scorer = Scorer(args.checkpoint, args.device, args.batch_size, args.precision, args.cuda_graphs)
     scored = scorer.score_folder(args.images, args.out, None if args.maps == "none" else args.maps,
                                  not args.no_overlays, args.workers, overwrite=args.overwrite)
+    _check_scored(args.images, scored.paths, scored.skipped)
     print(f"scored {len(scored.paths)} images ({scored.resumed} already done by an earlier attempt, "
-          f"{len(scored.skipped)} skipped as unreadable) -> {args.out}/scores.csv")
+          f"{len(scored.skipped)} skipped as unreadable, {len(scored.ignored)} ignored as no image files) "
+          f"-> {args.out}/scores.csv")
     return 0
+
+
+def _check_scored(images, paths: list, skipped: list) -> None:
+    """RuntimeError saying why when a scoring run scored no image (every file failed to decode)."""
+    if not paths:
+        raise RuntimeError(f"no image was scored in {images}: all {len(skipped)} image files failed to decode "
+                           "(each is named above)")
 
 
 def _score_ray(args: argparse.Namespace) -> int:
@@ -159,6 +168,7 @@ def _score_ray(args: argparse.Namespace) -> int:
     result = score_on_ray(args.checkpoint, args.images, args.out, address=args.address, num_replicas=args.replicas,
                           batch_size=args.batch_size, device=args.device, precision=args.precision,
                           save_maps=args.maps == "npy", cuda_graphs=args.cuda_graphs, overwrite=args.overwrite)
+    _check_scored(args.images, result.paths, result.skipped)
     print(f"scored {len(result.paths)} images on Ray ({result.resumed} already done by an earlier run, "
           f"{len(result.skipped)} skipped as unreadable) -> {args.out}/scores.csv")
     return 0
