@@ -78,6 +78,29 @@ def _argument(convert, accept, expected: str):
 
 _fraction = _argument(float, lambda value: 0.0 <= value < 1.0, "a number in [0, 1)")
 _positive = _argument(int, lambda value: value >= 1, "an int >= 1")
+_count = _argument(int, lambda value: value >= 0, "an int >= 0")
+
+
+def _device(text: str) -> str:
+    """An argparse type: a torch device name (cpu, cuda, cuda:1, ...)."""
+    import torch
+
+    try:
+        torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a device such as cpu, cuda or cuda:1, got {text!r}") from None
+    return text
+
+
+def _check_device_options(args: argparse.Namespace) -> None:
+    """UsageError for the scoring options that need a CUDA --device when it is not one."""
+    import torch
+
+    on_cuda = torch.device(args.device).type == "cuda"
+    if args.precision == "fp16" and not on_cuda:
+        raise UsageError(f"--precision fp16 needs a CUDA --device (got {args.device}); use bf16 or fp32 on the CPU")
+    if getattr(args, "cuda_graphs", False) and not on_cuda:
+        raise UsageError(f"--cuda-graphs needs a CUDA --device (got {args.device})")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -108,6 +131,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     if not Path(args.images).is_dir():
         raise UsageError(f"--images {args.images} is not a folder")
+    _check_device_options(args)
     record = calibrate_run(args.checkpoint, args.images, args.false_reject, args.device, args.batch_size,
                            args.precision, progress=True)
     print(f"{_calibrated(record)}; stored in {args.checkpoint}")
@@ -118,6 +142,7 @@ def _eval(args: argparse.Namespace) -> int:
     from fastad.engine.evaluation import format_decision, format_table
     from fastad.engine.pipeline import RESULTS_FILE, evaluate_run
 
+    _check_device_options(args)
     record = evaluate_run(args.checkpoint, args.data, args.device, args.batch_size, args.precision, args.overlays,
                           progress=not args.json)
     if args.json:
@@ -136,6 +161,7 @@ def _score(args: argparse.Namespace) -> int:
 
     if not Path(args.images).is_dir():
         raise UsageError(f"--images {args.images} is not a folder")
+    _check_device_options(args)
     if args.engine == "ray":
         return _score_ray(args)
     if args.address is not None or args.replicas is not None:
@@ -202,9 +228,9 @@ def _add_train(commands, forms: str) -> None:
     train.add_argument("--model", choices=_model_names(), help="registered model name")
     train.add_argument("--data", type=_spec, help=f"dataset spec: {forms}")
     train.add_argument("--out", required=True, help="run folder (checkpoint.safetensors, config.json, history.json)")
-    train.add_argument("--steps", type=int, default=None, help="steps per stage (default: the model's demo size)")
+    train.add_argument("--steps", type=_count, default=None, help="steps per stage (default: the model's demo size)")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    train.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:1, ...")
     train.add_argument("--set", type=_config_value, action="append", default=[], metavar="KEY=VALUE",
                        help="model constructor argument (JSON value), repeatable, e.g. --set stride=8")
     train.add_argument("--checkpoint-every", type=_positive, default=50, help="steps between checkpoints (>= 1)")
@@ -234,7 +260,7 @@ def _add_calibrate(commands, precisions) -> None:
 
 
 def _add_scoring_options(parser, precisions) -> None:
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--batch-size", type=_positive, default=8)
     parser.add_argument("--precision", choices=precisions, default=precisions[0],
                         help="autocast precision (fp16: CUDA only)")
@@ -260,7 +286,7 @@ def _add_score(commands, precisions) -> None:
     score.add_argument("--overwrite", action="store_true", help="replace the results of another run in --out")
     _add_scoring_options(score, precisions)
     score.add_argument("--cuda-graphs", action="store_true", help="replay fixed-shape batches as CUDA graphs")
-    score.add_argument("--workers", type=int, default=None, help="DataLoader decoding workers (default: cores - 1, at most 4)")
+    score.add_argument("--workers", type=_count, default=None, help="DataLoader decoding workers (default: cores - 1, at most 4)")
     score.add_argument("--maps", choices=("npy", "none"), default="npy", help="per-image anomaly maps")
     score.add_argument("--no-overlays", action="store_true", help="skip the heat-map overlay PNGs")
     score.add_argument("--engine", choices=("local", "ray"), default="local",
@@ -301,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data", type=_spec, default="builtin:brick", help="dataset spec (default builtin:brick)")
     demo.add_argument("--model", choices=_model_names(), default="pedenet")
     demo.add_argument("--out", default=None, help="folder for results.json, overlays and the checkpoint (default: a temp folder)")
-    demo.add_argument("--steps", type=int, default=None, help="training steps per stage (default: the model's demo size)")
+    demo.add_argument("--steps", type=_count, default=None, help="training steps per stage (default: the model's demo size)")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_demo)
     _add_train(commands, FORMS)

@@ -364,7 +364,7 @@ def test_command_line_mistakes_exit_2(run_dir, good_images, tmp_path, capsys, ex
 
 
 def test_train_mistakes_exit_2(tmp_path, capsys):
-    for extra in (["--steps", "0"], ["--steps", "-3"], ["--device", "nonsense"]):
+    for extra in (["--steps", "-3"], ["--steps", "2.5"], ["--device", "nonsense"]):
         argv = ["train", "--model", "rawpixel", "--data", "builtin:gravel", "--out", str(tmp_path / "r"), *extra]
         assert run_cli(argv) == 2, extra
         assert extra[0] in capsys.readouterr().err
