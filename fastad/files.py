@@ -26,7 +26,10 @@ def _create_temp(path: Path) -> tuple[int, Path]:
 
 
 def write_error(error: OSError, path) -> OSError:
-    """error (raised while writing path) as an OSError of the same errno whose message names path."""
+    """error (raised while writing path) as an OSError of the same errno whose message names path;
+    a short write without an errno (numpy's "N requested and M written") says the disk may be full."""
+    if error.errno is None:
+        return OSError(f"cannot write {path}: only part of the data was written ({error}); is the disk full?")
     reason = error.strerror or str(error)
     return OSError(error.errno, f"cannot write {path}: {reason}")
 
