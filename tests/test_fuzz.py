@@ -1,0 +1,44 @@
+"""A brief fuzz run (a few seconds per target) of the image reader, the checkpoint loader and the
+dataset-spec parser: every input ends in a result or the named error (tests/fuzz_targets.py;
+benchmarks/fuzz.py runs the same targets for long)."""
+import functools
+
+from hypothesis import HealthCheck, given, settings
+
+import fuzz_targets
+
+BRIEF = settings(max_examples=300, deadline=10_000, database=None, derandomize=True,
+                 suppress_health_check=list(HealthCheck))
+
+
+@functools.lru_cache(maxsize=1)
+def _checkpoint_seeds() -> list[bytes]:
+    return [fuzz_targets.checkpoint_seed()]
+
+
+@BRIEF
+@given(fuzz_targets.mutated(fuzz_targets.image_seeds()))
+def test_the_image_reader_gives_an_image_or_a_named_error(data):
+    fuzz_targets.image_target(data)
+
+
+def test_the_checkpoint_loader_gives_a_model_or_a_named_error():
+    @settings(BRIEF, max_examples=150)
+    @given(fuzz_targets.mutated(_checkpoint_seeds(), header_bytes=1024))
+    def run(data):
+        fuzz_targets.checkpoint_target(data)
+
+    run()
+
+
+def test_an_unchanged_seed_checkpoint_loads():
+    fuzz_targets.checkpoint_target(_checkpoint_seeds()[0])
+    from fastad.engine.checkpoint import load_checkpoint
+
+    assert load_checkpoint(fuzz_targets.WORK / "fuzz.safetensors").verified
+
+
+@settings(BRIEF, max_examples=2000)
+@given(fuzz_targets.specs())
+def test_the_spec_parser_gives_a_spec_or_a_named_error(text):
+    fuzz_targets.spec_target(text)
