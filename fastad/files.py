@@ -82,6 +82,18 @@ def same_content(a: str, b: str) -> bool:
     return size_a == size_b and digest_a == digest_b
 
 
+def changed_since(path, recorded: str | None) -> str | None:
+    """Why the file at path no longer holds the bytes of the file_fingerprint `recorded` (None:
+    none was recorded), or None when it does."""
+    if recorded is None:
+        return "what it was scored from is not recorded"
+    try:
+        now = file_fingerprint(path)
+    except OSError as error:
+        return f"it cannot be read now ({error.strerror or error})"
+    return None if same_content(now, recorded) else "it changed since it was scored"
+
+
 def remove_temp_files(folder) -> int:
     """Removes the temporary files atomic_write leaves behind when its process is killed
     (.<name>.<hex>.tmp) anywhere under folder; returns how many. Only call it on a folder no

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 import fastad
-from fastad.files import atomic_write, file_fingerprint, same_content, write_error
+from fastad.files import atomic_write, changed_since, write_error
 from fastad.checks import check_bool, check_choice
 from fastad.data.folder import FolderDataset
 from fastad.data.report import warnings_to_stderr
@@ -258,24 +258,13 @@ def read_fingerprints(path: Path) -> dict[int, str]:
     return recorded
 
 
-def _changed(path: str, recorded: str | None) -> str | None:
-    """Why the file at path no longer holds the bytes it was scored from, or None when it does."""
-    if recorded is None:
-        return "what it was scored from is not recorded"
-    try:
-        now = file_fingerprint(path)
-    except OSError as error:
-        return f"it cannot be read now ({error.strerror or error})"
-    return None if same_content(now, recorded) else "it changed since it was scored"
-
-
 def unchanged_rows(out: Path, finished: list, batch: int, threshold: float | None) -> list:
     """The finished rows up to the batch of the first image whose file changed since it was
     scored (said so on stderr); scores.csv is cut back to them, so that image and every one after
     it are scored again, in the batches of an uninterrupted run."""
     recorded = read_fingerprints(out / INPUTS_FILE)
     for index, path, _ in finished:
-        reason = _changed(path, recorded.get(index))
+        reason = changed_since(path, recorded.get(index))
         if reason is None:
             continue
         kept = [row for row in finished if row[0] < index // batch * batch]
