@@ -38,7 +38,7 @@ def test_an_unchanged_seed_checkpoint_loads():
     assert load_checkpoint(fuzz_targets.WORK / "fuzz.safetensors").verified
 
 
-@settings(BRIEF, max_examples=2000)
+@settings(BRIEF, max_examples=1000)
 @given(fuzz_targets.specs())
 def test_the_spec_parser_gives_a_spec_or_a_named_error(text):
     fuzz_targets.spec_target(text)
