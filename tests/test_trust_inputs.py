@@ -101,6 +101,18 @@ def test_a_replaced_image_is_scored_again_not_read_back(run_dir, good_images, tm
     same_results(out, fresh)
 
 
+def test_a_batch_cut_short_is_scored_again(run_dir, good_images, tmp_path, capsys):
+    reference, out = tmp_path / "reference", tmp_path / "out"
+    assert score(run_dir, good_images, reference, "--no-overlays") == 0
+    assert score(run_dir, good_images, out, "--no-overlays") == 0
+    raw = (out / "scores.csv").read_bytes()
+    (out / "scores.csv").write_bytes(raw[:raw.rstrip(b"\r\n").rfind(b"\r\n") + 2])  # the last batch's 2nd row lost
+    capsys.readouterr()
+    assert score(run_dir, good_images, out, "--no-overlays") == 0
+    assert "cut short" in capsys.readouterr().err
+    same_results(out, reference)
+
+
 def test_the_same_folder_by_a_relative_path_resumes(run_dir, good_images, tmp_path, monkeypatch, capsys):
     folder = copy_folder(good_images, tmp_path / "line")
     monkeypatch.chdir(tmp_path)

@@ -127,14 +127,14 @@ def _whole_records(path: Path) -> list[list[str]]:
     records, offset, cut = [], 0, None
     for record in _records(text):
         line = _csv_line(record)
-        if cut is not None or not text.startswith(line, offset):
-            if cut is not None:
-                raise ValueError(f"{path} holds a row fastad did not write ({cut!r}); pass --overwrite to score "
-                                 "the folder again")
+        if cut is not None:
+            raise ValueError(f"{path} holds a row fastad did not write ({cut!r}); pass --overwrite to score the "
+                             "folder again")
+        if text.startswith(line, offset):
+            records.append(record)
+            offset += len(line)
+        else:
             cut = record
-            continue
-        records.append(record)
-        offset += len(line)
     if offset != len(text):
         os.truncate(path, len(text[:offset].encode(*ENCODING)))
     return records
@@ -164,8 +164,8 @@ def read_finished(path: Path, dataset, threshold: float | None = None) -> list[t
 
 
 class ScoresStream:
-    """out/scores.csv opened for appending (a new file starts with `header`, default
-    score_header(None)). write(text) appends a whole batch's rows with one
+    """out/scores.csv (or out/inputs.csv) opened for appending (a new file starts with `header`,
+    default score_header(None)). write(text) appends a whole batch's rows with one
     write, then fsyncs; if the write fails part-way (a full disk) the file is cut back to where
     the batch began, so the file only ever holds whole batches and a resume starts at the next."""
 
@@ -222,7 +222,7 @@ def score_folder(scorer, path, out=None, save_maps: str | None = "npy", overlays
 def _stream(scorer, dataset, out: Path, save_maps, overlays: bool, num_workers, progress) -> ScoredImages:
     """Scores the images scores.csv does not hold yet, appending their rows batch by batch."""
     batch = scorer.batch_size
-    finished = unchanged_rows(out, read_finished(out / SCORES_FILE, dataset, scorer.threshold), batch,
+    finished = trusted_rows(out, read_finished(out / SCORES_FILE, dataset, scorer.threshold), batch,
                               scorer.threshold)
     start = (finished[-1][0] // batch + 1) * batch if finished else 0
     stream = ScoresStream(out / SCORES_FILE, score_header(scorer.threshold))
@@ -258,23 +258,36 @@ def read_fingerprints(path: Path) -> dict[int, str]:
     return recorded
 
 
-def unchanged_rows(out: Path, finished: list, batch: int, threshold: float | None) -> list:
-    """The finished rows up to the batch of the first image whose file changed since it was
-    scored (said so on stderr); scores.csv is cut back to them, so that image and every one after
-    it are scored again, in the batches of an uninterrupted run."""
-    recorded = read_fingerprints(out / INPUTS_FILE)
+def trusted_rows(out: Path, finished: list, batch: int, threshold: float | None) -> list:
+    """The finished rows up to the batch of the first one that cannot be trusted (its file
+    changed since it was scored, or its batch was cut short: fewer rows than inputs.csv recorded
+    decoded), said so on stderr; scores.csv is cut back to them, so that batch and every one
+    after it are scored again, as an uninterrupted run would."""
+    untrusted = _first_untrusted(finished, read_fingerprints(out / INPUTS_FILE), batch)
+    if untrusted is None:
+        return finished
+    index, why = untrusted
+    kept = [row for row in finished if row[0] < index // batch * batch]
+    print(f"warning: {why}; scoring again the {len(finished) - len(kept)} finished images from its batch on",
+          file=sys.stderr, flush=True)
+    with atomic_write(out / SCORES_FILE, "wb") as f:
+        f.write((score_header(threshold) + score_rows([p for _, p, _ in kept], torch.tensor(
+            [s for _, _, s in kept], dtype=torch.float32), threshold)).encode(*ENCODING))
+    return kept
+
+
+def _first_untrusted(finished: list, recorded: dict[int, str], batch: int) -> tuple[int, str] | None:
+    """(dataset position, why) of the first finished row not to trust, or None."""
     for index, path, _ in finished:
         reason = changed_since(path, recorded.get(index))
-        if reason is None:
-            continue
-        kept = [row for row in finished if row[0] < index // batch * batch]
-        print(f"warning: {path}: {reason}; scoring again the {len(finished) - len(kept)} finished images from "
-              "its batch on", file=sys.stderr, flush=True)
-        with atomic_write(out / SCORES_FILE, "wb") as f:
-            f.write((score_header(threshold) + score_rows([p for _, p, _ in kept], torch.tensor(
-                [s for _, _, s in kept], dtype=torch.float32), threshold)).encode(*ENCODING))
-        return kept
-    return finished
+        if reason is not None:
+            return index, f"{path}: {reason}"
+    if finished:
+        last = finished[-1][0] // batch
+        rows = [index for index, _, _ in finished if index // batch == last]
+        if {position for position in recorded if position // batch == last} - set(rows):
+            return rows[0], f"{SCORES_FILE} ends in a batch cut short"
+    return None
 
 
 def _with_finished(scored: ScoredImages, finished, dataset, out_dir, keep_maps: bool) -> ScoredImages:
