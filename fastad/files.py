@@ -66,8 +66,9 @@ def write_json(obj, path) -> None:
 
 def file_fingerprint(path) -> str:
     """What a result computed from the file at path was computed from: "<size> <mtime_ns>
-    <blake2b-128 hex of its bytes>". OSError when it cannot be read."""
-    digest = hashlib.blake2b(digest_size=16)
+    <sha256 hex of its bytes>" (sha256: OpenSSL, SHA-NI where the CPU has it). OSError when it
+    cannot be read."""
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
         stat = os.fstat(f.fileno())
         for block in iter(lambda: f.read(1 << 20), b""):

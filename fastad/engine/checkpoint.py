@@ -9,7 +9,7 @@ Both are written to a temporary file and renamed into place, so a crash mid-save
 previous checkpoint intact. Loading never executes code from the file: safetensors holds only
 tensors and the header is JSON.
 
-The file proves itself (format 2): the header records a blake2b digest of every tensor (name,
+The file proves itself (format 2): the header records a sha256 digest of every tensor (name,
 dtype, shape, bytes; "tensor_digests") and of itself ("header_digest", over the rest of the
 header as sorted JSON), and loading checks them, so one flipped bit anywhere is refused naming
 the file and the tensor. A format-1 checkpoint (written before digests) loads with a warning
@@ -107,16 +107,16 @@ def save_checkpoint(run_dir, model: AnomalyModel, header: dict, optimizer: torch
 
 
 def tensor_digest(name: str, value: torch.Tensor) -> str:
-    """blake2b-128 (hex) of a tensor's name, dtype, shape and bytes."""
-    digest = hashlib.blake2b(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode(), digest_size=16)
+    """sha256 (hex) of a tensor's name, dtype, shape and bytes (OpenSSL: SHA-NI where the CPU has it)."""
+    digest = hashlib.sha256(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
     digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
 
 
 def header_digest(header: dict) -> str:
-    """blake2b-128 (hex) of a header, its own digest left out, as sorted compact JSON."""
+    """sha256 (hex) of a header, its own digest left out, as sorted compact JSON."""
     rest = {k: v for k, v in header.items() if k != HEADER_DIGEST}
-    return hashlib.blake2b(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode(), digest_size=16).hexdigest()
+    return hashlib.sha256(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _write(path: Path, tensors: dict[str, torch.Tensor], header: dict) -> Path:

@@ -6,7 +6,7 @@
                          on disk
     out/maps/<name>.npy  the anomaly map [H, W] float32 of each image
     out/overlays/*.png   heat-map overlays (written at the end: they share one colour range)
-    out/inputs.csv       `position,size,mtime_ns,blake2b`: what each scored image was decoded
+    out/inputs.csv       `position,size,mtime_ns,sha256`: what each scored image was decoded
                          from (fastad.files.file_fingerprint), appended with its batch
     out/run.json         the manifest: images, checkpoint, settings, the entries it owns;
                          complete once finished
@@ -50,7 +50,7 @@ INPUTS_FILE = "inputs.csv"
 OWNED = (SCORES_FILE, MAPS_DIR, OVERLAYS_DIR, "parts", INPUTS_FILE)  # what a scoring run may write into its folder
 COLUMNS = ("path", "score")
 VERDICT_COLUMN = "verdict"  # with a calibrated threshold
-INPUTS_HEADER = "position,size,mtime_ns,blake2b\r\n"
+INPUTS_HEADER = "position,size,mtime_ns,sha256\r\n"
 ENCODING = ("utf-8", "surrogateescape")  # scores.csv: file-name bytes that are no UTF-8 kept as they are
 
 
