@@ -2,10 +2,14 @@
 dataset-spec parser: every input ends in a result or the named error (tests/fuzz_targets.py;
 benchmarks/fuzz.py runs the same targets for long)."""
 import functools
+from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 
 import fuzz_targets
+
+FOUND = Path(__file__).parent / "fixtures" / "fuzz"  # inputs a long run failed on once, kept: <target>-<what>.<ext>
 
 BRIEF = settings(max_examples=300, deadline=10_000, database=None, derandomize=True,
                  suppress_health_check=list(HealthCheck))
@@ -36,6 +40,12 @@ def test_an_unchanged_seed_checkpoint_loads():
     from fastad.engine.checkpoint import load_checkpoint
 
     assert load_checkpoint(fuzz_targets.WORK / "fuzz.safetensors").verified
+
+
+@pytest.mark.parametrize("path", sorted(FOUND.iterdir()), ids=lambda p: p.name)
+def test_inputs_a_long_run_found_give_a_result_or_a_named_error(path):
+    target = {"image": fuzz_targets.image_target, "checkpoint": fuzz_targets.checkpoint_target}[path.name.split("-")[0]]
+    assert target(path.read_bytes()) in ("result", "error")
 
 
 @settings(BRIEF, max_examples=1000)

@@ -152,6 +152,9 @@ def _deep_channels(path, img: Image.Image) -> list[Image.Image]:
             values = np.moveaxis(values, 0, -1)
     if values.ndim != 3 or values.shape[-1] not in (2, 3, 4):
         raise UnreadableImageError(path, f"a 16-bit colour image must have 2 to 4 channels, got shape {values.shape}")
+    if values.shape[:2] != (img.height, img.width) or not values.size:
+        raise UnreadableImageError(path, f"its pixel data is {values.shape[0]}x{values.shape[1]}, its header says "
+                                         f"{img.height}x{img.width}")
     values = values[..., :1].repeat(3, axis=-1) if values.shape[-1] == 2 else values[..., :3]
     unit = _unit_range(values.astype(np.float32), path, f"16-bit {img.mode}")
     turn = ORIENTATIONS.get(img.getexif().get(0x0112))
