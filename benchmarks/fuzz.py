@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 
 import fuzz_targets  # noqa: E402
 
@@ -38,7 +38,8 @@ def run(name: str, examples: int, deadline: float) -> collections.Counter:
     outcomes = collections.Counter()
 
     @settings(max_examples=examples, deadline=deadline * 1000, database=None, derandomize=True,
-              suppress_health_check=list(HealthCheck))
+              suppress_health_check=list(HealthCheck), phases=(Phase.explicit, Phase.generate))  # no shrinking:
+    # the input is printed as drawn (a long shrink of a slow input can take longer than the run)
     @given(strategy())
     def fuzz(value):
         outcomes[target(value)] += 1

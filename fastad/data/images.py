@@ -71,9 +71,20 @@ def _reading(path):
         raise UnreadableImageError(path, f"{type(error).__name__}: {error}") from None
 
 
+def _check_extent(img: Image.Image, path) -> None:
+    """UnreadableImageError when the file's image data (PIL's tiles) does not cover the size its
+    header declares: a corrupt header would otherwise make PIL allocate and fill that size."""
+    width, height = img.size
+    covered = sum(max(0, min(t.extents[2], width) - t.extents[0]) * max(0, min(t.extents[3], height) - t.extents[1])
+                  for t in img.tile)
+    if not width or not height or (img.tile and covered < width * height):
+        raise UnreadableImageError(path, f"its header says {width}x{height} pixels, its image data covers {covered}")
+
+
 def _open(path) -> Image.Image:
     """The decoded image of path, turned as its EXIF orientation says."""
     with _reading(path), Image.open(path) as img:
+        _check_extent(img, path)
         img.load()
         return ImageOps.exif_transpose(img)
 
@@ -177,6 +188,7 @@ def load_image(path, size=256) -> torch.Tensor:
     stage fails or the file's mode is not one of READ_MODES."""
     size = normalize_size(size)
     with _reading(path), Image.open(path) as opened:
+        _check_extent(opened, path)
         if _is_deep_colour(opened):
             return _load_deep_colour(path, opened, size)
     img = _open(path)
