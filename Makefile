@@ -2,6 +2,8 @@
 #   make test    build everything, run the test suite
 #   make demo    build everything, run the demo
 #   make bench   build everything, run the pytest-benchmark suites (ratios side by side)
+#   make fuzz    build everything, fuzz the image reader, checkpoint loader and spec parser
+#                (FUZZ_EXAMPLES inputs each, default 100000; benchmarks/fuzz.py)
 #   make gpu-check  on a GPU machine with a CUDA torch already installed (PYTHON, no venv): build
 #                for this GPU only with all cores, CUDA tests, sanitizers, GPU benchmarks,
 #                throughput; one Markdown report in REPORT_DIR (benchmarks/gpu_check.py)
@@ -11,11 +13,12 @@ TORCH_SPEC ?= torch==2.14.1
 MAX_JOBS ?= 2
 export MAX_JOBS
 REPORT_DIR ?= gpu-report
+FUZZ_EXAMPLES ?= 100000
 
 BIN := $(VENV)/bin
 SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h') setup.py pyproject.toml
 
-.PHONY: test demo bench install clean gpu-check
+.PHONY: test demo bench fuzz install clean gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +43,9 @@ demo: install
 
 bench: install
 	$(BIN)/python -m pytest benchmarks --benchmark-group-by=group --benchmark-columns=min,median,mean,rounds
+
+fuzz: install
+	$(BIN)/python benchmarks/fuzz.py --examples $(FUZZ_EXAMPLES)
 
 gpu-check:
 	$(PYTHON) benchmarks/gpu_check.py --report-dir $(REPORT_DIR)

@@ -116,11 +116,15 @@ def check_optional_path(name: str, value) -> str | None:
 
 
 def check_fraction_or_count(name: str, value) -> float | int | None:
-    """None, a fraction in (0, 1] (a real number), or a count (an int >= 1)."""
+    """None, a fraction in (0, 1] (a real number), or a count (an int >= 2: the int 1, one row,
+    is refused as the fraction 1.0 mistyped)."""
     if value is None:
         return None
     if isinstance(value, int) and not isinstance(value, bool):
-        check_int(name, value, 1)
+        if value == 1:
+            raise ValueError(f"{name}=1 would keep a single row; write {name}=1.0 to keep all of them (a fraction "
+                             "in (0, 1]) or give a count >= 2")
+        check_int(name, value, 2)
         return value
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{name} must be a fraction in (0, 1], a count >= 1 or null, got {type(value).__name__}")

@@ -78,6 +78,29 @@ def _argument(convert, accept, expected: str):
 
 _fraction = _argument(float, lambda value: 0.0 <= value < 1.0, "a number in [0, 1)")
 _positive = _argument(int, lambda value: value >= 1, "an int >= 1")
+_count = _argument(int, lambda value: value >= 0, "an int >= 0")
+
+
+def _device(text: str) -> str:
+    """An argparse type: a torch device name (cpu, cuda, cuda:1, ...)."""
+    import torch
+
+    try:
+        torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a device such as cpu, cuda or cuda:1, got {text!r}") from None
+    return text
+
+
+def _check_device_options(args: argparse.Namespace) -> None:
+    """UsageError for the scoring options that need a CUDA --device when it is not one."""
+    import torch
+
+    on_cuda = torch.device(args.device).type == "cuda"
+    if args.precision == "fp16" and not on_cuda:
+        raise UsageError(f"--precision fp16 needs a CUDA --device (got {args.device}); use bf16 or fp32 on the CPU")
+    if getattr(args, "cuda_graphs", False) and not on_cuda:
+        raise UsageError(f"--cuda-graphs needs a CUDA --device (got {args.device})")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -108,6 +131,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     if not Path(args.images).is_dir():
         raise UsageError(f"--images {args.images} is not a folder")
+    _check_device_options(args)
     record = calibrate_run(args.checkpoint, args.images, args.false_reject, args.device, args.batch_size,
                            args.precision, progress=True)
     print(f"{_calibrated(record)}; stored in {args.checkpoint}")
@@ -119,6 +143,7 @@ def _eval(args: argparse.Namespace) -> int:
     from fastad.engine.pipeline import RESULTS_FILE, evaluate_run
     from fastad.engine.score_run import REPORT_FILE
 
+    _check_device_options(args)
     report, on_scored = None, None
     if args.report:
         from fastad.report.evaluation import reporter
@@ -164,6 +189,7 @@ def _score(args: argparse.Namespace) -> int:
 
     if not Path(args.images).is_dir():
         raise UsageError(f"--images {args.images} is not a folder")
+    _check_device_options(args)
     if args.engine == "ray" and args.model_file is None:
         return _score_ray(args)
     if args.address is not None or args.replicas is not None:
@@ -172,8 +198,10 @@ def _score(args: argparse.Namespace) -> int:
         Scorer(args.checkpoint, args.device, args.batch_size, args.precision, args.cuda_graphs)
     scored = scorer.score_folder(args.images, args.out, None if args.maps == "none" else args.maps,
                                  not args.no_overlays, args.workers, overwrite=args.overwrite)
+    _check_scored(args.images, scored.paths, scored.skipped)
     print(f"scored {len(scored.paths)} images ({scored.resumed} already done by an earlier attempt, "
-          f"{len(scored.skipped)} skipped as unreadable) -> {args.out}/scores.csv")
+          f"{len(scored.skipped)} skipped as unreadable, {len(scored.ignored)} ignored as no image files) "
+          f"-> {args.out}/scores.csv")
     _score_report(args)
     return 0
 
@@ -200,6 +228,13 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_scored(images, paths: list, skipped: list) -> None:
+    """RuntimeError saying why when a scoring run scored no image (every file failed to decode)."""
+    if not paths:
+        raise RuntimeError(f"no image was scored in {images}: all {len(skipped)} image files failed to decode "
+                           "(each is named above)")
+
+
 def _score_ray(args: argparse.Namespace) -> int:
     from fastad.distributed import score_on_ray
 
@@ -211,6 +246,7 @@ def _score_ray(args: argparse.Namespace) -> int:
     result = score_on_ray(args.checkpoint, args.images, args.out, address=args.address, num_replicas=args.replicas,
                           batch_size=args.batch_size, device=args.device, precision=args.precision,
                           save_maps=args.maps == "npy", cuda_graphs=args.cuda_graphs, overwrite=args.overwrite)
+    _check_scored(args.images, result.paths, result.skipped)
     print(f"scored {len(result.paths)} images on Ray ({result.resumed} already done by an earlier run, "
           f"{len(result.skipped)} skipped as unreadable) -> {args.out}/scores.csv")
     _score_report(args)
@@ -245,9 +281,9 @@ def _add_train(commands, forms: str) -> None:
     train.add_argument("--model", choices=_model_names(), help="registered model name")
     train.add_argument("--data", type=_spec, help=f"dataset spec: {forms}")
     train.add_argument("--out", required=True, help="run folder (checkpoint.safetensors, config.json, history.json)")
-    train.add_argument("--steps", type=int, default=None, help="steps per stage (default: the model's demo size)")
+    train.add_argument("--steps", type=_count, default=None, help="steps per stage (default: the model's demo size)")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    train.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:1, ...")
     train.add_argument("--set", type=_config_value, action="append", default=[], metavar="KEY=VALUE",
                        help="model constructor argument (JSON value), repeatable, e.g. --set stride=8")
     train.add_argument("--checkpoint-every", type=_positive, default=50, help="steps between checkpoints (>= 1)")
@@ -277,7 +313,7 @@ def _add_calibrate(commands, precisions) -> None:
 
 
 def _add_scoring_options(parser, precisions) -> None:
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--batch-size", type=_positive, default=8)
     parser.add_argument("--precision", choices=precisions, default=precisions[0],
                         help="autocast precision (fp16: CUDA only)")
@@ -312,7 +348,7 @@ def _add_score(commands, precisions) -> None:
     score.add_argument("--overwrite", action="store_true", help="replace the results of another run in --out")
     _add_scoring_options(score, precisions)
     score.add_argument("--cuda-graphs", action="store_true", help="replay fixed-shape batches as CUDA graphs")
-    score.add_argument("--workers", type=int, default=None, help="DataLoader decoding workers (default: cores - 1, at most 4)")
+    score.add_argument("--workers", type=_count, default=None, help="DataLoader decoding workers (default: cores - 1, at most 4)")
     score.add_argument("--maps", choices=("npy", "none"), default="npy", help="per-image anomaly maps")
     score.add_argument("--no-overlays", action="store_true", help="skip the heat-map overlay PNGs")
     score.add_argument("--report", action="store_true", help="also write the HTML report, OUT/report.html")
@@ -375,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data", type=_spec, default="builtin:brick", help="dataset spec (default builtin:brick)")
     demo.add_argument("--model", choices=_model_names(), default="pedenet")
     demo.add_argument("--out", default=None, help="folder for results.json, overlays and the checkpoint (default: a temp folder)")
-    demo.add_argument("--steps", type=int, default=None, help="training steps per stage (default: the model's demo size)")
+    demo.add_argument("--steps", type=_count, default=None, help="training steps per stage (default: the model's demo size)")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_demo)
     _add_train(commands, FORMS)

@@ -6,6 +6,7 @@ on a shared server are as readable as the user's umask allows. A failed write na
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -25,7 +26,10 @@ def _create_temp(path: Path) -> tuple[int, Path]:
 
 
 def write_error(error: OSError, path) -> OSError:
-    """error (raised while writing path) as an OSError of the same errno whose message names path."""
+    """error (raised while writing path) as an OSError of the same errno whose message names path;
+    a short write without an errno (numpy's "N requested and M written") says the disk may be full."""
+    if error.errno is None:
+        return OSError(f"cannot write {path}: only part of the data was written ({error}); is the disk full?")
     reason = error.strerror or str(error)
     return OSError(error.errno, f"cannot write {path}: {reason}")
 
@@ -58,6 +62,37 @@ def write_json(obj, path) -> None:
     with atomic_write(path, "w") as f:
         json.dump(obj, f, indent=2)
         f.write("\n")
+
+
+def file_fingerprint(path) -> str:
+    """What a result computed from the file at path was computed from: "<size> <mtime_ns>
+    <sha256 hex of its bytes>" (sha256: OpenSSL, SHA-NI where the CPU has it). OSError when it
+    cannot be read."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        stat = os.fstat(f.fileno())
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return f"{stat.st_size} {stat.st_mtime_ns} {digest.hexdigest()}"
+
+
+def same_content(a: str, b: str) -> bool:
+    """Two file_fingerprint()s of the same bytes (size and digest equal; the time may differ)."""
+    size_a, _, digest_a = a.split(" ")
+    size_b, _, digest_b = b.split(" ")
+    return size_a == size_b and digest_a == digest_b
+
+
+def changed_since(path, recorded: str | None) -> str | None:
+    """Why the file at path no longer holds the bytes of the file_fingerprint `recorded` (None:
+    none was recorded), or None when it does."""
+    if recorded is None:
+        return "what it was scored from is not recorded"
+    try:
+        now = file_fingerprint(path)
+    except OSError as error:
+        return f"it cannot be read now ({error.strerror or error})"
+    return None if same_content(now, recorded) else "it changed since it was scored"
 
 
 def remove_temp_files(folder) -> int:

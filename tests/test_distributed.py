@@ -214,3 +214,23 @@ def test_ray_missing_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(ImportError, match=r"fastad\[ray\]"):
         require_ray()
+
+
+def test_an_image_replaced_since_it_was_scored_is_scored_again(cluster, run_dir, images, tmp_path, capsys):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for path in images.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    score_on_ray(run_dir, folder, out, batch_size=BATCH)
+    target = sorted(folder.glob("003_*.png"))[0]
+    stat = target.stat()
+    target.write_bytes(sorted(folder.glob("007_*.png"))[0].read_bytes())  # another picture, same name and times
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    capsys.readouterr()
+    again = score_on_ray(run_dir, folder, out, batch_size=BATCH)
+    warned = [line for line in capsys.readouterr().err.splitlines() if "changed since it was scored" in line]
+    assert len(warned) == 1 and target.name in warned[0]
+    assert again.scored == BATCH + 1  # its batch, and the good image batched with the undecodable one
+    score_on_ray(run_dir, folder, fresh, batch_size=BATCH)
+    assert_same_outputs(out, fresh)

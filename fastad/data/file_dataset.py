@@ -1,6 +1,7 @@
 """The part the MVTec and folder readers share: a list of checked (image, mask) files."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -8,17 +9,20 @@ from torch.utils.data import Dataset
 
 from fastad.data.images import UnreadableImageError, check_image, load_image, load_mask, normalize_size
 from fastad.data.report import report_skipped
+from fastad.files import file_fingerprint
 
 
 class ImageFileDataset(Dataset):
     """Base of the file readers. Attributes: size (H, W) or None (the file's size), items
     [(path, mask path or None, label, defect)] of every kept sample, skipped [(path, reason)]
-    of every file left out."""
+    of every file left out, ignored [(path, reason)] of every folder entry that is no image
+    file (fastad.data.images.list_entries)."""
 
     def __init__(self, size):
         self.size = normalize_size(size)
         self.items: list[tuple[str, str | None, int, str]] = []
         self.skipped: list[tuple[str, str]] = []
+        self.ignored: list[tuple[str, str]] = []
 
     def _add(self, path: Path, mask: Path | None, label: int, defect: str) -> None:
         """Keeps the sample if its image (and mask, when it has one) can be read; otherwise
@@ -47,6 +51,20 @@ class ImageFileDataset(Dataset):
             raise UnreadableImageError(path, f"its mask {mask_path} is {tuple(mask.shape)} but the image is "
                                              f"{tuple(image.shape[1:])}")
         return image, mask
+
+    def _read_fingerprinted(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+        """_read(index) and the fingerprint of the image file it decoded (fastad.files.
+        file_fingerprint); UnreadableImageError naming the file when it changed while read."""
+        path = self.items[index][0]
+        try:
+            fingerprint = file_fingerprint(path)
+        except OSError as error:
+            raise UnreadableImageError(path, error.strerror or str(error)) from None
+        image, mask = self._read(index)
+        stat = os.stat(path)
+        if fingerprint.split(" ")[:2] != [str(stat.st_size), str(stat.st_mtime_ns)]:
+            raise UnreadableImageError(path, "it changed while it was read")
+        return image, mask, fingerprint
 
     def __len__(self) -> int:
         return len(self.items)

@@ -5,7 +5,9 @@ test_dir; with masks_dir, the mask of `<stem>.<ext>` is `<masks_dir>/<stem>.png`
 `<masks_dir>/<stem>_mask.png` (first found): an image with a mask that has a defective pixel is
 anomalous (label 1, defect "defect"), one without a mask or with an empty mask is normal (label
 0, "good"). Without masks_dir the test images are unlabelled (label -1, defect "unknown", mask
-all False). Unreadable files are reported by path, recorded in `dataset.skipped` and left out.
+all False). Unreadable files are reported by path, recorded in `dataset.skipped` and left out;
+folder entries that are not image files (fastad.data.images.list_entries) are listed in
+`dataset.ignored`. Each Sample carries the fingerprint of the bytes its image was decoded from.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 import torch
 
 from fastad.data.file_dataset import ImageFileDataset
-from fastad.data.images import list_images, load_mask
+from fastad.data.images import list_entries, load_mask
 from fastad.data.sample import ANOMALOUS, NORMAL, UNLABELLED, Sample
 
 SPLITS = ("train", "test")
@@ -39,17 +41,23 @@ class FolderDataset(ImageFileDataset):
         super().__init__(size)
         self.split = split
         if split == "train":
-            for path in list_images(_directory("normal_dir", normal_dir)):
+            for path in self._listed(_directory("normal_dir", normal_dir)):
                 self._add(path, None, NORMAL, "good")
             return
         test = _directory("test_dir", test_dir)
         masks = None if masks_dir is None else _directory("masks_dir", masks_dir)
-        for path in list_images(test):
+        for path in self._listed(test):
             if masks is None:
                 self._add(path, None, UNLABELLED, "unknown")
                 continue
             found = [m for m in (masks / f"{path.stem}.png", masks / f"{path.stem}_mask.png") if m.is_file()]
             self._add(path, found[0] if found else None, NORMAL, "good")
+
+    def _listed(self, folder: Path) -> list[Path]:
+        """The image files of folder; its other entries go to self.ignored."""
+        images, ignored = list_entries(folder)
+        self.ignored += ignored
+        return images
 
     def labels(self) -> list[int]:
         """Labels without decoding pixels; a test image with a mask file counts as anomalous
@@ -64,8 +72,9 @@ class FolderDataset(ImageFileDataset):
 
     def __getitem__(self, index: int) -> Sample:
         path, _, label, defect = self.items[index]
-        image, mask = self._read(index)
+        image, mask, fingerprint = self._read_fingerprinted(index)
         if mask is None:
-            return Sample(image, torch.zeros(image.shape[1:], dtype=torch.bool), label, path, defect)
+            return Sample(image, torch.zeros(image.shape[1:], dtype=torch.bool), label, path, defect, fingerprint)
         anomalous = bool(mask.any())
-        return Sample(image, mask, ANOMALOUS if anomalous else NORMAL, path, "defect" if anomalous else "good")
+        return Sample(image, mask, ANOMALOUS if anomalous else NORMAL, path, "defect" if anomalous else "good",
+                      fingerprint)

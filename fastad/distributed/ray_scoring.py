@@ -24,7 +24,7 @@ import torch
 
 from fastad.distributed.inputs import batches, list_inputs
 from fastad.distributed import replica
-from fastad.distributed.records import assemble_scores, is_finished, record_path
+from fastad.distributed.records import assemble_scores, changed_input, is_finished, record_path
 from fastad.distributed.weights import pack_model
 from fastad.checks import check_bool, check_choice, check_int
 from fastad.engine.checkpoint import checkpoint_path, load_checkpoint
@@ -130,7 +130,12 @@ def score_on_ray(checkpoint, paths_or_folder, out, *, address: str | None = None
         if not resume:  # rescore everything (a retried batch still skips what this attempt finished)
             for i, path in enumerate(paths):
                 record_path(out, path, i).unlink(missing_ok=True)
-        pending = [i for i, path in enumerate(paths) if not is_finished(out, path, i, save_maps)]
+        for i, path in enumerate(paths):
+            reason = changed_input(out, path, i) if resume else None
+            if reason is not None:
+                print(f"warning: {path}: {reason}; scoring it again", file=sys.stderr, flush=True)
+        unfinished = {i // batch_size for i, path in enumerate(paths) if not is_finished(out, path, i, save_maps)}
+        pending = [i for i in range(len(paths)) if i // batch_size in unfinished]  # whole batches, as a fresh run's
         started = time.perf_counter()
         failed = _score_pending(ray, address, model, paths, pending, out, device, batch_size, precision, cuda_graphs,
                                 save_maps, num_replicas, cpus_per_replica) if pending else []

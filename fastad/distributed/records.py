@@ -1,8 +1,10 @@
 """Per-image result records of a distributed scoring run: what makes it resumable.
 
     out/maps/<name>.npy    the anomaly map [H, W] float32 (as the local path writes it)
-    out/parts/<name>.json  {"path", "index", "score", "map"}: written atomically after the map,
-                           so a record on disk means that image is finished
+    out/parts/<name>.json  {"path", "index", "score", "map", "input"}: written atomically after
+                           the map, so a record on disk means that image is finished; "input"
+                           is the fastad.files.file_fingerprint of the bytes it was scored
+                           from, so a file replaced since is not finished
     out/scores.csv         assembled from the records at the end, in input order
 
 <name> is fastad.engine.results.output_name(path, index), the local path's file stem.
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from fastad.files import write_json
+from fastad.files import changed_since, write_json
 from fastad.engine.results import output_name, write_scores_csv
 
 PARTS = "parts"
@@ -31,10 +33,12 @@ def map_path(out, path: str, index: int) -> Path:
     return Path(out) / MAPS / f"{output_name(path, index)}.npy"
 
 
-def write_record(out, path: str, index: int, score: float, has_map: bool) -> None:
-    """Marks image `path` (input position `index`) finished with image score `score`; call it
-    after its map (if any) is written."""
-    write_json({"path": path, "index": index, "score": score, "map": has_map}, record_path(out, path, index))
+def write_record(out, path: str, index: int, score: float, has_map: bool, fingerprint: str | None = None) -> None:
+    """Marks image `path` (input position `index`) finished with image score `score`, computed
+    from the file whose file_fingerprint is `fingerprint`; call it after its map (if any) is
+    written."""
+    write_json({"path": path, "index": index, "score": score, "map": has_map, "input": fingerprint},
+               record_path(out, path, index))
 
 
 def read_record(out, path: str, index: int) -> dict | None:
@@ -47,10 +51,18 @@ def read_record(out, path: str, index: int) -> dict | None:
     return record if record.get("path") == path and record.get("index") == index else None
 
 
-def is_finished(out, path: str, index: int, save_maps: bool) -> bool:
-    """True when `path` at `index` has a record (and, with save_maps, its map file on disk)."""
+def changed_input(out, path: str, index: int) -> str | None:
+    """Why the record of `path` at `index` is stale (its file changed since it was scored), or
+    None when it has no record or its file still holds the bytes it was scored from."""
     record = read_record(out, path, index)
-    if record is None:
+    return None if record is None else changed_since(path, record.get("input"))
+
+
+def is_finished(out, path: str, index: int, save_maps: bool) -> bool:
+    """True when `path` at `index` has a record of the bytes its file holds now (and, with
+    save_maps, its map file on disk)."""
+    record = read_record(out, path, index)
+    if record is None or changed_since(path, record.get("input")) is not None:
         return False
     return not save_maps or (record["map"] and map_path(out, path, index).is_file())
 

@@ -12,6 +12,7 @@ import torch
 
 from fastad.data.images import UnreadableImageError, load_image
 from fastad.engine.results import save_map
+from fastad.files import file_fingerprint
 from fastad.engine.scorer import Scorer
 from fastad.distributed.records import is_finished, map_path, write_record
 from fastad.distributed.weights import unpack_model
@@ -45,10 +46,14 @@ class ScoreReplica:
         self.pool = ThreadPoolExecutor(max(1, decode_threads))
 
     def _decode(self, path: str):
+        """(image, file_fingerprint of the bytes it was decoded from), or the reason it failed."""
         try:
-            return load_image(path, self.scorer.image_size)
+            fingerprint = file_fingerprint(path)
+            return load_image(path, self.scorer.image_size), fingerprint
         except UnreadableImageError as error:
             return error.reason
+        except OSError as error:
+            return error.strerror or str(error)
 
     def score_batch(self, indices: list[int], paths: list[str]) -> list[dict]:
         """Scores one batch (decoded in input order), writes each image's map, then its record. A
@@ -58,18 +63,18 @@ class ScoreReplica:
         if all(is_finished(self.out, str(p), int(i), self.save_maps) for i, p in zip(indices, paths)):
             return []
         decoded = list(self.pool.map(self._decode, paths))
-        good = [i for i, image in enumerate(decoded) if isinstance(image, torch.Tensor)]
+        good = [i for i, image in enumerate(decoded) if isinstance(image, tuple)]
         rows = [{"index": int(indices[i]), "path": str(paths[i]), "score": float("nan"), "error": decoded[i]}
                 for i in range(len(paths)) if i not in good]
         if not good:
             return rows
-        result = self.scorer.score(torch.stack([decoded[i] for i in good]))
+        result = self.scorer.score(torch.stack([decoded[i][0] for i in good]))
         scores, maps = result.image_scores.float().cpu(), result.maps.float().cpu()
         for j, i in enumerate(good):
             index, path, score = int(indices[i]), str(paths[i]), float(scores[j])
             if self.save_maps:
                 save_map(map_path(self.out, path, index), maps[j])
-            write_record(self.out, path, index, score, self.save_maps)
+            write_record(self.out, path, index, score, self.save_maps, decoded[i][1])
             rows.append({"index": index, "path": path, "score": score, "error": ""})
         return rows
 

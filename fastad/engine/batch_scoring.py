@@ -26,8 +26,9 @@ from fastad.models.base import AnomalyResult
 @dataclass
 class SampleBatch:
     """images [B, 3, H, W], masks [B, H, W] bool, labels [B] long, paths and defects (B strings),
-    indices (B dataset positions), and the positions of the batch that could not be decoded
-    [(position, path, reason)]. B may be 0 when every image of the batch failed."""
+    indices (B dataset positions), the positions of the batch that could not be decoded
+    [(position, path, reason)], and fingerprints (B Sample.fingerprints: what each image was
+    decoded from, or None). B may be 0 when every image of the batch failed."""
 
     images: torch.Tensor
     masks: torch.Tensor
@@ -36,6 +37,7 @@ class SampleBatch:
     defects: list[str]
     indices: list[int] = field(default_factory=list)
     failed: list[tuple[int, str, str]] = field(default_factory=list)
+    fingerprints: list = field(default_factory=list)
 
     def pin_memory(self) -> "SampleBatch":
         self.images = self.images.pin_memory()
@@ -79,7 +81,8 @@ def collate_samples(items: list) -> SampleBatch:
                            torch.zeros(0, dtype=torch.long), [], [], [], failed)
     return SampleBatch(torch.stack([s.image for _, s in samples]), torch.stack([s.mask for _, s in samples]),
                        torch.tensor([s.label for _, s in samples], dtype=torch.long), [s.path for _, s in samples],
-                       [s.defect for _, s in samples], [i for i, _ in samples], failed)
+                       [s.defect for _, s in samples], [i for i, _ in samples], failed,
+                       [s.fingerprint for _, s in samples])
 
 
 @dataclass
@@ -87,8 +90,9 @@ class ScoredImages:
     """Scores of a whole dataset: image_scores [N], maps [N, H, W] (float32, CPU; empty [0] when
     keep_maps=False), masks [N, H, W] bool, labels [N] (1 anomalous, 0 normal, -1 unknown),
     paths, defects (N strings), the files the dataset skipped [(path, reason)], indices (the N
-    dataset positions that were scored) and resumed (how many of them an earlier, interrupted
-    attempt of the same run had finished; their scores were read back, not recomputed)."""
+    dataset positions that were scored), resumed (how many of them an earlier, interrupted
+    attempt of the same run had finished; their scores were read back, not recomputed) and the
+    folder entries the dataset ignored as no image files [(path, reason)]."""
 
     image_scores: torch.Tensor
     maps: torch.Tensor
@@ -99,6 +103,7 @@ class ScoredImages:
     skipped: list = field(default_factory=list)
     indices: list[int] = field(default_factory=list)
     resumed: int = 0
+    ignored: list = field(default_factory=list)
 
 
 def default_workers() -> int:
@@ -166,4 +171,5 @@ def score_dataset(score: Callable[[torch.Tensor], AnomalyResult], dataset, batch
 
     return ScoredImages(cat("scores", torch.zeros(0)), cat("maps", torch.zeros(0)),
                         cat("masks", torch.zeros(0, dtype=torch.bool)), cat("labels", torch.zeros(0, dtype=torch.long)),
-                        paths, defects, list(getattr(dataset, "skipped", [])), indices)
+                        paths, defects, list(getattr(dataset, "skipped", [])), indices,
+                        ignored=list(getattr(dataset, "ignored", [])))

@@ -8,10 +8,18 @@
 Both are written to a temporary file and renamed into place, so a crash mid-save leaves the
 previous checkpoint intact. Loading never executes code from the file: safetensors holds only
 tensors and the header is JSON.
+
+The file proves itself (format 2): the header records a sha256 digest of every tensor (name,
+dtype, shape, bytes; "tensor_digests") and of itself ("header_digest", over the rest of the
+header as sorted JSON), and loading checks them, so one flipped bit anywhere is refused naming
+the file and the tensor. A format-1 checkpoint (written before digests) loads with a warning
+that it carries no digest.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,18 +33,22 @@ from fastad.models.registry import create_model
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 CONFIG_FILE = "config.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+TENSOR_DIGESTS, HEADER_DIGEST = "tensor_digests", "header_digest"
+FOR_PEOPLE_ONLY = ("optimizer", TENSOR_DIGESTS, HEADER_DIGEST)  # header keys config.json leaves out
 LEGACY_IMAGE_SCORE = "max"  # the image-score rule of checkpoints whose config has no image_score key
 
 
 @dataclass
 class Checkpoint:
-    """A loaded checkpoint: the model (eval mode, on the requested device), its header, and the
-    training state tensors (optimizer.*, generator) for resuming."""
+    """A loaded checkpoint: the model (eval mode, on the requested device), its header, the
+    training state tensors (optimizer.*, generator) for resuming, and whether its digests were
+    checked (False: a format-1 file, which carries none)."""
 
     model: AnomalyModel
     header: dict
     training_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    verified: bool = True
 
 
 def checkpoint_path(run) -> Path:
@@ -94,13 +106,49 @@ def save_checkpoint(run_dir, model: AnomalyModel, header: dict, optimizer: torch
     return _write(checkpoint_path(run_dir), tensors, header)
 
 
+def tensor_digest(name: str, value: torch.Tensor) -> str:
+    """sha256 (hex) of a tensor's name, dtype, shape and bytes (OpenSSL: SHA-NI where the CPU has it)."""
+    digest = hashlib.sha256(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
+    digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def header_digest(header: dict) -> str:
+    """sha256 (hex) of a header, its own digest left out, as sorted compact JSON."""
+    rest = {k: v for k, v in header.items() if k != HEADER_DIGEST}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def _write(path: Path, tensors: dict[str, torch.Tensor], header: dict) -> Path:
-    """The checkpoint file and config.json beside it, each written atomically."""
+    """The checkpoint file (its header with the digests of every tensor and of itself) and
+    config.json beside it, each written atomically."""
+    header = {**header, "format": FORMAT_VERSION,
+              TENSOR_DIGESTS: {name: tensor_digest(name, value) for name, value in tensors.items()}}
+    header[HEADER_DIGEST] = header_digest(header)
     data = save_tensors(tensors, metadata={"fastad": json.dumps(header)})
     with atomic_write(path) as f:
         f.write(data)
-    write_json({k: v for k, v in header.items() if k != "optimizer"}, path.parent / CONFIG_FILE)
+    write_json({k: v for k, v in header.items() if k not in FOR_PEOPLE_ONLY}, path.parent / CONFIG_FILE)
     return path
+
+
+def verify_digests(path: Path, header: dict, tensors: dict[str, torch.Tensor] | None) -> bool:
+    """Checks the header's digests (and, given `tensors`, every tensor's): True when they hold,
+    False (with a warning) for a format-1 checkpoint, which carries none; ValueError naming the
+    file and the tensor (or the header) that does not match."""
+    if HEADER_DIGEST not in header:
+        if TENSOR_DIGESTS in header or not isinstance(header.get("format", 1), int) or header.get("format", 1) >= 2:
+            raise ValueError(f"checkpoint {path}: its header lacks its digest (the file is corrupt)")
+        warnings.warn(f"checkpoint {path} carries no digest (written before fastad recorded them): a corruption "
+                      "of its tensors cannot be detected", UserWarning, stacklevel=3)
+        return False
+    recorded = header.get(TENSOR_DIGESTS)
+    if header[HEADER_DIGEST] != header_digest(header) or not isinstance(recorded, dict):
+        raise ValueError(f"checkpoint {path}: its header does not match its digest (the file is corrupt)")
+    for name in sorted(set(recorded) | set(tensors or {})) if tensors is not None else ():
+        if name not in tensors or name not in recorded or recorded[name] != tensor_digest(name, tensors[name]):
+            raise ValueError(f"checkpoint {path}: tensor {name} does not match its digest (the file is corrupt)")
+    return True
 
 
 def update_header(run, changes: dict) -> Path:
@@ -109,6 +157,7 @@ def update_header(run, changes: dict) -> Path:
     caller holds the run folder's lock. Raises as load_checkpoint for a missing or corrupt file."""
     path = _existing_checkpoint(run)
     header, tensors = _read(path, tensors=True)
+    verify_digests(path, header, tensors)
     return _write(path, tensors, {**header, **changes})
 
 
@@ -206,8 +255,12 @@ def _read(path: Path, tensors: bool) -> tuple[dict, dict[str, torch.Tensor]]:
 
 def read_header(run) -> dict:
     """The JSON header of a run's checkpoint (model, config, data, training position) without
-    reading its tensors."""
-    return _read(_existing_checkpoint(run), tensors=False)[0]
+    reading its tensors; ValueError naming the file when the header does not match its digest."""
+    path = _existing_checkpoint(run)
+    header = _read(path, tensors=False)[0]
+    if HEADER_DIGEST in header:
+        verify_digests(path, header, None)
+    return header
 
 
 def load_checkpoint(run, device="cpu") -> Checkpoint:
@@ -217,13 +270,16 @@ def load_checkpoint(run, device="cpu") -> Checkpoint:
     Raises FileNotFoundError (no checkpoint there) or ValueError naming the file and what is
     wrong: a corrupt file, a header without a model name, a model name not in the registry, a
     config the model rejects (the model's message names the key), a tensor missing, unexpected
-    or of another shape or dtype than the model built from the config has."""
+    or of another shape or dtype than the model built from the config has, or a tensor (or the
+    header) that does not match its digest. A format-1 file (no digests) loads with a warning
+    and verified=False."""
     path = _existing_checkpoint(run)
     header, tensors = _read(path, tensors=True)
     state = {key[len("model."):]: value for key, value in tensors.items() if key.startswith("model.")}
     model = model_from_state(header["model"], header.get("config", {}), state, f"checkpoint {path}")
+    verified = verify_digests(path, header, tensors)
     model = model.to(device).eval()
-    return Checkpoint(model, header, {k: v for k, v in tensors.items() if not k.startswith("model.")})
+    return Checkpoint(model, header, {k: v for k, v in tensors.items() if not k.startswith("model.")}, verified)
 
 
 def build_model(name: str, config: dict, source: str = "the saved model") -> AnomalyModel:

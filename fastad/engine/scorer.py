@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fastad.checks import check_bool, check_choice, check_int
+from fastad.checks import check_bool, check_choice, check_int, tracing_or_capturing
 from fastad.engine.calibration import calibrated_threshold, verdicts
 from fastad.engine.checkpoint import checkpoint_path, load_checkpoint
 from fastad.engine.batch_scoring import ScoredImages, score_dataset
@@ -18,6 +18,16 @@ from fastad.models.base import AnomalyResult
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+
+
+def _check_unit_range(images: torch.Tensor) -> None:
+    """ValueError when float images hold values outside [0, 1] (e.g. 0..255) or NaN."""
+    if tracing_or_capturing(images) or not images.numel():
+        return
+    low, high = torch.aminmax(images)
+    if not (0.0 <= float(low) and float(high) <= 1.0):
+        raise ValueError(f"float images must hold values in [0, 1], got values in [{float(low):.4g}, {float(high):.4g}]"
+                         " (for 0..255 values pass a uint8 tensor or divide by 255)")
 
 
 class Scorer:
@@ -82,6 +92,7 @@ class Scorer:
             images = images.to(self.device, non_blocking=True).float().div_(255)
         elif images.is_floating_point():
             images = images.to(self.device, torch.float32, non_blocking=True)
+            _check_unit_range(images)
         else:
             raise TypeError(f"images must be float in [0, 1] or uint8, got {images.dtype}")
         if images.shape[-2:] != (self.image_size, self.image_size):
@@ -116,7 +127,7 @@ class Scorer:
 
     def score(self, images: torch.Tensor) -> AnomalyResult:
         """images [B, 3, H, W] (float in [0, 1] or uint8, any device and size; resized to the
-        model's native size) -> AnomalyResult(image_scores [B], maps [B, S, S]) on self.device,
+        model's native size; ValueError for float values outside [0, 1] or NaN) -> AnomalyResult(image_scores [B], maps [B, S, S]) on self.device,
         float32, S = the model's image_size; verdict ["ok" | "defect"] * B when the checkpoint was
         calibrated (fastad.engine.calibration), else None."""
         images = self._prepare(images)
