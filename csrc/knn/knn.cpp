@@ -241,14 +241,20 @@ inline float fp32_threshold(const float* top, int64_t k, double margin2, int64_t
 template <typename T>
 at::Tensor pack_panels(const T* x, int64_t rows, int64_t d, const T* centre, int64_t nr) {
   const int64_t panels = (rows + nr - 1) / nr;
-  at::Tensor packed = at::zeros({panels, d, nr}, at::TensorOptions().dtype(at::kFloat));
+  at::Tensor packed = at::empty({panels, d, nr}, at::TensorOptions().dtype(at::kFloat));
   float* out = packed.data_ptr<float>();
   at::parallel_for(0, panels, 16, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
-      for (int64_t j = 0; j < nr && p * nr + j < rows; ++j) {
-        const T* row = x + (p * nr + j) * d;
-        float* col = out + p * d * nr + j;
-        for (int64_t t = 0; t < d; ++t) col[t * nr] = static_cast<float>(centre ? T(row[t] - centre[t]) : row[t]);
+      const int64_t full = std::min(nr, rows - p * nr);
+      const T* first = x + p * nr * d;
+      float* panel = out + p * d * nr;
+      for (int64_t t = 0; t < d; ++t) {
+        const T c = centre ? centre[t] : T(0);
+        for (int64_t j = 0; j < full; ++j) {
+          const T v = first[j * d + t];
+          panel[t * nr + j] = static_cast<float>(centre ? T(v - c) : v);
+        }
+        for (int64_t j = full; j < nr; ++j) panel[t * nr + j] = 0.f;
       }
     }
   });
@@ -381,23 +387,45 @@ struct Prepared {
   double b_norm;                     // >= max |b − c|
 };
 
+// Σ_t (double(x_it) − double(c_t))² for each row i (c = 0 when centre is null), in fp64:
+// one pass over x, no temporary copies of it.
+template <typename T>
+std::vector<double> centred_sq_norms(const T* x, int64_t rows, int64_t d, const T* centre) {
+  std::vector<double> out(rows);
+  at::parallel_for(0, rows, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const T* row = x + i * d;
+      double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t t = 0; t < d; ++t) {
+        const double diff = double(row[t]) - (centre ? double(centre[t]) : 0.0);
+        sum += diff * diff;
+      }
+      out[i] = sum;
+    }
+  });
+  return out;
+}
+
+template <typename T>
 Prepared prepare(const at::Tensor& query, const at::Tensor& bank,
                  const std::optional<at::Tensor>& bank_sq_norms) {
   Prepared p;
-  at::Tensor q64 = query.to(at::kDouble);
+  const int64_t n = query.size(0), m = bank.size(0), d = bank.size(1);
   if (bank_sq_norms.has_value()) {
     p.norms = bank_sq_norms->to(at::kFloat).contiguous();
   } else {
-    const at::Tensor c64 = bank.mean({0}, false, at::kDouble);
-    p.centre = c64.to(bank.scalar_type());
-    const at::Tensor c = p.centre->to(at::kDouble);
-    p.norms = (bank.to(at::kDouble) - c).square().sum(1).to(at::kFloat);
-    q64 = q64 - c;
+    p.centre = bank.mean({0}, false, at::kDouble).to(bank.scalar_type()).contiguous();
+    const std::vector<double> norms = centred_sq_norms(bank.data_ptr<T>(), m, d, p.centre->data_ptr<T>());
+    p.norms = at::empty({m}, bank.options().dtype(at::kFloat));
+    float* out = p.norms.data_ptr<float>();
+    for (int64_t j = 0; j < m; ++j) out[j] = static_cast<float>(norms[j]);
   }
-  const at::Tensor qn = q64.square().sum(1).sqrt().contiguous();
-  p.q_norm.assign(qn.data_ptr<double>(), qn.data_ptr<double>() + qn.numel());
-  // n̂ >= (1 − γ)|b − c|² (knn_common.h), so |b − c| <= sqrt(max n̂ / (1 − γ)).
-  const double da = static_cast<double>(bank.size(1)) * 2.384185791015625e-07;
+  p.q_norm = centred_sq_norms(query.data_ptr<T>(), n, d, p.centre ? p.centre->data_ptr<T>() : nullptr);
+  for (double& v : p.q_norm) v = std::sqrt(v);
+  // n̂ >= (1 − γ)|b − c|² (knn_common.h), so |b − c| <= sqrt(max n̂ / (1 − γ)); a NaN norm
+  // makes every margin infinite (the exact scan answers).
+  const double da = static_cast<double>(d) * 2.384185791015625e-07;
   const double max_norm = p.norms.max().item<double>();
   p.b_norm = da < 0.5 ? std::sqrt(max_norm / (1 - da / (1 - da))) * (1 + 1e-15) : kInf;
   return p;
@@ -486,12 +514,13 @@ std::tuple<at::Tensor, at::Tensor> knn_cpu(const at::Tensor& query_in, const at:
   at::Tensor index = at::empty({n, k}, query.options().dtype(at::kLong));
   if (n == 0) return {dist64.to(query.scalar_type()), index};
 
-  const Prepared prep = prepare(query, bank, bank_sq_norms);
+  Prepared prep;
   std::vector<int64_t> rows(n);
   std::iota(rows.begin(), rows.end(), 0);
   double* out_dist = dist64.data_ptr<double>();
   int64_t* out_index = index.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(query.scalar_type(), "knn_cpu", [&] {
+    prep = prepare<scalar_t>(query, bank, bank_sq_norms);
     rows = candidate_tier<scalar_t>(query, bank, prep, k, first, rows, out_dist, out_index);
     if (!rows.empty() && first == CpuKernel::kBf16Gemm) {
       rows = candidate_tier<scalar_t>(query, bank, prep, k, second, rows, out_dist, out_index);
