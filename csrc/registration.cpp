@@ -55,7 +55,22 @@ PyObject* py_knn_cpu_kernels(PyObject*, PyObject* args) {
   }
 }
 
+// {kernel name: peak flops per cycle and core} of the kernels this CPU runs, and the measured
+// clock in Hz.
+PyObject* py_knn_cpu_peak(PyObject*, PyObject*) {
+  using namespace fastad::knn;
+  PyObject* peaks = PyDict_New();
+  for (CpuKernel kernel : cpu_kernels_here()) {
+    PyObject* value = PyLong_FromLongLong(fp32_flops_per_cycle(kernel));
+    PyDict_SetItemString(peaks, cpu_kernel_name(kernel), value);
+    Py_DECREF(value);
+  }
+  return Py_BuildValue("(Nd)", peaks, measured_clock_hz());
+}
+
 PyMethodDef methods[] = {
+    {"knn_cpu_peak", py_knn_cpu_peak, METH_NOARGS,
+     "({kernel: peak flops per cycle and core}, measured clock in Hz)."},
     {"knn_cpu_kernels", py_knn_cpu_kernels, METH_VARARGS,
      "(kernels this CPU runs, knn's first candidate kernel, its fp32 kernel) for a precision."},
     {"build_facts", py_build_facts, METH_NOARGS,

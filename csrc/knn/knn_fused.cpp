@@ -5,6 +5,8 @@
 
 #include <c10/util/Exception.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -105,7 +107,57 @@ __attribute__((target("avx512f"))) uint32_t tile_avx512(const float* a, const fl
 
 #endif  // FASTAD_X86_KERNELS
 
+bool splits_512_bit_operations() {
+#ifdef FASTAD_X86_KERNELS
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid(0, &a, &b, &c, &d)) return false;
+  const bool amd = b == 0x68747541 && d == 0x69746e65 && c == 0x444d4163;  // "AuthenticAMD"
+  if (!amd || !__get_cpuid(1, &a, &b, &c, &d)) return false;
+  const unsigned family = ((a >> 8) & 0xf) + ((a >> 20) & 0xff);
+  return family == 0x19;  // Zen 4 runs a 512-bit operation on two 256-bit pipes
+#else
+  return false;
+#endif
+}
+
 }  // namespace
+
+double measured_clock_hz() {
+#ifdef FASTAD_X86_KERNELS
+  double best = 0.0;
+  for (int round = 0; round < 40; ++round) {
+    constexpr uint64_t kIterations = uint64_t(1) << 19;
+    uint64_t x = 0, left = kIterations;
+    const auto began = std::chrono::steady_clock::now();
+    // 8 dependent one-cycle adds per iteration; the loop counter is a separate chain
+    asm volatile(
+        "1:\n\t"
+        "add $1, %[x]\n\tadd $1, %[x]\n\tadd $1, %[x]\n\tadd $1, %[x]\n\t"
+        "add $1, %[x]\n\tadd $1, %[x]\n\tadd $1, %[x]\n\tadd $1, %[x]\n\t"
+        "dec %[left]\n\tjnz 1b"
+        : [x] "+r"(x), [left] "+r"(left)
+        :
+        : "cc");
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
+    best = std::max(best, 8.0 * double(kIterations) / seconds);
+  }
+  return best;
+#else
+  return 0.0;
+#endif
+}
+
+int64_t fp32_flops_per_cycle(CpuKernel kernel) {
+  const bool split = splits_512_bit_operations();
+  switch (kernel) {
+    case CpuKernel::kAvx2: return 2 * 8 * 2;
+    case CpuKernel::kAvx512: return 2 * (split ? 8 : 16) * 2;
+    case CpuKernel::kBf16Gemm: return 2 * 2 * (split ? 8 : 16) * 2;
+    case CpuKernel::kGemm: return fp32_flops_per_cycle(fp32_cpu_kernel());
+  }
+  return 0;
+}
 
 const char* cpu_kernel_name(CpuKernel kernel) {
   switch (kernel) {

@@ -31,6 +31,15 @@ CpuKernel fp32_cpu_kernel();
 // The kernel of knn's first candidate tier for a precision name ("auto", "fp32", "bf16").
 CpuKernel first_cpu_kernel(const char* precision);
 
+// The core clock, measured by a chain of dependent one-cycle integer adds (best of 40 runs of
+// ~1.5 ms, so that one of them runs undisturbed on a shared machine); 0 where it cannot be measured (not x86-64).
+double measured_clock_hz();
+// Peak fp32 flops per cycle and core of a kernel's instructions (kGemm: of the best fp32 kernel
+// here), assuming two FMA pipes of the vector width: 32 for AVX2, 64 for AVX-512 (32 on AMD
+// Zen 4, whose 512-bit operations take both 256-bit pipes), twice the AVX-512 figure for BF16
+// dot products.
+int64_t fp32_flops_per_cycle(CpuKernel kernel);
+
 // One fused tile. a: MR packed queries [D][MR]; b: NR packed bank rows [D][NR]; norms: their
 // NR fp32 squared norms (NaN for padding rows); thr: MR thresholds (NaN: none passes). Query
 // row r is reported when some s_j = norms_j − 2 a_r·b_j <= thr[r]; its NR scores are then

@@ -118,6 +118,22 @@ def knn_cpu_kernels(precision: str = "auto") -> dict:
     return {"runs_here": runs_here, "knn": first, "fp32": fp32}
 
 
+def knn_cpu_peak() -> dict:
+    """The machine's limit for the knn CPU kernels, as a dict:
+
+    clock_ghz: the core clock, measured (about 60 ms) by a chain of dependent integer adds
+    (0.0 where it cannot be, off x86-64); flops_per_cycle: {kernel: peak multiply-add flops
+    per cycle and core} for each kernel of knn_cpu_kernels()["runs_here"], from its vector width
+    and two FMA pipes (AMD Zen 4 splits 512-bit operations over both; BF16 dot products count
+    twice); gflops_per_core: their product with the clock. Multiply by the threads used.
+    """
+    extension.require("knn")
+    flops, clock_hz = extension.compiled.knn_cpu_peak()
+    ghz = clock_hz / 1e9
+    return {"clock_ghz": ghz, "flops_per_cycle": flops,
+            "gflops_per_core": {name: f * ghz for name, f in flops.items()}}
+
+
 def check_knn(query, bank, k, check_values: bool = True) -> None:
     """The argument checks of knn(): shapes, dtypes, devices, k, and NaN/Inf when check_values.
 
