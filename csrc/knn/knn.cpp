@@ -273,7 +273,7 @@ void search_fused(const FusedKernel& kernel, const float* queries, const float* 
                   Candidates& cand) {
   const int64_t mr = kernel.mr, nr = kernel.nr, n = cand.n, k = cand.k, slices = cand.slices;
   const int64_t query_panels = (n + mr - 1) / mr, bank_panels = (m + nr - 1) / nr;
-  const int64_t per_block = std::clamp<int64_t>(kFusedQueryBytes / (mr * d * 4), 1, 64);
+  const int64_t per_block = std::clamp<int64_t>(kFusedQueryBytes / (mr * std::min(d, kFusedChunk) * 4), 1, 64);
   const int64_t blocks = (query_panels + per_block - 1) / per_block;
   const int64_t items = blocks * slices;
   float* top_all = cand.top.data_ptr<float>();
@@ -282,7 +282,7 @@ void search_fused(const FusedKernel& kernel, const float* queries, const float* 
   int64_t* count_all = cand.count.data_ptr<int64_t>();
   std::atomic<int64_t> next_item{0};
   at::parallel_for(0, std::min<int64_t>(items, at::get_num_threads()), 1, [&](int64_t, int64_t) {
-    std::vector<float> thr(per_block * mr), scores(mr * nr);
+    std::vector<float> thr(per_block * mr), scores(mr * nr), partial(per_block * mr * nr);
     for (int64_t item = next_item++; item < items; item = next_item++) {
       const int64_t block = item / slices, slice = item % slices;
       const int64_t qp0 = block * per_block, qp1 = std::min(query_panels, qp0 + per_block);
@@ -299,17 +299,22 @@ void search_fused(const FusedKernel& kernel, const float* queries, const float* 
       }
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t first = p * nr, len = std::min(nr, m - first);
-        for (int64_t qp = qp0; qp < qp1; ++qp) {
-          float* t = thr.data() + (qp - qp0) * mr;
-          uint32_t hits = kernel.tile(queries + qp * d * mr, bank + p * d * nr, d, norms + first, t,
-                                      scores.data());
-          for (; hits; hits &= hits - 1) {
-            const int64_t r = __builtin_ctz(hits), i = qp * mr + r, at = cand.at_(slice, i);
-            float* top = top_all + at * k;
-            int64_t& count = count_all[at];
-            fold_scores(scores.data() + r * nr, len, first, k, cand.cap, margin2[i], top,
-                        values_all + at * cand.cap, indices_all + at * cand.cap, count);
-            t[r] = fp32_threshold(top, k, margin2[i], count);
+        for (int64_t t0 = 0; t0 < d; t0 += kFusedChunk) {
+          const int64_t chunk = std::min(kFusedChunk, d - t0);
+          const int stage = (t0 == 0 ? kFirstChunk : 0) | (t0 + chunk == d ? kLastChunk : 0);
+          for (int64_t qp = qp0; qp < qp1; ++qp) {
+            float* t = thr.data() + (qp - qp0) * mr;
+            uint32_t hits = kernel.tile(queries + (qp * d + t0) * mr, bank + (p * d + t0) * nr, chunk,
+                                        partial.data() + (qp - qp0) * mr * nr, stage, norms + first,
+                                        t, scores.data());
+            for (; hits; hits &= hits - 1) {
+              const int64_t r = __builtin_ctz(hits), i = qp * mr + r, at = cand.at_(slice, i);
+              float* top = top_all + at * k;
+              int64_t& count = count_all[at];
+              fold_scores(scores.data() + r * nr, len, first, k, cand.cap, margin2[i], top,
+                          values_all + at * cand.cap, indices_all + at * cand.cap, count);
+              t[r] = fp32_threshold(top, k, margin2[i], count);
+            }
           }
         }
       }
@@ -459,7 +464,7 @@ Candidates tier_candidates(CpuKernel kernel, const at::Tensor& picked, const at:
   at::Tensor padded = at::full({panels * fused.nr}, std::numeric_limits<float>::quiet_NaN(),
                                prep.norms.options());
   padded.narrow(0, 0, m).copy_(prep.norms);
-  const int64_t per_block = std::clamp<int64_t>(kFusedQueryBytes / (fused.mr * d * 4), 1, 64);
+  const int64_t per_block = std::clamp<int64_t>(kFusedQueryBytes / (fused.mr * std::min(d, kFusedChunk) * 4), 1, 64);
   const int64_t blocks = (q_packed.size(0) + per_block - 1) / per_block;
   const int64_t min_panels = (std::max(kBankTile, k) + fused.nr - 1) / fused.nr;
   Candidates cand(n, k, bank_slices(blocks, at::get_num_threads(), panels, min_panels));

@@ -37,11 +37,16 @@ bool cpu_has_bf16_dot() {
 // AVX2 + FMA: 6 queries x 16 bank rows, 12 accumulators of 8 lanes.
 template <int MR>
 __attribute__((target("avx2,fma"))) uint32_t tile_avx2(const float* a, const float* b, int64_t d,
+                                                       float* partial, int stage,
                                                        const float* norms, const float* thr,
                                                        float* out) {
   __m256 acc[MR][2];
 #pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  for (int r = 0; r < MR; ++r) {
+    const bool first = stage & kFirstChunk;
+    acc[r][0] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(partial + r * 16);
+    acc[r][1] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(partial + r * 16 + 8);
+  }
   for (int64_t t = 0; t < d; ++t) {
     const __m256 b0 = _mm256_loadu_ps(b + t * 16), b1 = _mm256_loadu_ps(b + t * 16 + 8);
 #pragma GCC unroll 16
@@ -50,6 +55,14 @@ __attribute__((target("avx2,fma"))) uint32_t tile_avx2(const float* a, const flo
       acc[r][0] = _mm256_fmadd_ps(x, b0, acc[r][0]);
       acc[r][1] = _mm256_fmadd_ps(x, b1, acc[r][1]);
     }
+  }
+  if (!(stage & kLastChunk)) {
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      _mm256_storeu_ps(partial + r * 16, acc[r][0]);
+      _mm256_storeu_ps(partial + r * 16 + 8, acc[r][1]);
+    }
+    return 0;
   }
   const __m256 two = _mm256_set1_ps(2.f);
   const __m256 n0 = _mm256_loadu_ps(norms), n1 = _mm256_loadu_ps(norms + 8);
@@ -73,11 +86,16 @@ __attribute__((target("avx2,fma"))) uint32_t tile_avx2(const float* a, const flo
 // AVX-512F: 12 queries x 32 bank rows, 24 accumulators of 16 lanes.
 template <int MR>
 __attribute__((target("avx512f"))) uint32_t tile_avx512(const float* a, const float* b, int64_t d,
+                                                        float* partial, int stage,
                                                         const float* norms, const float* thr,
                                                         float* out) {
   __m512 acc[MR][2];
 #pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+  for (int r = 0; r < MR; ++r) {
+    const bool first = stage & kFirstChunk;
+    acc[r][0] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(partial + r * 32);
+    acc[r][1] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(partial + r * 32 + 16);
+  }
   for (int64_t t = 0; t < d; ++t) {
     const __m512 b0 = _mm512_loadu_ps(b + t * 32), b1 = _mm512_loadu_ps(b + t * 32 + 16);
 #pragma GCC unroll 16
@@ -86,6 +104,14 @@ __attribute__((target("avx512f"))) uint32_t tile_avx512(const float* a, const fl
       acc[r][0] = _mm512_fmadd_ps(x, b0, acc[r][0]);
       acc[r][1] = _mm512_fmadd_ps(x, b1, acc[r][1]);
     }
+  }
+  if (!(stage & kLastChunk)) {
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      _mm512_storeu_ps(partial + r * 32, acc[r][0]);
+      _mm512_storeu_ps(partial + r * 32 + 16, acc[r][1]);
+    }
+    return 0;
   }
   const __m512 two = _mm512_set1_ps(2.f);
   const __m512 n0 = _mm512_loadu_ps(norms), n1 = _mm512_loadu_ps(norms + 16);
