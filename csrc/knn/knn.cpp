@@ -1,8 +1,8 @@
 // CPU k-nearest-neighbour search and greedy k-center coreset selection.
 //
 // knn (see knn_common.h for the bound and its proof): for a block of queries and a tile of bank
-// rows, the candidate kernel (knn_fused_common.h, chosen by CPU feature) gives ŝ = |b|² − 2 q·b: a
-// fused fp32 microkernel (AVX-512 or AVX2) that keeps the tile in registers, or a GEMM tile
+// rows, the candidate kernel (knn_fused_common.h, chosen by CPU feature) gives
+// ŝ = |b|² − 2 q·b: a fused fp32 microkernel (AVX-512 or AVX2) that keeps the tile in registers, or a GEMM tile
 // (BF16 inputs where the CPU has AVX512-BF16 or AMX-BF16, fp32 on other CPUs) expanded after.
 // Each query's scores are folded into a running k-th smallest ŝ per query and bank slice,
 // keeping every row with ŝ <= (running k-th) + 2E in a candidate buffer with its score. The
@@ -264,6 +264,11 @@ at::Tensor pack_panels(const T* x, int64_t rows, int64_t d, const T* centre, int
 // Bytes of packed queries a work item keeps cache-resident while it streams the bank panels.
 constexpr int64_t kFusedQueryBytes = 1 << 19;
 
+// Query panels per work item of a fused kernel: their chunk of features fits kFusedQueryBytes.
+inline int64_t fused_block_panels(int64_t mr, int64_t d) {
+  return std::clamp<int64_t>(kFusedQueryBytes / (mr * std::min(d, kFusedChunk) * 4), 1, 64);
+}
+
 // The candidate pass of a fused kernel over packed queries [N/mr][D][mr] and bank
 // [M/nr][D][nr]; norms [M/nr · nr] (NaN past M). Work items are a block of query panels and a
 // slice of bank panels; each bank panel meets every query panel of the block while it is in
@@ -273,7 +278,7 @@ void search_fused(const FusedKernel& kernel, const float* queries, const float* 
                   Candidates& cand) {
   const int64_t mr = kernel.mr, nr = kernel.nr, n = cand.n, k = cand.k, slices = cand.slices;
   const int64_t query_panels = (n + mr - 1) / mr, bank_panels = (m + nr - 1) / nr;
-  const int64_t per_block = std::clamp<int64_t>(kFusedQueryBytes / (mr * std::min(d, kFusedChunk) * 4), 1, 64);
+  const int64_t per_block = fused_block_panels(mr, d);
   const int64_t blocks = (query_panels + per_block - 1) / per_block;
   const int64_t items = blocks * slices;
   float* top_all = cand.top.data_ptr<float>();
@@ -304,9 +309,9 @@ void search_fused(const FusedKernel& kernel, const float* queries, const float* 
           const int stage = (t0 == 0 ? kFirstChunk : 0) | (t0 + chunk == d ? kLastChunk : 0);
           for (int64_t qp = qp0; qp < qp1; ++qp) {
             float* t = thr.data() + (qp - qp0) * mr;
-            uint32_t hits = kernel.tile(queries + (qp * d + t0) * mr, bank + (p * d + t0) * nr, chunk,
-                                        partial.data() + (qp - qp0) * mr * nr, stage, norms + first,
-                                        t, scores.data());
+            uint32_t hits = kernel.tile(queries + (qp * d + t0) * mr, bank + (p * d + t0) * nr,
+                                        chunk, partial.data() + (qp - qp0) * mr * nr, stage,
+                                        norms + first, t, scores.data());
             for (; hits; hits &= hits - 1) {
               const int64_t r = __builtin_ctz(hits), i = qp * mr + r, at = cand.at_(slice, i);
               float* top = top_all + at * k;
@@ -421,12 +426,14 @@ Prepared prepare(const at::Tensor& query, const at::Tensor& bank,
     p.norms = bank_sq_norms->to(at::kFloat).contiguous();
   } else {
     p.centre = bank.mean({0}, false, at::kDouble).to(bank.scalar_type()).contiguous();
-    const std::vector<double> norms = centred_sq_norms(bank.data_ptr<T>(), m, d, p.centre->data_ptr<T>());
+    const std::vector<double> norms =
+        centred_sq_norms(bank.data_ptr<T>(), m, d, p.centre->data_ptr<T>());
     p.norms = at::empty({m}, bank.options().dtype(at::kFloat));
     float* out = p.norms.data_ptr<float>();
     for (int64_t j = 0; j < m; ++j) out[j] = static_cast<float>(norms[j]);
   }
-  p.q_norm = centred_sq_norms(query.data_ptr<T>(), n, d, p.centre ? p.centre->data_ptr<T>() : nullptr);
+  const T* centre = p.centre ? p.centre->data_ptr<T>() : nullptr;
+  p.q_norm = centred_sq_norms(query.data_ptr<T>(), n, d, centre);
   for (double& v : p.q_norm) v = std::sqrt(v);
   // n̂ >= (1 − γ)|b − c|² (knn_common.h), so |b − c| <= sqrt(max n̂ / (1 − γ)); a NaN norm
   // makes every margin infinite (the exact scan answers).
@@ -464,7 +471,7 @@ Candidates tier_candidates(CpuKernel kernel, const at::Tensor& picked, const at:
   at::Tensor padded = at::full({panels * fused.nr}, std::numeric_limits<float>::quiet_NaN(),
                                prep.norms.options());
   padded.narrow(0, 0, m).copy_(prep.norms);
-  const int64_t per_block = std::clamp<int64_t>(kFusedQueryBytes / (fused.mr * std::min(d, kFusedChunk) * 4), 1, 64);
+  const int64_t per_block = fused_block_panels(fused.mr, d);
   const int64_t blocks = (q_packed.size(0) + per_block - 1) / per_block;
   const int64_t min_panels = (std::max(kBankTile, k) + fused.nr - 1) / fused.nr;
   Candidates cand(n, k, bank_slices(blocks, at::get_num_threads(), panels, min_panels));

@@ -121,7 +121,8 @@ __attribute__((target("avx512f"))) uint32_t tile_avx512(const float* a, const fl
     const __m512 s0 = _mm512_fnmadd_ps(two, acc[r][0], n0);
     const __m512 s1 = _mm512_fnmadd_ps(two, acc[r][1], n1);
     const __m512 th = _mm512_set1_ps(thr[r]);
-    const unsigned hit = _mm512_cmp_ps_mask(s0, th, _CMP_LE_OQ) | _mm512_cmp_ps_mask(s1, th, _CMP_LE_OQ);
+    const unsigned hit =
+        _mm512_cmp_ps_mask(s0, th, _CMP_LE_OQ) | _mm512_cmp_ps_mask(s1, th, _CMP_LE_OQ);
     if (hit) {
       _mm512_storeu_ps(out + r * 32, s0);
       _mm512_storeu_ps(out + r * 32 + 16, s1);
@@ -218,15 +219,16 @@ std::optional<CpuKernel> forced_cpu_kernel() {
   const char* value = std::getenv("FASTAD_CPU_KERNEL");
   if (value == nullptr || *value == '\0' || std::strcmp(value, "auto") == 0) return std::nullopt;
   std::string here;
-  for (CpuKernel kernel : cpu_kernels_here()) here += std::string(here.empty() ? "" : ", ") + cpu_kernel_name(kernel);
+  for (CpuKernel kernel : cpu_kernels_here())
+    here += std::string(here.empty() ? "" : ", ") + cpu_kernel_name(kernel);
   for (CpuKernel kernel : kAllKernels) {
     if (std::strcmp(value, cpu_kernel_name(kernel)) != 0) continue;
     TORCH_CHECK(cpu_kernel_runs_here(kernel), "FASTAD_CPU_KERNEL=", value,
                 ": this CPU cannot run that kernel; it runs auto, ", here);
     return kernel;
   }
-  TORCH_CHECK(false, "FASTAD_CPU_KERNEL must be auto, bf16-gemm, avx512, avx2 or gemm, got '", value,
-              "'");
+  TORCH_CHECK(false, "FASTAD_CPU_KERNEL must be auto, bf16-gemm, avx512, avx2 or gemm, got '",
+              value, "'");
 }
 
 CpuKernel fp32_cpu_kernel() {

@@ -33,7 +33,8 @@ CpuKernel fp32_cpu_kernel();
 CpuKernel first_cpu_kernel(const char* precision);
 
 // The core clock, measured by a chain of dependent one-cycle integer adds (best of 40 runs of
-// ~1.5 ms, so that one of them runs undisturbed on a shared machine); 0 where it cannot be measured (not x86-64).
+// ~1.5 ms, so that one of them runs undisturbed on a shared machine); 0 where it cannot be
+// measured (not x86-64).
 double measured_clock_hz();
 // Peak fp32 flops per cycle and core of a kernel's instructions (kGemm: of the best fp32 kernel
 // here), assuming two FMA pipes of the vector width: 32 for AVX2, 64 for AVX-512 (32 on AMD
