@@ -17,7 +17,7 @@ import torch
 
 from conftest import knn_data, random_matrix, requires_cuda, run_pedantic, synchronized
 from fastad.nn import NearestNeighborScorer
-from fastad.ops import kcenter_coreset, knn, reference
+from fastad.ops import kcenter_coreset, knn, knn_cpu_kernels, knn_cpu_peak, reference
 
 QUERY_CHUNK = 1024  # queries per chunk for the torch baselines (never the full N x M at once)
 CHECKED_QUERIES = 256
@@ -154,34 +154,54 @@ def test_knn(benchmark, device, n, m, d, k, contender):
     _check(contender, out, q, b, k)
 
 
-ALTERNATING_CASES = [(4096, 65536, d, k) for d in (64, 128, 512) for k in (1, 9)]
+ALTERNATING_CASES = [(4096, 65536, d, k) for d in (64, 128, 512, 1536) for k in (1, 9)]
 ALTERNATING_ROUNDS = 5
+ALTERNATING_CONTENDERS = ("fastad", "faiss-flat", "torch-cdist")
+
+
+def _peak_facts(n, m, d, seconds):
+    """GFLOP/s of the 2·N·M·D multiply-add flops of a search that took `seconds`, the machine's peak
+    for the knn kernel in use at torch's thread count, and their ratio."""
+    kernel = knn_cpu_kernels()["knn"]
+    peak = knn_cpu_peak()
+    peak_gflops = peak["gflops_per_core"][kernel] * torch.get_num_threads()
+    gflops = 2 * n * m * d / seconds / 1e9
+    return {"kernel": kernel, "clock_ghz": peak["clock_ghz"], "threads": torch.get_num_threads(),
+            "gflops": gflops, "peak_gflops": peak_gflops, "fraction_of_peak": gflops / peak_gflops}
 
 
 @pytest.mark.parametrize("n,m,d,k", ALTERNATING_CASES)
 def test_knn_alternating_with_faiss(benchmark, n, m, d, k):
-    """fastad.ops.knn and faiss IndexFlatL2 timed in alternation, round by round, so a slow
-    spell of a shared machine lands on both; extra_info holds the per-round ratio faiss / fastad
-    (median, min, max) and both medians. The benchmark's own time is one round of both."""
+    """fastad.ops.knn, faiss IndexFlatL2 and chunked torch.cdist timed in alternation, round by
+    round, so a slow spell of a shared machine lands on all; extra_info holds the per-round ratios
+    faiss / fastad and cdist / fastad (median, min, max), the medians, and fastad's GFLOP/s and
+    fraction of the machine's peak for the kernel it used (knn_cpu_peak). The benchmark's own
+    time is one round of all three.
+
+    To measure as on an AVX2-only CPU, run with FASTAD_CPU_KERNEL=avx2 ATEN_CPU_CAPABILITY=avx2
+    ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 OPENBLAS_CORETYPE=Haswell (the last one is
+    faiss's BLAS)."""
     pytest.importorskip("faiss")
     benchmark.group = f"knn alternating with faiss N={n} M={m} D={d} k={k}"
-    benchmark.extra_info["contender"] = "fastad+faiss-flat"
+    benchmark.extra_info["contender"] = "+".join(ALTERNATING_CONTENDERS)
     q, b = knn_data(n, m, d)
-    ours, theirs = _fastad(q, b, k), _faiss_flat(q, b, k)
-    times = {"fastad": [], "faiss-flat": []}
+    fns = {name: BUILDERS[name](q, b, k) for name in ALTERNATING_CONTENDERS}
+    times = {name: [] for name in fns}
     outs = {}
 
     def one_round():
-        for name, fn in (("fastad", ours), ("faiss-flat", theirs)):
+        for name, fn in fns.items():
             start = time.perf_counter()
             outs[name] = fn()
             times[name].append(time.perf_counter() - start)
 
     run_pedantic(benchmark, one_round, rounds=ALTERNATING_ROUNDS)
-    ratios = [f / o for f, o in zip(times["faiss-flat"][1:], times["fastad"][1:])]  # warm-up dropped
-    benchmark.extra_info["faiss_over_fastad"] = {
-        "median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+    for name in ALTERNATING_CONTENDERS[1:]:
+        ratios = [t / o for t, o in zip(times[name][1:], times["fastad"][1:])]  # warm-up dropped
+        key = "faiss_over_fastad" if name == "faiss-flat" else "cdist_over_fastad"
+        benchmark.extra_info[key] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
     benchmark.extra_info["median_ms"] = {name: 1e3 * statistics.median(t[1:]) for name, t in times.items()}
+    benchmark.extra_info.update(_peak_facts(n, m, d, statistics.median(times["fastad"][1:])))
     for name, out in outs.items():
         _check(name, out, q, b, k)
 

@@ -20,11 +20,27 @@ def _op_backends() -> dict[str, list[str]]:
     }
 
 
+def _cpu_kernels() -> dict[str, str] | str:
+    """The CPU kernel each op uses here, or the reason none can be named."""
+    from fastad.ops.knn import knn_cpu_kernels
+
+    try:
+        knn = knn_cpu_kernels()
+    except ValueError as error:  # a bad FASTAD_CPU_KERNEL
+        return str(error)
+    then = f", then {knn['fp32']} for queries whose candidates overflow" if knn["knn"] == "bf16-gemm" else ""
+    return {
+        "knn": f"{knn['knn']}{then} (this CPU runs {', '.join(knn['runs_here'])})",
+        "kcenter_coreset": "fp64 distance scan, vector clone chosen at load time",
+    }
+
+
 def info() -> dict:
     """Facts about this installation, as a dict:
 
     fastad and torch versions, whether fastad._C loaded (and why not), the backends (cpu, cuda)
-    each compiled op has, the CUDA architectures compiled, OpenMP, the threads torch uses, whether
+    each compiled op has, the CPU kernel the CPU ops use here (cpu_kernels), the CUDA
+    architectures compiled, OpenMP, the threads torch uses, whether
     a CUDA device is visible, and the backend selected with fastad.set_backend.
     """
     facts = extension.compiled.build_facts() if extension.loaded() else {}
@@ -34,6 +50,7 @@ def info() -> dict:
         "extension_loaded": extension.loaded(),
         "extension_error": extension.load_error,
         "ops": _op_backends(),
+        "cpu_kernels": _cpu_kernels() if extension.loaded() else None,
         "cuda_archs": facts.get("cuda_archs"),
         "openmp": facts.get("openmp"),
         "threads": torch.get_num_threads(),
@@ -51,6 +68,11 @@ def format_info(facts: dict) -> str:
         lines.append(f"  reason: {facts['extension_error']}")
     for op, backends in facts["ops"].items():
         lines.append(f"  op {op}: {', '.join(backends) or 'no kernels'}")
+    kernels = facts.get("cpu_kernels")
+    if isinstance(kernels, dict):
+        lines += [f"  cpu kernel {op}: {kernel}" for op, kernel in kernels.items()]
+    elif kernels:
+        lines.append(f"  cpu kernels: {kernels}")
     lines += [
         f"CUDA archs compiled: {facts['cuda_archs'] or 'none (CPU-only build)'}",
         f"OpenMP: {facts['openmp'] or 'no'}, threads: {facts['threads']}",

@@ -351,3 +351,94 @@ def test_cuda_side_stream():
     stream.synchronize()
     want = fastad.ops.knn(query, bank, 5)
     assert torch.equal(index.cpu(), want[1]) and torch.equal(dist.cpu(), want[0])
+
+
+def cpu_kernels_here():
+    return fastad.ops.knn_cpu_kernels()["runs_here"] if fastad.extension.loaded() else []
+
+
+def adversarial_data(n, m, d, seed, dtype):
+    """Random rows far from the origin (the kernels centre them), exact duplicates and near ties."""
+    g = torch.Generator().manual_seed(seed)
+    bank = 5.0 + torch.randn(m, d, generator=g, dtype=torch.float64)
+    bank[m // 2: m // 2 + 3] = bank[min(1, m - 1)].clone()  # exact duplicates of row 1
+    query = torch.cat([bank[:n // 2] + 1e-4 * torch.randn(n // 2, d, generator=g, dtype=torch.float64),
+                       5.0 + torch.randn(n - n // 2, d, generator=g, dtype=torch.float64)])
+    return query.to(dtype), bank.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n,m,d,k", [(1, 1, 1, 1), (5, 31, 3, 31), (50, 3000, 7, 1), (97, 2600, 130, 9),
+                                     (13, 4100, 515, 3), (4, 9000, 33, 64)])
+def test_every_cpu_kernel_returns_the_same_exact_answer(monkeypatch, dtype, n, m, d, k):
+    """Each CPU kernel this machine runs, forced with FASTAD_CPU_KERNEL (an AVX-512 CPU runs the AVX2
+    path too): the float64 oracle's rows and bitwise the same distances on every path, with and
+    without given bank norms (no centring then), sizes off every tile multiple included."""
+    query, bank = adversarial_data(n, m, d, n + m + d + k, dtype)
+    norms = bank.pow(2).sum(1)
+    first = assert_matches_oracle(query, bank, k)
+    kernels = cpu_kernels_here()
+    assert "gemm" in kernels
+    for kernel in kernels:
+        monkeypatch.setenv("FASTAD_CPU_KERNEL", kernel)
+        assert fastad.ops.knn_cpu_kernels()["knn"] == kernel
+        dist, index = fastad.ops.knn(query, bank, k)
+        assert torch.equal(index, first[1]) and torch.equal(dist, first[0]), kernel
+        dist, index = torch.ops.fastad.knn(query, bank, k, norms)
+        assert torch.equal(index, first[1]) and torch.equal(dist, first[0]), kernel
+
+
+@pytest.mark.parametrize("kernel", ["avx512", "avx2", "gemm"])
+def test_fused_kernels_overflow_to_the_exact_scan(monkeypatch, kernel):
+    """600 rows tied exactly and 400 near ties: the fp32 kernels' buffers overflow, the exact scan
+    answers, ties to the lower index."""
+    if kernel not in cpu_kernels_here():
+        pytest.skip(f"this CPU does not run the {kernel} kernel")
+    monkeypatch.setenv("FASTAD_CPU_KERNEL", kernel)
+    d = 300
+    axes = torch.cat([torch.eye(d), -torch.eye(d)]) * 4.0
+    far = 10.0 + torch.randn(50, d, generator=torch.Generator().manual_seed(20))
+    dist, index = fastad.ops.knn(torch.zeros(3, d), torch.cat([far[:25], axes, far[25:]]), 40, precision="fp32")
+    assert torch.equal(index, (25 + torch.arange(40)).expand(3, 40)) and torch.all(dist == 4.0)
+    g = torch.Generator().manual_seed(21)
+    directions = torch.nn.functional.normalize(torch.randn(400, 64, generator=g, dtype=torch.float64), dim=1)
+    radii = 10.0 * (1 + 1e-4 * torch.randperm(400, generator=g).double() / 400)
+    query = torch.randn(2, 64, generator=g, dtype=torch.float64)
+    bank = torch.cat([query[0] + directions * radii[:, None], 30 + torch.randn(100, 64, generator=g).double()])
+    assert_matches_oracle(query.float(), bank.float(), 10)
+
+
+def test_non_finite_rows_on_every_cpu_kernel(monkeypatch):
+    g = torch.Generator().manual_seed(22)
+    bank = torch.randn(70, 6, generator=g)
+    bank[3] = float("nan")
+    bank[7, 2] = float("inf")
+    query = torch.randn(4, 6, generator=g)
+    query[1, 0] = float("nan")
+    want = fastad.ops.reference.knn(query, bank, 70)
+    for kernel in cpu_kernels_here():
+        monkeypatch.setenv("FASTAD_CPU_KERNEL", kernel)
+        dist, index = fastad.ops.knn(query, bank, 70, check_values=False)
+        assert torch.equal(index, want[1]) and torch.equal(torch.isinf(dist), torch.isinf(want[0])), kernel
+
+
+def test_cpu_kernel_override(monkeypatch):
+    kernels = cpu_kernels_here()
+    assert kernels == [k for k in fastad.ops.KNN_CPU_KERNELS if k in kernels]
+    fp32 = fastad.ops.knn_cpu_kernels("fp32")
+    assert fp32["knn"] == fp32["fp32"] == next(k for k in kernels if k != "bf16-gemm")
+    assert fastad.ops.knn_cpu_kernels("bf16")["knn"] == "bf16-gemm"
+    monkeypatch.setenv("FASTAD_CPU_KERNEL", "gemm")
+    assert fastad.ops.knn_cpu_kernels() == {"runs_here": kernels, "knn": "gemm", "fp32": "gemm"}
+    assert fastad.ops.knn_cpu_kernels("bf16") == {"runs_here": kernels, "knn": "bf16-gemm", "fp32": "gemm"}
+    monkeypatch.setenv("FASTAD_CPU_KERNEL", "sse9")
+    with pytest.raises(ValueError, match="FASTAD_CPU_KERNEL must be auto, bf16-gemm, avx512, avx2 or gemm, got 'sse9'"):
+        fastad.ops.knn_cpu_kernels()
+    with pytest.raises(RuntimeError, match="FASTAD_CPU_KERNEL must be"):
+        fastad.ops.knn(GOOD_Q, GOOD_B, 1)
+    assert "FASTAD_CPU_KERNEL must be" in fastad.info()["cpu_kernels"]
+    missing = [k for k in fastad.ops.KNN_CPU_KERNELS if k not in kernels]
+    if missing:
+        monkeypatch.setenv("FASTAD_CPU_KERNEL", missing[0])
+        with pytest.raises(ValueError, match=f"FASTAD_CPU_KERNEL={missing[0]}: this CPU cannot run"):
+            fastad.ops.knn_cpu_kernels()

@@ -1,12 +1,14 @@
 // CPU k-nearest-neighbour search and greedy k-center coreset selection.
 //
 // knn (see knn_common.h for the bound and its proof): for a block of queries and a tile of bank
-// rows, one GEMM gives q·b (BF16 inputs where the CPU has AVX512-BF16 or AMX-BF16, fp32
-// otherwise); the tile is turned into ŝ = |b|² − 2 q·b and folded into a running k-th smallest ŝ
-// per query and bank slice, keeping every row with ŝ <= (running k-th) + 2E in a candidate buffer
-// with its score. The candidates of all slices are then re-ranked with the canonical fp64
-// distance. Queries whose buffer overflows are redone with an fp32 GEMM (a much smaller E), and
-// if that overflows too, by an exact scan of the whole bank.
+// rows, the candidate kernel (knn_fused_common.h, chosen by CPU feature) gives
+// ŝ = |b|² − 2 q·b: a fused fp32 microkernel (AVX-512 or AVX2) that keeps the tile in registers, or a GEMM tile
+// (BF16 inputs where the CPU has AVX512-BF16 or AMX-BF16, fp32 on other CPUs) expanded after.
+// Each query's scores are folded into a running k-th smallest ŝ per query and bank slice,
+// keeping every row with ŝ <= (running k-th) + 2E in a candidate buffer with its score. The
+// candidates of all slices are then re-ranked with the canonical fp64 distance. Queries whose
+// buffer overflows are redone with fp32 candidates (a much smaller E), and if that overflows
+// too, by an exact scan of the whole bank.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -20,12 +22,9 @@
 #include <numeric>
 #include <vector>
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <cpuid.h>
-#endif
-
 #include "../common/vector_clones.h"
 #include "knn_common.h"
+#include "knn_fused_common.h"
 
 namespace fastad::knn {
 namespace {
@@ -35,15 +34,6 @@ constexpr int64_t kBankTile = 1024;
 constexpr int64_t kScanChunk = 64;
 constexpr int64_t kExtraCandidates = 128;  // the candidate buffer holds k + this many rows
 constexpr double kInf = std::numeric_limits<double>::infinity();
-
-bool cpu_has_bf16_dot() {
-#if defined(__x86_64__) && defined(__GNUC__)
-  unsigned a = 0, b = 0, c = 0, d = 0;
-  if (__get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 5))) return true;  // AVX512_BF16
-  if (__get_cpuid_count(7, 0, &a, &b, &c, &d) && (d & (1u << 22))) return true;  // AMX-BF16
-#endif
-  return false;
-}
 
 // out[j] <- norms[j] − 2 g[j] (g an fp32 or bf16 GEMM row); returns the minimum of out.
 FASTAD_VECTOR_CLONES float expand_row(const float* g, const float* norms, float* out, int64_t len) {
@@ -236,6 +226,107 @@ void search_candidates(const at::Tensor& query, const at::Tensor& bank, const fl
   });
 }
 
+// The threshold of a query-slice state as an fp32 value f with v <= f ⟺ double(v) <= thr for
+// every fp32 v (thr rounded up), NaN once the state has overflowed (no score passes).
+inline float fp32_threshold(const float* top, int64_t k, double margin2, int64_t count) {
+  if (count < 0) return std::numeric_limits<float>::quiet_NaN();
+  const double thr = double(top[k - 1]) + margin2;
+  float f = static_cast<float>(thr);
+  if (double(f) < thr) f = std::nextafter(f, std::numeric_limits<float>::infinity());
+  return f;
+}
+
+// Rows [0, rows) of x − centre (centre may be null) in fp32, as panels of `nr` rows each laid
+// out [D][nr] (the order a fused kernel reads them), rows past the end zero.
+template <typename T>
+at::Tensor pack_panels(const T* x, int64_t rows, int64_t d, const T* centre, int64_t nr) {
+  const int64_t panels = (rows + nr - 1) / nr;
+  at::Tensor packed = at::empty({panels, d, nr}, at::TensorOptions().dtype(at::kFloat));
+  float* out = packed.data_ptr<float>();
+  at::parallel_for(0, panels, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t full = std::min(nr, rows - p * nr);
+      const T* first = x + p * nr * d;
+      float* panel = out + p * d * nr;
+      for (int64_t t = 0; t < d; ++t) {
+        const T c = centre ? centre[t] : T(0);
+        for (int64_t j = 0; j < full; ++j) {
+          const T v = first[j * d + t];
+          panel[t * nr + j] = static_cast<float>(centre ? T(v - c) : v);
+        }
+        for (int64_t j = full; j < nr; ++j) panel[t * nr + j] = 0.f;
+      }
+    }
+  });
+  return packed;
+}
+
+// Bytes of packed queries a work item keeps cache-resident while it streams the bank panels.
+constexpr int64_t kFusedQueryBytes = 1 << 19;
+
+// Query panels per work item of a fused kernel: their chunk of features fits kFusedQueryBytes.
+inline int64_t fused_block_panels(int64_t mr, int64_t d) {
+  return std::clamp<int64_t>(kFusedQueryBytes / (mr * std::min(d, kFusedChunk) * 4), 1, 64);
+}
+
+// The candidate pass of a fused kernel over packed queries [N/mr][D][mr] and bank
+// [M/nr][D][nr]; norms [M/nr · nr] (NaN past M). Work items are a block of query panels and a
+// slice of bank panels; each bank panel meets every query panel of the block while it is in
+// cache, and only the query rows a tile reports are folded.
+void search_fused(const FusedKernel& kernel, const float* queries, const float* bank, int64_t m,
+                  int64_t d, const float* norms, const std::vector<double>& margin2,
+                  Candidates& cand) {
+  const int64_t mr = kernel.mr, nr = kernel.nr, n = cand.n, k = cand.k, slices = cand.slices;
+  const int64_t query_panels = (n + mr - 1) / mr, bank_panels = (m + nr - 1) / nr;
+  const int64_t per_block = fused_block_panels(mr, d);
+  const int64_t blocks = (query_panels + per_block - 1) / per_block;
+  const int64_t items = blocks * slices;
+  float* top_all = cand.top.data_ptr<float>();
+  float* values_all = cand.values.data_ptr<float>();
+  int64_t* indices_all = cand.indices.data_ptr<int64_t>();
+  int64_t* count_all = cand.count.data_ptr<int64_t>();
+  std::atomic<int64_t> next_item{0};
+  at::parallel_for(0, std::min<int64_t>(items, at::get_num_threads()), 1, [&](int64_t, int64_t) {
+    std::vector<float> thr(per_block * mr), scores(mr * nr), partial(per_block * mr * nr);
+    for (int64_t item = next_item++; item < items; item = next_item++) {
+      const int64_t block = item / slices, slice = item % slices;
+      const int64_t qp0 = block * per_block, qp1 = std::min(query_panels, qp0 + per_block);
+      const int64_t p0 = slice * bank_panels / slices, p1 = (slice + 1) * bank_panels / slices;
+      for (int64_t i = qp0 * mr; i < qp1 * mr; ++i) {
+        float& t = thr[i - qp0 * mr];
+        if (i >= n) {
+          t = std::numeric_limits<float>::quiet_NaN();
+          continue;
+        }
+        const int64_t at = cand.at_(slice, i);
+        if (!(margin2[i] < kInf)) count_all[at] = -1;
+        t = fp32_threshold(top_all + at * k, k, margin2[i], count_all[at]);
+      }
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t first = p * nr, len = std::min(nr, m - first);
+        for (int64_t t0 = 0; t0 < d; t0 += kFusedChunk) {
+          const int64_t chunk = std::min(kFusedChunk, d - t0);
+          const int stage = (t0 == 0 ? kFirstChunk : 0) | (t0 + chunk == d ? kLastChunk : 0);
+          for (int64_t qp = qp0; qp < qp1; ++qp) {
+            float* t = thr.data() + (qp - qp0) * mr;
+            uint32_t hits = kernel.tile(queries + (qp * d + t0) * mr, bank + (p * d + t0) * nr,
+                                        chunk, partial.data() + (qp - qp0) * mr * nr, stage,
+                                        norms + first, t, scores.data());
+            for (; hits; hits &= hits - 1) {
+              const int64_t r = __builtin_ctz(hits), i = qp * mr + r, at = cand.at_(slice, i);
+              float* top = top_all + at * k;
+              int64_t& count = count_all[at];
+              fold_scores(scores.data() + r * nr, len, first, k, cand.cap, margin2[i], top,
+                          values_all + at * cand.cap, indices_all + at * cand.cap, count);
+              t[r] = fp32_threshold(top, k, margin2[i], count);
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
 // Re-ranks the kept rows of every query (rows[i] is the output row of query i); returns the
 // queries (positions in `rows`) whose buffer overflowed in some slice.
 template <typename T>
@@ -306,37 +397,100 @@ struct Prepared {
   double b_norm;                     // >= max |b − c|
 };
 
+// Σ_t (double(x_it) − double(c_t))² for each row i (c = 0 when centre is null), in fp64:
+// one pass over x, no temporary copies of it.
+template <typename T>
+std::vector<double> centred_sq_norms(const T* x, int64_t rows, int64_t d, const T* centre) {
+  std::vector<double> out(rows);
+  at::parallel_for(0, rows, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const T* row = x + i * d;
+      double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t t = 0; t < d; ++t) {
+        const double diff = double(row[t]) - (centre ? double(centre[t]) : 0.0);
+        sum += diff * diff;
+      }
+      out[i] = sum;
+    }
+  });
+  return out;
+}
+
+template <typename T>
 Prepared prepare(const at::Tensor& query, const at::Tensor& bank,
                  const std::optional<at::Tensor>& bank_sq_norms) {
   Prepared p;
-  at::Tensor q64 = query.to(at::kDouble);
+  const int64_t n = query.size(0), m = bank.size(0), d = bank.size(1);
   if (bank_sq_norms.has_value()) {
     p.norms = bank_sq_norms->to(at::kFloat).contiguous();
   } else {
-    const at::Tensor c64 = bank.mean({0}, false, at::kDouble);
-    p.centre = c64.to(bank.scalar_type());
-    const at::Tensor c = p.centre->to(at::kDouble);
-    p.norms = (bank.to(at::kDouble) - c).square().sum(1).to(at::kFloat);
-    q64 = q64 - c;
+    p.centre = bank.mean({0}, false, at::kDouble).to(bank.scalar_type()).contiguous();
+    const std::vector<double> norms =
+        centred_sq_norms(bank.data_ptr<T>(), m, d, p.centre->data_ptr<T>());
+    p.norms = at::empty({m}, bank.options().dtype(at::kFloat));
+    float* out = p.norms.data_ptr<float>();
+    for (int64_t j = 0; j < m; ++j) out[j] = static_cast<float>(norms[j]);
   }
-  const at::Tensor qn = q64.square().sum(1).sqrt().contiguous();
-  p.q_norm.assign(qn.data_ptr<double>(), qn.data_ptr<double>() + qn.numel());
-  // n̂ >= (1 − γ)|b − c|² (knn_common.h), so |b − c| <= sqrt(max n̂ / (1 − γ)).
-  const double da = static_cast<double>(bank.size(1)) * 2.384185791015625e-07;
+  const T* centre = p.centre ? p.centre->data_ptr<T>() : nullptr;
+  p.q_norm = centred_sq_norms(query.data_ptr<T>(), n, d, centre);
+  for (double& v : p.q_norm) v = std::sqrt(v);
+  // n̂ >= (1 − γ)|b − c|² (knn_common.h), so |b − c| <= sqrt(max n̂ / (1 − γ)); a NaN norm
+  // makes every margin infinite (the exact scan answers).
+  const double da = static_cast<double>(d) * 2.384185791015625e-07;
   const double max_norm = p.norms.max().item<double>();
   p.b_norm = da < 0.5 ? std::sqrt(max_norm / (1 - da / (1 - da))) * (1 + 1e-15) : kInf;
   return p;
 }
 
+// The candidate pass of one tier over the picked queries (GEMM tiles or a fused kernel).
+template <typename T>
+Candidates tier_candidates(CpuKernel kernel, const at::Tensor& picked, const at::Tensor& bank,
+                           const Prepared& prep, int64_t k, const std::vector<double>& margin2) {
+  const int64_t n = picked.size(0), m = bank.size(0), d = bank.size(1);
+  const float* norms = prep.norms.data_ptr<float>();
+  if (kernel == CpuKernel::kGemm || kernel == CpuKernel::kBf16Gemm) {
+    const bool bf16 = kernel == CpuKernel::kBf16Gemm;
+    const auto gemm_type = bf16 ? at::kBFloat16 : at::kFloat;
+    const at::Tensor q_gemm = (prep.centre ? picked - *prep.centre : picked).to(gemm_type).contiguous();
+    const at::Tensor b_gemm = (prep.centre ? bank - *prep.centre : bank).to(gemm_type).contiguous();
+    const int64_t blocks = (n + kQueryBlock - 1) / kQueryBlock;
+    Candidates cand(n, k, bank_slices(blocks, at::get_num_threads(), m, std::max(kBankTile, k)));
+    if (bf16) {
+      search_candidates<at::BFloat16>(q_gemm, b_gemm, norms, margin2, cand);
+    } else {
+      search_candidates<float>(q_gemm, b_gemm, norms, margin2, cand);
+    }
+    return cand;
+  }
+  const FusedKernel fused = fused_kernel(kernel);
+  const T* centre = prep.centre ? prep.centre->data_ptr<T>() : nullptr;
+  const at::Tensor q_packed = pack_panels<T>(picked.data_ptr<T>(), n, d, centre, fused.mr);
+  const at::Tensor b_packed = pack_panels<T>(bank.data_ptr<T>(), m, d, centre, fused.nr);
+  const int64_t panels = b_packed.size(0);
+  at::Tensor padded = at::full({panels * fused.nr}, std::numeric_limits<float>::quiet_NaN(),
+                               prep.norms.options());
+  padded.narrow(0, 0, m).copy_(prep.norms);
+  const int64_t per_block = fused_block_panels(fused.mr, d);
+  const int64_t blocks = (q_packed.size(0) + per_block - 1) / per_block;
+  const int64_t min_panels = (std::max(kBankTile, k) + fused.nr - 1) / fused.nr;
+  Candidates cand(n, k, bank_slices(blocks, at::get_num_threads(), panels, min_panels));
+  search_fused(fused, q_packed.data_ptr<float>(), b_packed.data_ptr<float>(), m, d,
+               padded.data_ptr<float>(), margin2, cand);
+  return cand;
+}
+
 // One candidate tier for the queries `rows` of `query`; returns the rows left to the next tier.
 template <typename T>
 std::vector<int64_t> candidate_tier(const at::Tensor& query, const at::Tensor& bank,
-                                    const Prepared& prep, int64_t k, bool bf16,
+                                    const Prepared& prep, int64_t k, CpuKernel kernel,
                                     const std::vector<int64_t>& rows, double* out_dist,
                                     int64_t* out_index) {
-  const int64_t n = rows.size(), m = bank.size(0), d = bank.size(1);
+  const int64_t n = rows.size(), d = bank.size(1);
+  const bool bf16 = kernel == CpuKernel::kBf16Gemm;
   // bf16: round to nearest even, 2^-9, doubled to cover the fp32 centring before it; fp32:
-  // exact unless centred or rounded from fp64 (2^-24 each).
+  // exact unless centred or rounded from fp64 (2^-24 each). A fused kernel's result is its
+  // fp32 accumulator (u_out = 0), as is an fp32 GEMM's.
   const bool exact_inputs = !bf16 && query.scalar_type() == at::kFloat && !prep.centre;
   const GemmRounding rounding{bf16 ? 0x1p-8 : (exact_inputs ? 0.0 : 0x1p-23), bf16 ? 0x1p-8 : 0.0};
   std::vector<double> margin2(n);
@@ -344,21 +498,11 @@ std::vector<int64_t> candidate_tier(const at::Tensor& query, const at::Tensor& b
     margin2[i] = 2 * candidate_margin(rounding, d, prep.q_norm[rows[i]], prep.b_norm);
   }
   const at::Tensor picked =
-      n == query.size(0) ? query
-                         : query.index_select(0, at::tensor(rows, query.options().dtype(at::kLong)));
-  const auto gemm_type = bf16 ? at::kBFloat16 : at::kFloat;
-  const at::Tensor q_gemm = (prep.centre ? picked - *prep.centre : picked).to(gemm_type).contiguous();
-  const at::Tensor b_gemm = (prep.centre ? bank - *prep.centre : bank).to(gemm_type).contiguous();
-  const int64_t blocks = (n + kQueryBlock - 1) / kQueryBlock;
-  const int64_t slices = bank_slices(blocks, at::get_num_threads(), m, std::max(kBankTile, k));
-  Candidates cand(n, k, slices);
-  if (bf16) {
-    search_candidates<at::BFloat16>(q_gemm, b_gemm, prep.norms.data_ptr<float>(), margin2, cand);
-  } else {
-    search_candidates<float>(q_gemm, b_gemm, prep.norms.data_ptr<float>(), margin2, cand);
-  }
-  const at::Tensor q_exact = picked.contiguous();
-  std::vector<int64_t> left = rerank<T>(q_exact.data_ptr<T>(), bank.data_ptr<T>(), d, margin2,
+      (n == query.size(0) ? query
+                          : query.index_select(0, at::tensor(rows, query.options().dtype(at::kLong))))
+          .contiguous();
+  const Candidates cand = tier_candidates<T>(kernel, picked, bank, prep, k, margin2);
+  std::vector<int64_t> left = rerank<T>(picked.data_ptr<T>(), bank.data_ptr<T>(), d, margin2,
                                         cand, rows, out_dist, out_index);
   for (auto& i : left) i = rows[i];
   return left;
@@ -372,26 +516,26 @@ std::tuple<at::Tensor, at::Tensor> knn_cpu(const at::Tensor& query_in, const at:
   TORCH_CHECK(query_in.scalar_type() == at::kFloat || query_in.scalar_type() == at::kDouble,
               "knn (CPU): query and bank must be float32 or float64, got ",
               query_in.scalar_type());
-  const Precision precision = parse_precision(std::string(precision_name), /*cuda=*/false);
-  const bool bf16_first = precision == Precision::kBf16 ||
-                          (precision_name == "auto" && cpu_has_bf16_dot());
+  parse_precision(std::string(precision_name), /*cuda=*/false);  // rejects a bad name
+  const std::string name(precision_name);
+  const CpuKernel first = first_cpu_kernel(name.c_str());
+  const CpuKernel second = fp32_cpu_kernel();
   const at::Tensor query = query_in.contiguous(), bank = bank_in.contiguous();
   const int64_t n = query.size(0), m = bank.size(0), d = bank.size(1);
   at::Tensor dist64 = at::empty({n, k}, query.options().dtype(at::kDouble));
   at::Tensor index = at::empty({n, k}, query.options().dtype(at::kLong));
   if (n == 0) return {dist64.to(query.scalar_type()), index};
 
-  const Prepared prep = prepare(query, bank, bank_sq_norms);
+  Prepared prep;
   std::vector<int64_t> rows(n);
   std::iota(rows.begin(), rows.end(), 0);
   double* out_dist = dist64.data_ptr<double>();
   int64_t* out_index = index.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(query.scalar_type(), "knn_cpu", [&] {
-    if (bf16_first) {
-      rows = candidate_tier<scalar_t>(query, bank, prep, k, true, rows, out_dist, out_index);
-    }
-    if (!rows.empty()) {
-      rows = candidate_tier<scalar_t>(query, bank, prep, k, false, rows, out_dist, out_index);
+    prep = prepare<scalar_t>(query, bank, bank_sq_norms);
+    rows = candidate_tier<scalar_t>(query, bank, prep, k, first, rows, out_dist, out_index);
+    if (!rows.empty() && first == CpuKernel::kBf16Gemm) {
+      rows = candidate_tier<scalar_t>(query, bank, prep, k, second, rows, out_dist, out_index);
     }
     exact_scan<scalar_t>(query.data_ptr<scalar_t>(), bank.data_ptr<scalar_t>(), m, d, k, rows,
                          out_dist, out_index);

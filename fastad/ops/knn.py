@@ -27,9 +27,11 @@ def knn(query: torch.Tensor, bank: torch.Tensor, k: int = 1, *, check_values: bo
         check_values: reject NaN/Inf in query and bank (one pass over each; on CUDA it waits
             for the device, and it is skipped under graph capture and torch.compile). With
             False, non-finite inputs follow the rule below instead.
-        precision: the candidate GEMM's: "auto" (BF16 on CPUs with AVX512-BF16/AMX-BF16,
+        precision: the candidates': "auto" (BF16 GEMM tiles on CPUs with AVX512-BF16/AMX-BF16,
             else fp32; TF32 tensor cores on CUDA), "fp32", "bf16", or "tf32" (CUDA only).
-            The result is the same for every choice.
+            The result is the same for every choice. On the CPU, fp32 candidates come from
+            fastad's fused AVX-512 or AVX2 microkernel (chosen by CPU feature), else from an
+            fp32 GEMM; the environment variable FASTAD_CPU_KERNEL (see knn_cpu_kernels) forces one.
 
     Returns:
         dist [N, k] ascending and index [N, k] int64: the k rows with the smallest float64
@@ -41,7 +43,7 @@ def knn(query: torch.Tensor, bank: torch.Tensor, k: int = 1, *, check_values: bo
 
     Candidates come from a low-precision GEMM over the bank centred on its mean, kept within
     a proven error margin of the k-th best and re-ranked exactly (csrc/knn/knn_common.h); the
-    N x M matrix never exists. No host synchronisation besides check_values, so it runs
+    N x M matrix never exists (the fused kernels keep each distance tile in registers). No host synchronisation besides check_values, so it runs
     inside CUDA graph capture. Differentiable in query and bank.
     """
     check_knn(query, bank, k, check_values=check_values)
@@ -90,6 +92,46 @@ def kcenter_coreset(features: torch.Tensor, n: int, start: int = 0, *, check_val
         return reference.kcenter_coreset(features, n, start)
     extension.require("kcenter_coreset")
     return torch.ops.fastad.kcenter_coreset(features, n, start)
+
+
+KNN_CPU_KERNELS = ("bf16-gemm", "avx512", "avx2", "gemm")
+
+
+def knn_cpu_kernels(precision: str = "auto") -> dict:
+    """The CPU candidate kernels of knn, as a dict:
+
+    runs_here: the kernels this CPU can run, best first, out of KNN_CPU_KERNELS: "bf16-gemm" (BF16
+    GEMM tiles, then a scan: AVX512-BF16 or AMX-BF16), "avx512" and "avx2" (fastad's fused fp32
+    microkernels: AVX-512F, AVX2 with FMA), "gemm" (fp32 GEMM tiles, then a scan: any CPU);
+    knn: the kernel knn(..., precision=precision) uses first; fp32: the fp32 kernel that redoes
+    the queries whose BF16 candidates overflow.
+
+    The environment variable FASTAD_CPU_KERNEL (one of KNN_CPU_KERNELS, or "auto", the default)
+    forces the kernel, e.g. FASTAD_CPU_KERNEL=avx2 runs an AVX-512 CPU like an AVX2 one; an
+    explicit precision still wins. Raises ValueError naming FASTAD_CPU_KERNEL when it is not
+    one of these or not one this CPU runs.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    extension.require("knn")
+    runs_here, first, fp32 = extension.compiled.knn_cpu_kernels("auto" if precision == "tf32" else precision)
+    return {"runs_here": runs_here, "knn": first, "fp32": fp32}
+
+
+def knn_cpu_peak() -> dict:
+    """The machine's limit for the knn CPU kernels, as a dict:
+
+    clock_ghz: the core clock, measured (about 60 ms) by a chain of dependent integer adds
+    (0.0 where it cannot be, off x86-64); flops_per_cycle: {kernel: peak multiply-add flops
+    per cycle and core} for each kernel of knn_cpu_kernels()["runs_here"], from its vector width
+    and two FMA pipes (AMD Zen 4 splits 512-bit operations over both; BF16 dot products count
+    twice); gflops_per_core: their product with the clock. Multiply by the threads used.
+    """
+    extension.require("knn")
+    flops, clock_hz = extension.compiled.knn_cpu_peak()
+    ghz = clock_hz / 1e9
+    return {"clock_ghz": ghz, "flops_per_cycle": flops,
+            "gflops_per_core": {name: f * ghz for name, f in flops.items()}}
 
 
 def check_knn(query, bank, k, check_values: bool = True) -> None:
