@@ -139,7 +139,7 @@ def test_weights_of_another_network_name_the_keys(tmp_path):
     torch.save(lite0, other)
     with pytest.raises(ValueError, match=rf"{key} is \(7,\) where efficientnet_lite0 has blocks.0.0.conv_dw.weight"):
         build_backbone("efficientnet_lite0", weights=str(other))
-    with pytest.raises(ValueError, match="weights must be the path of a local backbone weights file"):
+    with pytest.raises(ValueError, match="weights must be the path of a local efficientnet_lite0 weights file"):
         build_backbone("efficientnet_lite0", weights=str(tmp_path / "absent.pth"))
 
 

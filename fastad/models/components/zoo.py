@@ -122,16 +122,16 @@ def weights_location(name: str) -> str:
         return f"not found ({error})"
 
 
-def _read_cached(path: str) -> dict[str, torch.Tensor]:
-    """read_state_dict of `path`, kept per process while the file is unchanged (tests and sweeps
-    build many backbones from the same file)."""
+def _read_cached(path: str, name: str) -> dict[str, torch.Tensor]:
+    """read_state_dict of `path` (a weights file of backbone `name`), kept per process while the
+    file is unchanged (tests and sweeps build many backbones from the same file)."""
     stat = Path(path).stat() if Path(path).is_file() else None
-    return _read(path, None if stat is None else (stat.st_mtime_ns, stat.st_size))
+    return _read(path, None if stat is None else (stat.st_mtime_ns, stat.st_size), name)
 
 
 @functools.lru_cache(maxsize=4)
-def _read(path: str, version) -> dict[str, torch.Tensor]:
-    return read_state_dict(path, "weights", "backbone")
+def _read(path: str, version, name: str) -> dict[str, torch.Tensor]:
+    return read_state_dict(path, "weights", name)
 
 
 class EfficientNetLite(nn.Module):
@@ -149,6 +149,8 @@ class EfficientNetLite(nn.Module):
         self.taps = taps
         self.net = timm.create_model(f"tf_{spec.name}", pretrained=False, features_only=True,
                                      out_indices=tuple(order.index(t) for t in taps))
+        last = int(self.net.feature_info.module_name()[-1].split(".")[1])
+        self.net.blocks = self.net.blocks[:last + 1]   # timm runs every block; the later ones feed no tap
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
 
@@ -195,7 +197,7 @@ def lite_classifier(name: str, weights=PRETRAINED) -> nn.Module:
         raise ValueError(f"name must be an EfficientNet-Lite backbone, got {name!r}")
     path = packaged_weights(spec) if weights == PRETRAINED else Path(weights)
     net = timm.create_model(f"tf_{name}", pretrained=False)
-    net.load_state_dict(lite_state(_read_cached(str(path)), path, name))
+    net.load_state_dict(lite_state(_read_cached(str(path), name), path, name))
     return net.eval()
 
 
@@ -247,6 +249,6 @@ def build_backbone(name: str, taps=None, weights: str | None = PRETRAINED, seed:
             net.net.reset_parameters(torch.Generator().manual_seed(seed))
     if weights not in (None, RANDOM):
         path = packaged_weights(spec) if weights == PRETRAINED else Path(weights)
-        net.load(_read_cached(str(path)), path, name)
+        net.load(_read_cached(str(path), name), path, name)
     net.requires_grad_(False)
     return net.eval()
