@@ -153,3 +153,15 @@ def test_weights_location_is_the_installed_file():
     assert zoo.weights_location("efficientnet_lite0").endswith(".pth")
     assert zoo.weights_location("efficientnet_lite0") == str(packaged_weights(BACKBONES["efficientnet_lite0"]))
     assert zoo.weights_location("resnet18").startswith("not found (resnet18 has no packaged weights")
+
+
+def test_info_lists_every_backbone_and_its_weights_file():
+    import fastad
+    from fastad.info import format_info
+
+    facts = fastad.info()
+    assert list(facts["backbones"]) == list(BACKBONES)
+    lite0 = facts["backbones"]["efficientnet_lite0"]
+    assert lite0["taps"]["stride16"] == [16, 112] and lite0["weights"] == str(packaged_weights(BACKBONES["efficientnet_lite0"]))
+    text = format_info(facts)
+    assert f"  weights: {lite0['weights']}" in text and "backbone resnet18: taps layer1 (4, 64 ch)" in text
