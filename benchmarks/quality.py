@@ -52,7 +52,7 @@ def packed(scored) -> dict:
 
 
 def run_one(name: str, texture: str, seed: int, steps: int | None, splits, batch: int, maps_dir: Path,
-            settings: dict) -> dict:
+            settings: dict, score_train: bool = True) -> dict:
     """Trains `name` (with `settings` overridden) on wide:<texture>, scores train + splits, saves the
     maps; -> the result row."""
     spec = f"wide:{texture}"
@@ -68,7 +68,7 @@ def run_one(name: str, texture: str, seed: int, steps: int | None, splits, batch
            "train_s": round(train_s, 1), "size": size}
     saved = {}
     with torch.no_grad():
-        for split in ("train", *splits):
+        for split in ("train", *splits) if score_train else splits:
             scored = score_dataset(model.score, open_dataset(spec, split, size=size), batch, num_workers=0,
                                    progress=False)
             saved[split] = packed(scored)
@@ -151,6 +151,8 @@ def main() -> None:
     parser.add_argument("--out", default="results/quality", help="folder for results.jsonl, maps/ and quality.md")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--no-train-maps", action="store_true",
+                        help="do not score the training images (only image_score_study's norm_* rules use them)")
     parser.add_argument("--set", action="append", default=[], type=parse_set, metavar="KEY=VALUE",
                         help="override a model setting (repeatable)")
     args = parser.parse_args()
@@ -172,7 +174,7 @@ def main() -> None:
                        for r in rows):
                     continue
                 row = run_one(name, texture, seed, args.steps, splits, args.batch, out / "maps",
-                              settings if name != BASELINE else {})
+                              settings if name != BASELINE else {}, not args.no_train_maps)
                 print(json.dumps(row), flush=True)
                 with log.open("a") as f:
                     f.write(json.dumps(row) + "\n")
