@@ -56,7 +56,7 @@ def full_state(name: str) -> dict[str, torch.Tensor]:
     ("efficientnet_lite2", ("stride8", "stride16"), 48 + 120),
 ])
 def test_feature_shapes(backbone, layers, dim):
-    model = PatchCore(backbone=backbone, layers=layers)
+    model = PatchCore(backbone=backbone, layers=layers, weights="random")
     images = torch.rand(2, 3, 96, 64)
     stride = {"layer1": 4, "layer2": 8, "stride4": 4}.get(model.settings.layers[0], 8)
     assert model.embed(images).shape == (2, dim, 96 // stride, 64 // stride)
@@ -121,8 +121,8 @@ def test_features_equal_torchvisions(tmp_path):
 def test_weights_file_errors_name_the_setting(tmp_path):
     with pytest.raises(ValueError, match="weights must be the path of a local resnet18 weights file"):
         PatchCore(backbone="resnet18", weights=str(tmp_path / "missing.pth")).setup(torch.rand(1, 3, SIZE, SIZE))
-    with pytest.raises(ValueError, match="resnet18 has no packaged weights: give weights=PATH"):
-        PatchCore(backbone="resnet18").setup(torch.rand(1, 3, SIZE, SIZE))
+    with pytest.raises(ValueError, match="weights: resnet18 has no packaged weights; give weights=PATH"):
+        PatchCore(backbone="resnet18")                               # refused with the settings, before training
     path = tmp_path / "resnet18.pth"
     torch.save(full_state("resnet18"), path)
     with pytest.raises(ValueError, match=r"weights .*resnet18.pth is not a torchvision ResNet state_dict"):

@@ -78,6 +78,9 @@ class Config(ModelConfig):
             raise TypeError(f"weights must be {PRETRAINED!r}, {RANDOM!r} or a file path, got {type(self.weights).__name__}")
         layers = spec.default_taps if self.layers is None else check_taps(spec, self.layers)
         weights = RANDOM if self.weights is None else os.fspath(self.weights)
+        if weights == PRETRAINED and spec.package is None:
+            raise ValueError(f"weights: {spec.name} has no packaged weights; give weights=PATH (a local torchvision "
+                             f"file) or weights={RANDOM!r}")
         normalised = {"weights": weights, "layers": layers,
                       "coreset_ratio": check_real("coreset_ratio", self.coreset_ratio, 0.0, strict=True, high=1.0),
                       "sigma": check_real("sigma", self.sigma, 0.0, strict=True)}
