@@ -29,10 +29,11 @@ CHOICE_MARGIN = 0.02
 
 
 def rule_aurocs(saved: dict, split: str) -> dict[str, float | None]:
-    """{rule: image AUROC on `split`, None where the rule cannot be applied}."""
+    """{rule: image AUROC on `split`, None where the rule cannot be applied (the norm_* rules
+    without training maps: a quality.py run with --no-train-maps)}."""
     maps, labels = saved[split]["maps"].float(), saved[split]["labels"]
-    reference = saved["train"]["maps"].float()
-    usable = float((reference - reference.mean(0)).std()) > DEGENERATE * float(maps.std())
+    reference = saved["train"]["maps"].float() if "train" in saved else None
+    usable = reference is not None and float((reference - reference.mean(0)).std()) > DEGENERATE * float(maps.std())
     return {rule: image_auroc(image_score(maps, rule, reference=reference if rule in NORMALISED_RULES else None), labels)
             if usable or rule not in NORMALISED_RULES else None for rule in IMAGE_SCORE_RULES}
 

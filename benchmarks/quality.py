@@ -9,6 +9,10 @@ benchmarks/image_score_study.py) and quality.md (the tables below, rewritten aft
 
     python benchmarks/quality.py                                   # everything: hours on 2 cores
     python benchmarks/quality.py --models rawpixel,fcdd --textures moon,tissue --steps 20
+    python benchmarks/quality.py --models patchcore --split val --set image_size=320 --set backbone=efficientnet_lite1
+
+--set KEY=VALUE overrides a setting of every model run (VALUE read as JSON, else as a string);
+the rows of such a run are labelled `model{KEY=VALUE,...}` so the tables keep recipes apart.
 
 Seeds vary the model's initialisation and training batches; the data (seed 0) stays the same,
 so differences between seeds are the recipe's, not the data's.
@@ -47,32 +51,49 @@ def packed(scored) -> dict:
             "labels": scored.labels, "defects": scored.defects}
 
 
-def run_one(name: str, texture: str, seed: int, steps: int | None, splits, batch: int, maps_dir: Path) -> dict:
-    """Trains `name` on wide:<texture>, scores train + splits, saves the maps; -> the result row."""
-    size = MODELS[name].image_size
+def run_one(name: str, texture: str, seed: int, steps: int | None, splits, batch: int, maps_dir: Path,
+            settings: dict, score_train: bool = True) -> dict:
+    """Trains `name` (with `settings` overridden) on wide:<texture>, scores train + splits, saves the
+    maps; -> the result row."""
     spec = f"wide:{texture}"
+    torch.manual_seed(seed)
+    model = create_model(name, **settings)
+    size = model.image_size
     train_set = open_dataset(spec, "train", size=size)
     train_images = torch.stack([train_set[i].image for i in range(len(train_set))])
-    torch.manual_seed(seed)
-    model = create_model(name)
     start = time.perf_counter()
     history = train(model, train_images, steps=steps, seed=seed, data=spec, progress=False)
     train_s = time.perf_counter() - start
-    row = {"model": name, "texture": texture, "seed": seed, "steps": steps, "trained_steps": len(history),
+    row = {"model": label(name, settings), "texture": texture, "seed": seed, "steps": steps, "trained_steps": len(history),
            "train_s": round(train_s, 1), "size": size}
     saved = {}
     with torch.no_grad():
-        for split in ("train", *splits):
+        for split in ("train", *splits) if score_train else splits:
             scored = score_dataset(model.score, open_dataset(spec, split, size=size), batch, num_workers=0,
                                    progress=False)
             saved[split] = packed(scored)
             if split != "train":
                 row.update({f"{split}_{k}": round(v, 4) for k, v in split_metrics(scored).items()})
     maps_dir.mkdir(parents=True, exist_ok=True)
-    target = maps_dir / f"{name}_{texture}_s{seed}.pt"
+    target = maps_dir / f"{label(name, settings)}_{texture}_s{seed}.pt"
     torch.save({"row": row, **saved}, target.with_suffix(".tmp"))
     os.replace(target.with_suffix(".tmp"), target)
     return row
+
+
+def label(name: str, settings: dict) -> str:
+    """The model's name in rows and tables: `name`, or `name{KEY=VALUE,...}` with overrides."""
+    return name + ("{" + ",".join(f"{k}={json.dumps(v)}" for k, v in settings.items()) + "}" if settings else "")
+
+
+def parse_set(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"--set must be KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def fmt(values) -> str:
@@ -130,6 +151,10 @@ def main() -> None:
     parser.add_argument("--out", default="results/quality", help="folder for results.jsonl, maps/ and quality.md")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--no-train-maps", action="store_true",
+                        help="do not score the training images (only image_score_study's norm_* rules use them)")
+    parser.add_argument("--set", action="append", default=[], type=parse_set, metavar="KEY=VALUE",
+                        help="override a model setting (repeatable)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     models = parse_list(args.models, sorted(MODELS), "models")
@@ -140,19 +165,22 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     log = out / "results.jsonl"
     rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    settings = dict(args.set)
     for seed in seeds:
         for name in models:
             for texture in textures:
-                key = (name, texture, seed, args.steps)
+                key = (label(name, settings if name != BASELINE else {}), texture, seed, args.steps)
                 if any((r["model"], r["texture"], r["seed"], r["steps"]) == key and all(f"{s}_aupro" in r for s in splits)
                        for r in rows):
                     continue
-                row = run_one(name, texture, seed, args.steps, splits, args.batch, out / "maps")
+                row = run_one(name, texture, seed, args.steps, splits, args.batch, out / "maps",
+                              settings if name != BASELINE else {}, not args.no_train_maps)
                 print(json.dumps(row), flush=True)
                 with log.open("a") as f:
                     f.write(json.dumps(row) + "\n")
                 rows.append(row)
-    wanted = [r for r in rows if r["model"] in models and r["texture"] in textures and r["seed"] in seeds
+    labels = {label(n, settings if n != BASELINE else {}) for n in models}
+    wanted = [r for r in rows if r["model"] in labels and r["texture"] in textures and r["seed"] in seeds
               and r["steps"] == args.steps]
     text = tables(wanted, splits)
     (out / "quality.md.tmp").write_text(text)

@@ -1,7 +1,7 @@
 """PatchCore quality and fit time on the builtin textures, next to the raw-pixel baseline: what
 `fastad train --model M --data builtin:T` then `fastad eval` give, one JSON line per model and texture.
 
-    python benchmarks/quality_patchcore.py --textures brick grass gravel --threads 2 [--weights resnet18.pth]
+    python benchmarks/quality_patchcore.py --textures brick grass gravel --threads 2 [--backbone resnet18 --weights resnet18.pth]
     python benchmarks/quality_patchcore.py --textures brick --breakdown     # backbone and coreset timed alone
 
 fit_s is the whole `fastad train` (data loading, backbone over every training crop, coreset,
@@ -60,8 +60,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--textures", nargs="+", default=["brick", "grass", "gravel"])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--weights", default=None, help="local torchvision weights file of the backbone")
-    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--weights", default="pretrained",
+                        help="'pretrained' (the zoo's packaged file), 'random', or a local weights file of the backbone")
+    parser.add_argument("--backbone", default="efficientnet_lite0", help="a name of the backbone zoo")
     parser.add_argument("--projection-dim", type=int, default=None)
     parser.add_argument("--breakdown", action="store_true", help="time the backbone and the coreset alone")
     parser.add_argument("--no-baseline", action="store_true", help="skip the raw-pixel baseline")

@@ -407,9 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="what was built and loaded")
     info.add_argument("--json", action="store_true", help="print the facts as JSON")
     info.set_defaults(run=_info)
-    demo = commands.add_parser("demo", help="train PEDENet on builtin:brick, evaluate it next to a raw-pixel baseline")
+    from fastad.demo import DEFAULT_MODEL
+
+    demo = commands.add_parser("demo", help=f"fit {DEFAULT_MODEL} on builtin:brick, evaluate it next to a raw-pixel "
+                                            "baseline")
     demo.add_argument("--data", type=_spec, default="builtin:brick", help="dataset spec (default builtin:brick)")
-    demo.add_argument("--model", choices=_model_names(), default="pedenet")
+    demo.add_argument("--model", choices=_model_names(), default=DEFAULT_MODEL)
     demo.add_argument("--out", default=None, help="folder for results.json, overlays and the checkpoint (default: a temp folder)")
     demo.add_argument("--steps", type=_count, default=None, help="training steps per stage (default: the model's demo size)")
     demo.add_argument("--seed", type=int, default=0)

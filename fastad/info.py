@@ -35,13 +35,22 @@ def _cpu_kernels() -> dict[str, str] | str:
     }
 
 
+def _backbones() -> dict[str, dict]:
+    """name -> {taps: {tap: [stride, channels]}, source, weights: where the file was found or why not}."""
+    from fastad.models.components.zoo import BACKBONES, weights_location
+
+    return {name: {"taps": {tap: list(v) for tap, v in spec.taps.items()}, "source": spec.source,
+                   "weights": weights_location(name)} for name, spec in BACKBONES.items()}
+
+
 def info() -> dict:
     """Facts about this installation, as a dict:
 
     fastad and torch versions, whether fastad._C loaded (and why not), the backends (cpu, cuda)
     each compiled op has, the CPU kernel the CPU ops use here (cpu_kernels), the CUDA
-    architectures compiled, OpenMP, the threads torch uses, whether
-    a CUDA device is visible, and the backend selected with fastad.set_backend.
+    architectures compiled, OpenMP, the threads torch uses, whether a CUDA device is visible, the
+    backend selected with fastad.set_backend, and the backbone zoo (each backbone's taps, the
+    source of its weights and where the weights file was found).
     """
     facts = extension.compiled.build_facts() if extension.loaded() else {}
     return {
@@ -56,6 +65,7 @@ def info() -> dict:
         "threads": torch.get_num_threads(),
         "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "backend": get_backend(),
+        "backbones": _backbones(),
     }
 
 
@@ -79,4 +89,7 @@ def format_info(facts: dict) -> str:
         f"CUDA device: {facts['cuda_device'] or 'none'}",
         f"backend: {facts['backend']}",
     ]
+    for name, backbone in facts["backbones"].items():
+        taps = ", ".join(f"{tap} ({stride}, {channels} ch)" for tap, (stride, channels) in backbone["taps"].items())
+        lines += [f"backbone {name}: taps {taps}", f"  weights: {backbone['weights']}"]
     return "\n".join(lines)

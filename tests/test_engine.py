@@ -182,7 +182,7 @@ def test_demo_writes_results_with_baseline(tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     for keys in (saved, saved["baseline"]):
         assert {"image_auroc", "pixel_auroc", "pixel_ap", "aupro", "model", "data", "n_images", "skipped"} <= set(keys)
-    assert saved["baseline"]["model"] == "rawpixel" and saved["model"] == "pedenet"
+    assert saved["baseline"]["model"] == "rawpixel" and saved["model"] == demo.DEFAULT_MODEL == "patchcore"
     assert record["pixel_auroc"] == saved["pixel_auroc"]
     assert len(list((tmp_path / "overlays").glob("*.png"))) == 20
 

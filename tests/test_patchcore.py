@@ -12,6 +12,7 @@ import fastad
 from fastad.engine import load_checkpoint, train
 from fastad.models import PatchCore, create_model
 from fastad.models.components.backbones import ResNet
+from fastad.models.components.zoo import build_backbone
 from conftest import DEVICES
 
 SIZE = 64
@@ -50,22 +51,29 @@ def full_state(name: str) -> dict[str, torch.Tensor]:
     ("resnet18", ("layer2", "layer3"), 128 + 256),
     ("resnet18", ("layer1", "layer2", "layer3"), 64 + 128 + 256),
     ("wide_resnet50_2", ("layer2", "layer3"), 512 + 1024),
+    ("efficientnet_lite0", None, 40 + 112),
+    ("efficientnet_lite0", ("stride4", "stride8", "stride16"), 24 + 40 + 112),
+    ("efficientnet_lite2", ("stride8", "stride16"), 48 + 120),
 ])
 def test_feature_shapes(backbone, layers, dim):
-    model = PatchCore(backbone=backbone, layers=layers)
+    model = PatchCore(backbone=backbone, layers=layers, weights="random")
     images = torch.rand(2, 3, 96, 64)
-    stride = {"layer1": 4, "layer2": 8}[layers[0]]
+    stride = {"layer1": 4, "layer2": 8, "stride4": 4}.get(model.settings.layers[0], 8)
     assert model.embed(images).shape == (2, dim, 96 // stride, 64 // stride)
     assert model.patch_features(images).shape == (2 * (96 // stride) * (64 // stride), dim)
-    assert not hasattr(model.backbone, "layer4")                       # stages after the last tap are not built
+    if backbone.startswith("efficientnet"):                            # blocks after the last tap are not built
+        assert len(model.backbone.net.blocks) == 5
+    else:
+        assert not hasattr(model.backbone.net, "layer4")
 
 
 def test_embedding_is_the_papers_aggregation():
     model = PatchCore()
+    assert model.settings.backbone == "efficientnet_lite0" and model.settings.layers == ("stride8", "stride16")
     images = torch.rand(2, 3, 64, 64)
-    maps = model.backbone(images, ("layer2", "layer3"))
-    layer3 = F.interpolate(F.avg_pool2d(maps["layer3"], 3, 1, 1), size=(8, 8), mode="bilinear", align_corners=False)
-    expected = torch.cat([F.avg_pool2d(maps["layer2"], 3, 1, 1), layer3], 1)
+    maps = model.backbone(images)
+    coarse = F.interpolate(F.avg_pool2d(maps["stride16"], 3, 1, 1), size=(8, 8), mode="bilinear", align_corners=False)
+    expected = torch.cat([F.avg_pool2d(maps["stride8"], 3, 1, 1), coarse], 1)
     torch.testing.assert_close(model.embed(images), expected)
 
 
@@ -79,7 +87,7 @@ def test_torchvision_weights_file_loads(backbone, suffix, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")                                   # no random-init warning with weights
         model.setup(torch.rand(1, 3, SIZE, SIZE))
-    loaded = model.backbone.state_dict()
+    loaded = model.backbone.net.state_dict()
     assert loaded and all(torch.equal(value, state[key]) for key, value in loaded.items())
 
 
@@ -97,7 +105,7 @@ def test_features_equal_torchvisions(tmp_path):
     reference = torchvision.models.resnet18().eval()
     path = tmp_path / "resnet18.pth"
     torch.save(reference.state_dict(), path)
-    model = PatchCore(weights=str(path))
+    model = PatchCore(backbone="resnet18", weights=str(path))
     model.setup(torch.rand(1, 3, SIZE, SIZE))
     images = torch.rand(2, 3, 128, 128)
     x = torchvision.transforms.functional.normalize(images, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -105,14 +113,16 @@ def test_features_equal_torchvisions(tmp_path):
         x = reference.layer1(reference.maxpool(reference.relu(reference.bn1(reference.conv1(x)))))
         layer2 = reference.layer2(x)
         layer3 = reference.layer3(layer2)
-        ours = model.eval().backbone(images, ("layer2", "layer3"))
+        ours = model.eval().backbone(images)
     torch.testing.assert_close(ours["layer2"], layer2)
     torch.testing.assert_close(ours["layer3"], layer3)
 
 
 def test_weights_file_errors_name_the_setting(tmp_path):
-    with pytest.raises(ValueError, match="weights must be the path of a local torchvision resnet18"):
-        PatchCore(weights=str(tmp_path / "missing.pth")).setup(torch.rand(1, 3, SIZE, SIZE))
+    with pytest.raises(ValueError, match="weights must be the path of a local resnet18 weights file"):
+        PatchCore(backbone="resnet18", weights=str(tmp_path / "missing.pth")).setup(torch.rand(1, 3, SIZE, SIZE))
+    with pytest.raises(ValueError, match="weights: resnet18 has no packaged weights; give weights=PATH"):
+        PatchCore(backbone="resnet18")                               # refused with the settings, before training
     path = tmp_path / "resnet18.pth"
     torch.save(full_state("resnet18"), path)
     with pytest.raises(ValueError, match=r"weights .*resnet18.pth is not a torchvision ResNet state_dict"):
@@ -121,17 +131,27 @@ def test_weights_file_errors_name_the_setting(tmp_path):
     state["layer2.0.conv1.weight"] = torch.zeros(128, 64, 5, 5)
     torch.save(state, path)
     with pytest.raises(ValueError, match=r"layer2.0.conv1.weight is \(128, 64, 5, 5\), expected \(128, 64, 3, 3\)"):
-        PatchCore(weights=str(path)).setup(torch.rand(1, 3, SIZE, SIZE))
+        PatchCore(backbone="resnet18", weights=str(path)).setup(torch.rand(1, 3, SIZE, SIZE))
 
 
-def test_random_initialisation_warns_and_follows_the_seed(normal_images):
-    with pytest.warns(UserWarning, match="no backbone weights file given"):
-        PatchCore().setup(normal_images)
-    a, b, c = PatchCore(seed=3), PatchCore(seed=3), PatchCore(seed=4)
+def test_default_backbone_is_the_pretrained_lite0_without_a_warning(normal_images):
+    model = PatchCore()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.setup(normal_images)
+    expected = build_backbone("efficientnet_lite0", ("stride8", "stride16"), "pretrained").state_dict()
+    assert all(torch.equal(value, expected[key]) for key, value in model.backbone.state_dict().items())
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "resnet18"])
+def test_random_initialisation_warns_and_follows_the_seed(normal_images, backbone):
+    with pytest.warns(UserWarning, match="no backbone weights .weights='random'"):
+        PatchCore(backbone=backbone, weights="random").setup(normal_images)
+    a, b, c = (PatchCore(backbone=backbone, weights=None, seed=s) for s in (3, 3, 4))   # None: random alike
     for model in (a, b, c):
         model.setup(normal_images)
-    assert torch.equal(a.backbone.layer3[0].conv1.weight, b.backbone.layer3[0].conv1.weight)
-    assert not torch.equal(a.backbone.layer3[0].conv1.weight, c.backbone.layer3[0].conv1.weight)
+    states = [[v for v in m.backbone.state_dict().values() if v.ndim == 4][-1] for m in (a, b, c)]  # last conv
+    assert torch.equal(states[0], states[1]) and not torch.equal(states[0], states[2])
 
 
 @pytest.mark.parametrize("projection_dim", [None, 32])
@@ -241,10 +261,12 @@ def test_scoring_before_fitting_is_refused():
 
 
 @pytest.mark.parametrize("settings, error, match", [
-    ({"backbone": "vgg19"}, ValueError, "backbone must be one of 'resnet18', 'wide_resnet50_2'"),
-    ({"weights": 3}, TypeError, "weights must be a file path or None"),
+    ({"backbone": "vgg19"}, ValueError, "backbone must be one of efficientnet_lite0, efficientnet_lite1, "
+                                        "efficientnet_lite2, resnet18, wide_resnet50_2; got 'vgg19'"),
+    ({"weights": 3}, TypeError, "weights must be 'pretrained', 'random' or a file path"),
     ({"layers": ["layer3", "layer2"]}, ValueError, "layers must be a non-empty list"),
-    ({"layers": ["layer5"]}, ValueError, "layers must be a non-empty list"),
+    ({"layers": ["layer5"]}, ValueError, "layers must be a non-empty list of distinct taps of efficientnet_lite0"),
+    ({"backbone": "resnet18", "layers": ["stride8"]}, ValueError, "taps of resnet18 from .'layer1'"),
     ({"layers": "layer2"}, ValueError, "layers must be a non-empty list"),
     ({"coreset_ratio": 0.0}, ValueError, "coreset_ratio must be > 0.0"),
     ({"coreset_ratio": 1.5}, ValueError, "coreset_ratio must be <= 1.0"),

