@@ -127,7 +127,7 @@ def _calibrated(record: dict) -> str:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from fastad.engine.calibration import calibrate_run
+    from fastad.engine.pipeline import calibrate_run
 
     if not Path(args.images).is_dir():
         raise UsageError(f"--images {args.images} is not a folder")
@@ -296,7 +296,7 @@ def _add_train(commands, forms: str) -> None:
 
 
 def _add_false_reject(parser) -> None:
-    from fastad.engine.calibration import DEFAULT_FALSE_REJECT
+    from fastad.engine.decision import DEFAULT_FALSE_REJECT
 
     parser.add_argument("--false-reject", type=_fraction, default=DEFAULT_FALSE_REJECT, metavar="RATE",
                         help=f"fraction of normal images the threshold may reject (default {DEFAULT_FALSE_REJECT:g})")

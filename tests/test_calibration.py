@@ -11,7 +11,7 @@ from safetensors import safe_open
 import fastad
 from fastad import cli
 from fastad.engine import train
-from fastad.engine.calibration import MIN_IMAGES, calibrated_threshold, decision_rates, threshold_at
+from fastad.engine.decision import MIN_IMAGES, calibrated_threshold, decision_rates, threshold_at
 from fastad.engine.checkpoint import read_header
 from fastad.engine.pipeline import load_normal_images, split_holdout
 from fastad.models import create_model

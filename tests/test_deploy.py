@@ -19,7 +19,7 @@ from fastad import cli
 from fastad.deploy import UnsupportedOpError, export, load, lowering
 from fastad.deploy.export import relative_deviation
 from fastad.engine import Scorer, train
-from fastad.engine.calibration import calibration_record
+from fastad.engine.decision import calibration_record
 from fastad.engine.checkpoint import update_header
 from fastad.models import MODELS, create_model
 from fastad.models.base import AnomalyModel, AnomalyResult

@@ -18,7 +18,7 @@ from PIL import Image
 import fastad
 from fastad import cli
 from fastad.engine.batch_scoring import ScoredImages
-from fastad.engine.calibration import calibrate_run
+from fastad.engine.pipeline import calibrate_run
 from fastad.engine.evaluation import compute_metrics
 from fastad.engine.results import annotate, colour_table, heat_colours, map_scale
 from fastad.report import ReportRow, read_scores_dir, report_scores, write_report

@@ -17,6 +17,7 @@ import torch
 
 from fastad.data.file_dataset import ImageFileDataset
 from fastad.data.images import list_entries, load_mask
+from fastad.data.report import warnings_to_stderr
 from fastad.data.sample import ANOMALOUS, NORMAL, UNLABELLED, Sample
 
 SPLITS = ("train", "test")
@@ -78,3 +79,29 @@ class FolderDataset(ImageFileDataset):
         anomalous = bool(mask.any())
         return Sample(image, mask, ANOMALOUS if anomalous else NORMAL, path, "defect" if anomalous else "good",
                       fingerprint)
+
+
+class NothingToScoreError(ValueError):
+    """An images folder without a single readable image file."""
+
+
+def open_folder(path, size: int) -> FolderDataset:
+    """Every image file in folder `path` at size x size; unreadable ones reported on stderr and
+    skipped. FileNotFoundError naming the folder when it is none; NothingToScoreError naming it
+    and saying why when it holds no readable image file."""
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"images folder {path} does not exist or is not a folder")
+    with warnings_to_stderr():
+        dataset = FolderDataset(normal_dir=path, test_dir=path, split="test", size=size)
+    if not dataset.items:
+        raise NothingToScoreError(f"no image to score in {path}: {nothing_because(dataset.ignored, dataset.skipped)}")
+    return dataset
+
+
+def nothing_because(ignored: list, skipped: list) -> str:
+    """Why a folder gave no image: its ignored entries and unreadable files, counted, one of each named."""
+    if not ignored and not skipped:
+        return "the folder is empty"
+    parts = [f"{len(found)} {what} (e.g. {found[0][0]}: {found[0][1]})"
+             for found, what in ((ignored, "ignored as no image files"), (skipped, "unreadable")) if found]
+    return " and ".join(parts)

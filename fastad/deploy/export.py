@@ -28,7 +28,7 @@ from fastad.checks import check_choice
 from fastad.deploy import lowering
 from fastad.deploy.inferencer import Inferencer
 from fastad.deploy.lowering import UnsupportedOpError
-from fastad.engine.calibration import calibrated_threshold
+from fastad.engine.decision import calibrated_threshold
 from fastad.engine.checkpoint import checkpoint_path, load_checkpoint
 from fastad.files import write_json
 from fastad.models.base import AnomalyModel

@@ -17,7 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastad.checks import check_choice, check_int
-from fastad.engine.calibration import VERDICTS
+from fastad.engine.batch_scoring import score_dataset
+from fastad.engine.decision import VERDICTS
+from fastad.engine.score_run import score_folder
 from fastad.models.base import AnomalyResult
 
 RUNTIMES = ("onnxruntime", "openvino")
@@ -119,16 +121,12 @@ class Inferencer:
     def score_dataset(self, dataset, keep_maps: bool = True, num_workers: int | None = None, progress: bool = True,
                       on_batch=None, positions=None):
         """As fastad.Scorer.score_dataset, through the runtime."""
-        from fastad.engine.batch_scoring import score_dataset
-
         return score_dataset(self.score, dataset, self.batch_size, "cpu", num_workers, keep_maps, progress,
                              on_batch, desc=f"scoring {self.model.name} ({self.runtime})", positions=positions)
 
     def score_folder(self, path, out=None, save_maps: str | None = "npy", overlays: bool = False,
                      num_workers: int | None = None, progress: bool = True, overwrite: bool = False):
         """As fastad.Scorer.score_folder (streamed, resumable scores.csv and maps), through the runtime."""
-        from fastad.engine.score_run import score_folder
-
         return score_folder(self, path, out, save_maps, overlays, num_workers, progress, overwrite)
 
 

@@ -5,7 +5,7 @@ import math
 
 from fastad import metrics
 from fastad.engine.batch_scoring import ScoredImages
-from fastad.engine.calibration import decision_rates
+from fastad.engine.decision import decision_rates
 
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "pixel_ap", "aupro")
 
@@ -35,7 +35,7 @@ def evaluation_record(scored: ScoredImages, model: str, data: str, threshold: fl
     """The results.json object: the four metrics (and iou at `threshold`, for models that
     segment), model, data, n_images (scored), skipped (count of unreadable files) and
     skipped_files [{path, reason}]; with the calibrated image-score `decision_threshold`, also
-    "decision": {threshold, false_reject, miss_rate} (fastad.engine.calibration.decision_rates)."""
+    "decision": {threshold, false_reject, miss_rate} (fastad.engine.decision.decision_rates)."""
     record = {**compute_metrics(scored, threshold), "model": model, "data": data, "n_images": len(scored.paths),
               "skipped": len(scored.skipped), "skipped_files": [{"path": p, "reason": r} for p, r in scored.skipped]}
     if decision_threshold is not None:

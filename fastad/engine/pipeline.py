@@ -1,7 +1,8 @@
-"""What the CLI does, as functions: train a model on a dataset spec, evaluate a model or a
-checkpoint on a dataset's test split.
+"""What the CLI does, as functions: train a model on a dataset spec, calibrate a checkpoint's
+pass/fail threshold, evaluate a model or a checkpoint on a dataset's test split.
 
     fit_run("pedenet", "builtin:brick", "runs/brick")              # -> model, history
+    calibrate_run("runs/brick", "line/normals", false_reject=0.01) # -> the stored calibration record
     record = evaluate_run("runs/brick", "builtin:brick")           # -> the results.json object
 """
 from __future__ import annotations
@@ -12,16 +13,17 @@ from pathlib import Path
 import torch
 
 from fastad.files import remove_temp_files, write_json
-from fastad.checks import check_int
+from fastad.checks import check_choice, check_int
 from fastad.data import open_dataset
+from fastad.data.folder import open_folder
 from fastad.data.images import UnreadableImageError
 from fastad.data.report import report_skipped, warnings_to_stderr
-from fastad.engine.calibration import DEFAULT_FALSE_REJECT, MIN_IMAGES, calibrate_scorer, check_rate
-from fastad.engine.checkpoint import CHECKPOINT_FILE, read_header
+from fastad.engine.decision import CALIBRATION_KEY, DEFAULT_FALSE_REJECT, MIN_IMAGES, calibration_record, check_rate
+from fastad.engine.checkpoint import CHECKPOINT_FILE, checkpoint_path, read_header, update_header
 from fastad.engine.evaluation import evaluation_record
 from fastad.engine.results import write_overlays
 from fastad.engine.run_folder import locked
-from fastad.engine.scorer import Scorer
+from fastad.engine.scorer import PRECISIONS, Scorer
 from fastad.engine.trainer import resume, train
 from fastad.models.base import AnomalyModel
 from fastad.models.registry import create_model
@@ -54,7 +56,7 @@ def fit_run(model_name: str, data: str, out, steps=None, seed: int = 0, device="
 
     calibration_holdout: the fraction of the normal images (a seeded draw) kept out of training
     and scored afterwards to store the image-score threshold at `false_reject` in the checkpoint
-    (fastad.engine.calibration); 0 (the default) trains on every image and stores no threshold.
+    (fastad.engine.decision); 0 (the default) trains on every image and stores no threshold.
     A resumed run keeps the split it started with.
 
     The run holds `out`'s lock (fastad.engine.run_folder) from start to end, so a second train
@@ -144,3 +146,36 @@ def evaluate_run(run, data: str | None = None, device="cpu", batch_size: int = 8
     record = evaluate(scorer, data, run if overlays else None, progress, on_scored=on_scored)
     write_json(record, Path(run) / RESULTS_FILE)
     return record
+
+
+def calibrate_scorer(scorer, run, images: torch.Tensor | None = None, folder=None,
+                     false_reject: float = DEFAULT_FALSE_REJECT, progress: bool = True) -> dict:
+    """Scores normal images with `scorer` (a fastad.Scorer of the checkpoint in `run`) — a tensor
+    [n, 3, H, W] or every image file in `folder` — and stores their threshold in run's checkpoint
+    (atomically; the caller holds the run folder's lock). Returns the record."""
+    check_rate("false_reject", false_reject)
+    if (images is None) == (folder is None):
+        raise ValueError("calibrate needs either images or folder, not both")
+    if folder is not None:
+        with warnings_to_stderr():
+            scores = scorer.score_dataset(open_folder(folder, scorer.image_size), keep_maps=False,
+                                          progress=progress).image_scores
+        source = str(folder)
+    else:
+        scores = torch.cat([scorer.score(batch).image_scores.cpu() for batch in images.split(scorer.batch_size)])
+        source = f"{len(scores)} held-out training images"
+    record = calibration_record(scores, false_reject, scorer.model.config["image_score"], scorer.precision, source)
+    update_header(run, {CALIBRATION_KEY: record})
+    return record
+
+
+def calibrate_run(run, folder, false_reject: float = DEFAULT_FALSE_REJECT, device="cpu", batch_size: int = 8,
+                  precision: str = "fp32", progress: bool = True) -> dict:
+    """`fastad calibrate`: the threshold of the checkpoint in `run` at `false_reject`, set on the
+    normal images in `folder` and stored in the checkpoint; returns the record."""
+    check_choice("precision", precision, PRECISIONS)
+    check_rate("false_reject", false_reject)
+    read_header(run)  # FileNotFoundError / ValueError naming the file before the folder is locked
+    with locked(checkpoint_path(run).parent):
+        scorer = Scorer(run, device, batch_size, precision)
+        return calibrate_scorer(scorer, run, folder=folder, false_reject=false_reject, progress=progress)

@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 from fastad.files import atomic_write
 from fastad.data.images import UnreadableImageError
 from fastad.data.report import SkippedImageWarning
-from fastad.engine.calibration import verdicts
+from fastad.engine.decision import verdicts
 
 
 def write_scores_csv(path, paths: list[str], image_scores: torch.Tensor, labels: torch.Tensor | None = None) -> None:

@@ -38,10 +38,10 @@ import torch
 from fastad.version import __version__
 from fastad.files import atomic_write, changed_since, write_error
 from fastad.checks import check_bool, check_choice
-from fastad.data.folder import FolderDataset
+from fastad.data.folder import NothingToScoreError, open_folder
 from fastad.data.report import warnings_to_stderr
 from fastad.engine.batch_scoring import ScoredImages
-from fastad.engine.calibration import verdicts
+from fastad.engine.decision import verdicts
 from fastad.engine.results import output_name, save_map, write_overlays
 from fastad.engine.run_folder import MANIFEST_FILE, claim, digest, locked, mark_complete, state_digest
 
@@ -55,32 +55,6 @@ COLUMNS = ("path", "score")
 VERDICT_COLUMN = "verdict"  # with a calibrated threshold
 INPUTS_HEADER = "position,size,mtime_ns,sha256\r\n"
 ENCODING = ("utf-8", "surrogateescape")  # scores.csv: file-name bytes that are no UTF-8 kept as they are
-
-
-class NothingToScoreError(ValueError):
-    """An images folder without a single readable image file."""
-
-
-def open_folder(path, size: int) -> FolderDataset:
-    """Every image file in folder `path` at size x size; unreadable ones reported on stderr and
-    skipped. FileNotFoundError naming the folder when it is none; NothingToScoreError naming it
-    and saying why when it holds no readable image file."""
-    if not Path(path).is_dir():
-        raise FileNotFoundError(f"images folder {path} does not exist or is not a folder")
-    with warnings_to_stderr():
-        dataset = FolderDataset(normal_dir=path, test_dir=path, split="test", size=size)
-    if not dataset.items:
-        raise NothingToScoreError(f"no image to score in {path}: {nothing_because(dataset.ignored, dataset.skipped)}")
-    return dataset
-
-
-def nothing_because(ignored: list, skipped: list) -> str:
-    """Why a folder gave no image: its ignored entries and unreadable files, counted, one of each named."""
-    if not ignored and not skipped:
-        return "the folder is empty"
-    parts = [f"{len(found)} {what} (e.g. {found[0][0]}: {found[0][1]})"
-             for found, what in ((ignored, "ignored as no image files"), (skipped, "unreadable")) if found]
-    return " and ".join(parts)
 
 
 def score_header(threshold: float | None) -> str:

@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from fastad.checks import check_bool, check_choice, check_int, tracing_or_capturing
-from fastad.engine.calibration import calibrated_threshold, verdicts
+from fastad.engine.decision import calibrated_threshold, verdicts
 from fastad.engine.checkpoint import checkpoint_path, load_checkpoint
 from fastad.engine.batch_scoring import ScoredImages, score_dataset
-from fastad.models.base import AnomalyModel
-from fastad.models.base import AnomalyResult
+from fastad.engine.score_run import score_folder
+from fastad.models.base import AnomalyModel, AnomalyResult
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
@@ -48,7 +48,7 @@ class Scorer:
 
     Attributes:
         threshold: the image-score threshold of a calibrated checkpoint (its header's
-            "calibration", see fastad.engine.calibration), which gives every result a verdict;
+            "calibration", see fastad.engine.decision), which gives every result a verdict;
             None for an uncalibrated checkpoint or a model object.
     """
 
@@ -129,7 +129,7 @@ class Scorer:
         """images [B, 3, H, W] (float in [0, 1] or uint8, any device and size; resized to the
         model's native size; ValueError for float values outside [0, 1] or NaN) -> AnomalyResult(image_scores [B], maps [B, S, S]) on self.device,
         float32, S = the model's image_size; verdict ["ok" | "defect"] * B when the checkpoint was
-        calibrated (fastad.engine.calibration), else None."""
+        calibrated (fastad.engine.decision), else None."""
         images = self._prepare(images)
         with torch.inference_mode():
             result = self._graphed(images) if self.cuda_graphs else self._forward(images)
@@ -152,6 +152,4 @@ class Scorer:
         out/maps/<name>.npy (save_maps="npy") batch by batch, then out/overlays/<name>.png
         (overlays=True); the same call after an interruption resumes. `out` holding another
         run's results is refused unless overwrite=True (see fastad.engine.score_run)."""
-        from fastad.engine.score_run import score_folder
-
         return score_folder(self, path, out, save_maps, overlays, num_workers, progress, overwrite)

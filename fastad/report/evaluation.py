@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from fastad.engine.batch_scoring import ScoredImages
-from fastad.engine.calibration import CALIBRATION_KEY, verdicts
+from fastad.engine.decision import CALIBRATION_KEY, verdicts
 from fastad.engine.evaluation import compute_metrics
 from fastad.engine.results import output_name
 from fastad.engine.run_folder import state_digest

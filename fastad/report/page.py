@@ -20,7 +20,7 @@ from urllib.parse import quote
 import numpy as np
 
 from fastad.version import __version__
-from fastad.engine.calibration import VERDICTS
+from fastad.engine.decision import VERDICTS
 from fastad.engine.score_run import REPORT_FILE
 from fastad.files import atomic_write
 from fastad.report import charts

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastad.version import __version__
-from fastad.engine.calibration import CALIBRATION_KEY, VERDICTS
+from fastad.engine.decision import CALIBRATION_KEY, VERDICTS
 from fastad.engine.checkpoint import read_header
 from fastad.engine.run_folder import read_manifest
 from fastad.engine.score_run import MAPS_DIR, OVERLAYS_DIR, SCORES_FILE, score_header

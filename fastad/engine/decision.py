@@ -1,7 +1,10 @@
-"""A pass/fail decision: the image-score threshold at a chosen false-reject rate, set on normal images.
+"""The pass/fail decision rule: the image-score threshold at a chosen false-reject rate, and verdicts.
 
-    record = calibrate_run("runs/brick", "line/normals", false_reject=0.01)   # stored in the checkpoint
-    Scorer("runs/brick").score(images).verdict                                # ["ok", "defect", ...]
+    threshold = threshold_at(normal_scores, false_reject=0.01)
+    verdicts(image_scores, threshold)                 # ["ok", "defect", ...]
+
+The rule alone (no model, no files): fastad.engine.pipeline.calibrate_run applies it to a
+checkpoint (`fastad calibrate`), and the Scorer gives every result its verdict.
 
 The threshold t is taken from the image scores s_1 <= ... <= s_n of n normal images as the
 smallest value with at most floor(rate * n) of them strictly above it: t = s_(n - floor(rate * n))
@@ -22,10 +25,6 @@ import warnings
 
 import torch
 
-from fastad.checks import check_choice
-from fastad.data.report import warnings_to_stderr
-from fastad.engine.checkpoint import checkpoint_path, read_header, update_header
-from fastad.engine.run_folder import locked
 
 CALIBRATION_KEY = "calibration"
 DEFAULT_FALSE_REJECT = 0.01
@@ -94,40 +93,3 @@ def calibration_record(image_scores: torch.Tensor, false_reject: float, image_sc
     return {"threshold": threshold, "false_reject": float(false_reject), "n_images": int(image_scores.numel()),
             "observed_false_reject": float((image_scores.double() > threshold).double().mean()),
             "image_score": image_score, "precision": precision, "source": source}
-
-
-def calibrate_scorer(scorer, run, images: torch.Tensor | None = None, folder=None,
-                     false_reject: float = DEFAULT_FALSE_REJECT, progress: bool = True) -> dict:
-    """Scores normal images with `scorer` (a fastad.Scorer of the checkpoint in `run`) — a tensor
-    [n, 3, H, W] or every image file in `folder` — and stores their threshold in run's checkpoint
-    (atomically; the caller holds the run folder's lock). Returns the record."""
-    check_rate("false_reject", false_reject)
-    if (images is None) == (folder is None):
-        raise ValueError("calibrate needs either images or folder, not both")
-    if folder is not None:
-        from fastad.engine.score_run import open_folder
-
-        with warnings_to_stderr():
-            scores = scorer.score_dataset(open_folder(folder, scorer.image_size), keep_maps=False,
-                                          progress=progress).image_scores
-        source = str(folder)
-    else:
-        scores = torch.cat([scorer.score(batch).image_scores.cpu() for batch in images.split(scorer.batch_size)])
-        source = f"{len(scores)} held-out training images"
-    record = calibration_record(scores, false_reject, scorer.model.config["image_score"], scorer.precision, source)
-    update_header(run, {CALIBRATION_KEY: record})
-    return record
-
-
-def calibrate_run(run, folder, false_reject: float = DEFAULT_FALSE_REJECT, device="cpu", batch_size: int = 8,
-                  precision: str = "fp32", progress: bool = True) -> dict:
-    """`fastad calibrate`: the threshold of the checkpoint in `run` at `false_reject`, set on the
-    normal images in `folder` and stored in the checkpoint; returns the record."""
-    from fastad.engine.scorer import PRECISIONS, Scorer
-
-    check_choice("precision", precision, PRECISIONS)
-    check_rate("false_reject", false_reject)
-    read_header(run)  # FileNotFoundError / ValueError naming the file before the folder is locked
-    with locked(checkpoint_path(run).parent):
-        scorer = Scorer(run, device, batch_size, precision)
-        return calibrate_scorer(scorer, run, folder=folder, false_reject=false_reject, progress=progress)
