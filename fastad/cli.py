@@ -371,13 +371,13 @@ def _add_report(commands) -> None:
 
 
 def _add_export(commands) -> None:
-    from fastad.deploy.export import FORMATS, INPUT_DTYPES, PRECISIONS
+    from fastad.deploy.export import EXPORT_PRECISIONS, FORMATS, INPUT_DTYPES
 
     export = commands.add_parser("export", help="write a checkpoint's scoring graph as an ONNX or OpenVINO artefact")
     export.add_argument("--checkpoint", required=True, help="run folder written by fastad train")
     export.add_argument("--format", choices=tuple(FORMATS), required=True)
     export.add_argument("--out", required=True, help="artefact folder: the graph file(s) and metadata.json")
-    export.add_argument("--precision", choices=PRECISIONS, default=PRECISIONS[0], help="fp16: OpenVINO only")
+    export.add_argument("--precision", choices=EXPORT_PRECISIONS, default=EXPORT_PRECISIONS[0], help="fp16: OpenVINO only")
     export.add_argument("--input-dtype", choices=INPUT_DTYPES, default=INPUT_DTYPES[0],
                         help="the graph's input: float32 in [0, 1] or uint8 0..255")
     export.set_defaults(run=_export)
@@ -396,7 +396,7 @@ def _add_data(commands, forms: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from fastad.data.spec import FORMS
-    from fastad.engine.scorer import PRECISIONS
+    from fastad.engine.scorer import SCORING_PRECISIONS
 
     parser = Parser(prog="fastad", description="Fast anomaly localization operators and models.")
     parser.add_argument("--threads", type=_positive, default=None,
@@ -418,9 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_demo)
     _add_train(commands, FORMS)
-    _add_calibrate(commands, tuple(PRECISIONS))
-    _add_eval(commands, FORMS, tuple(PRECISIONS))
-    _add_score(commands, tuple(PRECISIONS))
+    _add_calibrate(commands, tuple(SCORING_PRECISIONS))
+    _add_eval(commands, FORMS, tuple(SCORING_PRECISIONS))
+    _add_score(commands, tuple(SCORING_PRECISIONS))
     _add_report(commands)
     _add_export(commands)
     _add_data(commands, FORMS)

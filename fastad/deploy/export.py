@@ -35,7 +35,7 @@ from fastad.models.base import AnomalyModel
 
 FORMATS = {"onnx": "model.onnx", "openvino": "model.xml"}
 #: fp16: OpenVINO only (weights stored in float16, inference precision f16)
-PRECISIONS = ("fp32", "fp16")
+EXPORT_PRECISIONS = ("fp32", "fp16")
 INPUT_DTYPES = ("float32", "uint8")
 METADATA_FILE = "metadata.json"
 OPSET = 18
@@ -83,7 +83,7 @@ def export(checkpoint, out, format: str = "onnx", precision: str = "fp32", input
         ValueError: a bad argument, naming it.
     """
     check_choice("format", format, FORMATS)
-    check_choice("precision", precision, PRECISIONS)
+    check_choice("precision", precision, EXPORT_PRECISIONS)
     check_choice("input_dtype", input_dtype, INPUT_DTYPES)
     if precision == "fp16" and format != "openvino":
         raise ValueError("precision 'fp16' needs format 'openvino' (ONNX artefacts are exported in fp32)")

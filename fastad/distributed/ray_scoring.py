@@ -30,7 +30,7 @@ from fastad.checks import check_bool, check_choice, check_int
 from fastad.engine.checkpoint import checkpoint_path, load_checkpoint
 from fastad.engine.run_folder import claim, locked, mark_complete
 from fastad.engine.score_run import OWNED, run_manifest
-from fastad.engine.scorer import PRECISIONS
+from fastad.engine.scorer import SCORING_PRECISIONS
 from fastad.models.base import AnomalyModel
 
 DEVICES = ("cpu", "cuda")
@@ -64,7 +64,7 @@ def require_ray():
 def _check_arguments(device, batch_size, precision, cuda_graphs, num_replicas, cpus_per_replica) -> None:
     """Fails on the driver what fastad.Scorer would fail in every replica."""
     check_choice("device", device, DEVICES)
-    check_choice("precision", precision, PRECISIONS)
+    check_choice("precision", precision, SCORING_PRECISIONS)
     if device == "cpu" and (precision == "fp16" or check_bool("cuda_graphs", cuda_graphs)):
         raise ValueError("precision 'fp16' and cuda_graphs need device='cuda'")
     check_int("batch_size", batch_size, 1)

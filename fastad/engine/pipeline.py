@@ -23,7 +23,7 @@ from fastad.engine.checkpoint import CHECKPOINT_FILE, checkpoint_path, read_head
 from fastad.engine.evaluation import evaluation_record
 from fastad.engine.results import write_overlays
 from fastad.engine.run_folder import locked
-from fastad.engine.scorer import PRECISIONS, Scorer
+from fastad.engine.scorer import SCORING_PRECISIONS, Scorer
 from fastad.engine.trainer import resume, train
 from fastad.models.base import AnomalyModel
 from fastad.models.registry import create_model
@@ -173,7 +173,7 @@ def calibrate_run(run, folder, false_reject: float = DEFAULT_FALSE_REJECT, devic
                   precision: str = "fp32", progress: bool = True) -> dict:
     """`fastad calibrate`: the threshold of the checkpoint in `run` at `false_reject`, set on the
     normal images in `folder` and stored in the checkpoint; returns the record."""
-    check_choice("precision", precision, PRECISIONS)
+    check_choice("precision", precision, SCORING_PRECISIONS)
     check_rate("false_reject", false_reject)
     read_header(run)  # FileNotFoundError / ValueError naming the file before the folder is locked
     with locked(checkpoint_path(run).parent):

@@ -16,7 +16,7 @@ from fastad.engine.batch_scoring import ScoredImages, score_dataset
 from fastad.engine.score_run import score_folder
 from fastad.models.base import AnomalyModel, AnomalyResult
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+SCORING_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
 
@@ -54,7 +54,7 @@ class Scorer:
 
     def __init__(self, checkpoint, device="cpu", batch_size: int = 8, precision: str = "fp32",
                  cuda_graphs: bool = False, memory_format: str = "channels_last"):
-        check_choice("precision", precision, PRECISIONS)
+        check_choice("precision", precision, SCORING_PRECISIONS)
         self.device = torch.device(device)
         if precision == "fp16" and self.device.type != "cuda":
             raise ValueError("precision 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on the CPU")
@@ -101,7 +101,7 @@ class Scorer:
         return images.contiguous(memory_format=self.memory_format)
 
     def _forward(self, images: torch.Tensor) -> AnomalyResult:
-        dtype = PRECISIONS[self.precision]
+        dtype = SCORING_PRECISIONS[self.precision]
         with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             result = self.model.score(images)
         return AnomalyResult(result.image_scores.float(), result.maps.float())

@@ -13,7 +13,7 @@ from fastad.checks import check_finite, check_float, check_int, check_same_devic
 CUDA_MAX_K = 64
 
 
-PRECISIONS = ("auto", "fp32", "bf16", "tf32")
+CANDIDATE_PRECISIONS = ("auto", "fp32", "bf16", "tf32")
 
 
 @float32_under_autocast
@@ -57,8 +57,8 @@ def knn_prepared(query: torch.Tensor, bank: torch.Tensor, k: int, bank_sq_norms:
     bank_sq_norms: optional [M] (bank * bank).sum(1) in float32, for a bank already centred
     near its mean (the search then skips centring); None centres on the bank mean.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision not in CANDIDATE_PRECISIONS:
+        raise ValueError(f"precision must be one of {CANDIDATE_PRECISIONS}, got {precision!r}")
     if use_reference():
         return reference.knn(query, bank, k)
     extension.require("knn")
@@ -111,8 +111,8 @@ def knn_cpu_kernels(precision: str = "auto") -> dict:
     explicit precision still wins. Raises ValueError naming FASTAD_CPU_KERNEL when it is not
     one of these or not one this CPU runs.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision not in CANDIDATE_PRECISIONS:
+        raise ValueError(f"precision must be one of {CANDIDATE_PRECISIONS}, got {precision!r}")
     extension.require("knn")
     runs_here, first, fp32 = extension.compiled.knn_cpu_kernels("auto" if precision == "tf32" else precision)
     return {"runs_here": runs_here, "knn": first, "fp32": fp32}
