@@ -59,6 +59,9 @@ VALID = [
     ("partial_conv_renormalize", renorm_args()),
     ("partial_conv_renormalize", renorm_args(coverage=t(1, 2, 5, 5), bias=None)),
     ("partial_conv_renormalize_backward", (t(2, 4, 5, 5), t(2, 1, 5, 5), 9.0, True)),
+    ("knn", (t(7, 3), t(5, 3), 2)),
+    ("knn", (t(7, 3), t(5, 3), 5, t(5))),
+    ("kcenter_coreset", (t(9, 4), 3, 2)),
 ]
 
 INVALID = [
@@ -117,6 +120,20 @@ INVALID = [
     ("partial_conv_renormalize", renorm_args(bias=t(4, dtype=torch.float64))),
     ("partial_conv_renormalize_", renorm_args(bias=t(4, 1))),
     ("partial_conv_renormalize_backward", (t(2, 4, 5, 5), t(2, 3, 5, 5), 9.0, False)),
+    ("knn", (t(7), t(5, 3), 1)),
+    ("knn", (t(7, 3), t(5, 3, 1), 1)),
+    ("knn", (t(7, 3), t(5, 4), 1)),
+    ("knn", (t(7, 3), t(0, 3), 1)),
+    ("knn", (t(7, 0), t(5, 0), 1)),
+    ("knn", (t(7, 3), t(5, 3), 6)),
+    ("knn", (t(7, 3), t(5, 3), 0)),
+    ("knn", (t(7, 3), t(5, 3, dtype=torch.float64), 1)),
+    ("knn", (t(7, 3), t(5, 3), 1, t(4))),
+    ("knn", (t(7, 3), t(5, 3), 1, t(5, dtype=torch.float64))),
+    ("kcenter_coreset", (t(9), 3, 0)),
+    ("kcenter_coreset", (t(9, 0), 3, 0)),
+    ("kcenter_coreset", (t(9, 4), 10, 0)),
+    ("kcenter_coreset", (t(9, 4), 3, 9)),
 ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from fastad.ops.autocast import float32_under_autocast
+from fastad.ops import fake
 from fastad import extension
 from fastad.backend import use_reference
 from fastad.ops import reference
@@ -160,11 +161,32 @@ def check_knn(query, bank, k, check_values: bool = True) -> None:
 
 
 def _knn_fake(query, bank, k, bank_sq_norms=None, precision="auto"):
+    """csrc/knn/knn_common.h's check_knn_args, then the output shapes."""
+    fake.check(query.dim() == 2, f"knn: query must be [N, D], got shape {fake.shape(query)}")
+    fake.check(bank.dim() == 2, f"knn: bank must be [M, D], got shape {fake.shape(bank)}")
+    fake.check(query.shape[1] == bank.shape[1], f"knn: query has D={query.shape[1]} but bank has D={bank.shape[1]}")
+    fake.check(bank.shape[0] > 0, "knn: bank must not be empty")
+    fake.check(bank.shape[1] > 0, "knn: embeddings must have D >= 1")
+    fake.check(1 <= k <= bank.shape[0], f"knn: k must be in [1, M={bank.shape[0]}], got {k}")
+    fake.check(query.dtype == bank.dtype, f"knn: query and bank dtypes differ ({fake.SCALAR_NAMES.get(query.dtype)} "
+                                          f"vs {fake.SCALAR_NAMES.get(bank.dtype)})")
+    fake.check(query.device == bank.device, "knn: query and bank are on different devices")
+    if bank_sq_norms is not None:
+        fake.check(bank_sq_norms.dim() == 1 and bank_sq_norms.shape[0] == bank.shape[0],
+                   f"knn: bank_sq_norms must be [M={bank.shape[0]}], got shape {fake.shape(bank_sq_norms)}")
+        fake.check(bank_sq_norms.dtype == bank.dtype and bank_sq_norms.device == bank.device,
+                   "knn: bank_sq_norms must match bank's dtype and device")
     n = query.shape[0]
     return query.new_empty((n, k)), query.new_empty((n, k), dtype=torch.long)
 
 
 def _kcenter_coreset_fake(features, n, start):
+    """csrc/knn/knn_common.h's check_coreset_args, then the output shape."""
+    fake.check(features.dim() == 2, f"kcenter_coreset: features must be [M, D], got shape {fake.shape(features)}")
+    m = features.shape[0]
+    fake.check(features.shape[1] > 0, "kcenter_coreset: features must have D >= 1")
+    fake.check(1 <= n <= m, f"kcenter_coreset: n must be in [1, M={m}], got {n}")
+    fake.check(0 <= start < m, f"kcenter_coreset: start must be in [0, M={m}), got {start}")
     return features.new_empty((n,), dtype=torch.long)
 
 
