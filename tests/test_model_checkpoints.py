@@ -5,6 +5,11 @@ tests/fixtures/checkpoints/<model>/ holds a checkpoint of each registered model 
 fastad.engine.train by the code before the model layer was reorganised into one package per
 model (commit 171766a; tests/fixtures/checkpoints/make_checkpoints.py), and expected.safetensors:
 the probe images [2, 3, 64, 64] and the image_scores [2] and maps [2, 64, 64] that code gave.
+patchcore/ was written the same way by commit 894ad1a (the last before the backbone zoo, whose
+backbone parameters were backbone.<name>, not backbone.net.<name>): a random resnet18 through
+layer1 at 128 px, coreset 0.25 of 4 training crops, 0 steps; the make_checkpoints.py CASES entry
+("patchcore", {"backbone": "resnet18", "layers": ["layer1"], "image_size": 128,
+"coreset_ratio": 0.25}, 0).
 UTAD's file lacks its frozen VGG-19 tensors (9 MB of a fixed seeded initialisation, vgg_weights
 None): the test puts them back, bit for bit as that code wrote them, before loading.
 """
@@ -22,11 +27,11 @@ from fastad.models import MODELS, create_model
 from fastad.models.components.backbones import VGG19_CONVS, ResNet18, VGG19Features, vgg11_features
 
 FIXTURES = Path(__file__).parent / "fixtures" / "checkpoints"
-NAMES = ("pedenet", "fcdd", "glance", "utad", "rawpixel")
+NAMES = ("pedenet", "fcdd", "glance", "utad", "rawpixel", "patchcore")
 
 
 def test_every_registered_model_has_a_fixture():
-    assert set(NAMES) <= set(MODELS)
+    assert set(NAMES) == set(MODELS)
 
 
 def _utad_checkpoint(tmp_path: Path) -> Path:

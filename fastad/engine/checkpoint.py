@@ -305,6 +305,7 @@ def model_from_state(name: str, config: dict, state: dict[str, torch.Tensor],
     shapes and `state` (a state_dict, checked by check_state) loaded; on the CPU, in training mode.
     No weights file the config names is opened: the state holds those tensors."""
     model = build_model(name, config, source)
+    state = model.upgrade_state(state)
     _resize_buffers(model, state)
     check_state(model, state, source)
     model.load_state_dict(state)

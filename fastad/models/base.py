@@ -170,3 +170,9 @@ class AnomalyModel(nn.Module):
     def score(self, images: torch.Tensor) -> AnomalyResult:
         """images [B, 3, H, W] in [0, 1] -> AnomalyResult(image_scores [B], maps [B, H, W])."""
         raise NotImplementedError(f"{type(self).__name__} must define score")
+
+    def upgrade_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A saved state_dict in this model's current parameter names (the checkpoint loader calls
+        it before checking the state): the state itself here; a model whose names changed since a
+        released fastad maps an older checkpoint's names onto the new ones."""
+        return state

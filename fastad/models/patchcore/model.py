@@ -163,6 +163,14 @@ class PatchCore(AnomalyModel):
         self.memory_bank.fill(features)
 
     @torch.no_grad()
+    def upgrade_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Checkpoints written before the backbone zoo hold the torchvision ResNet's parameters as
+        backbone.<name>; the zoo wraps that network, so they are backbone.net.<name> now."""
+        if any(key.startswith("backbone.net.") for key in state):
+            return state
+        return {f"backbone.net.{key[len('backbone.'):]}" if key.startswith("backbone.") else key: value
+                for key, value in state.items()}
+
     def score(self, images: torch.Tensor) -> AnomalyResult:
         features = self.embed(images)
         b, d, h, w = features.shape
