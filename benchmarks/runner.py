@@ -24,7 +24,6 @@ import argparse
 import fnmatch
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -42,6 +41,7 @@ from fastad.engine.evaluation import compute_metrics
 from fastad.engine.pipeline import fit_run
 from fastad.engine.scorer import Scorer
 from fastad.files import atomic_write
+from fastad.info import describe_cpu
 from fastad.models.registry import MODELS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,24 +52,7 @@ SPLITS = ("val", "test")
 CELL = (("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO@0.3"), ("image_auroc", "image AUROC"))
 #: the files render looks into for generated tables
 TABLE_FILES = ("README.md", "benchmarks/RESULTS.md", "fastad/models/*/README.md")
-VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx_vnni", "amx_bf16")
 MARKER = re.compile(r"(<!-- table: quality(?P<filters>[^>]*?)-->\n)(?P<body>.*?)(<!-- end table -->)", re.S)
-
-
-def machine() -> str:
-    """The CPU model and its vector extensions, e.g. "AMD EPYC 9B14 (avx2 fma avx512f avx512_bf16)"."""
-    model, flags = platform.processor() or "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
-    except OSError:
-        pass
-    return f"{model} ({' '.join(f for f in VECTOR_FLAGS if f in flags) or 'no AVX2'})"
 
 
 def git_commit() -> str:
@@ -85,7 +68,7 @@ def git_commit() -> str:
 
 
 def stamp(load_start: float) -> dict:
-    return {"fastad": fastad.__version__, "commit": git_commit(), "machine": machine(), "torch": torch.__version__,
+    return {"fastad": fastad.__version__, "commit": git_commit(), "machine": describe_cpu(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "load": [round(load_start, 2), round(os.getloadavg()[0], 2)],
             "date": time.strftime("%Y-%m-%d")}
 

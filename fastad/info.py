@@ -7,6 +7,33 @@ from fastad import extension
 from fastad.version import __version__
 from fastad.backend import get_backend
 
+#: the x86 vector extensions that decide which CPU kernel paths (fastad's, oneDNN's, MKL's) can run
+VECTOR_EXTENSIONS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16")
+
+
+def cpu() -> dict:
+    """{model: the CPU's model name, vector_extensions: those of VECTOR_EXTENSIONS it has}, from
+    /proc/cpuinfo (model "unknown CPU" and no extensions where it cannot be read)."""
+    model, flags = "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    return {"model": model, "vector_extensions": [f for f in VECTOR_EXTENSIONS if f in flags]}
+
+
+def describe_cpu() -> str:
+    """One line: "AMD EPYC 9B14 (avx2 fma avx512f ...)", as test logs and benchmark rows stamp it."""
+    facts = cpu()
+    return f"{facts['model']} ({' '.join(facts['vector_extensions']) or 'none of ' + ', '.join(VECTOR_EXTENSIONS)})"
+
 
 def _op_backends() -> dict[str, list[str]]:
     names = sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("fastad::"))
@@ -56,6 +83,7 @@ def info() -> dict:
     return {
         "fastad": __version__,
         "torch": torch.__version__,
+        "cpu": describe_cpu(),
         "extension_loaded": extension.loaded(),
         "extension_error": extension.load_error,
         "ops": _op_backends(),
@@ -72,6 +100,7 @@ def info() -> dict:
 def format_info(facts: dict) -> str:
     lines = [
         f"fastad {facts['fastad']} (torch {facts['torch']})",
+        f"CPU: {facts['cpu']}",
         f"compiled extension: {'loaded' if facts['extension_loaded'] else 'NOT loaded'}",
     ]
     if facts["extension_error"]:

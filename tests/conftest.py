@@ -4,28 +4,12 @@ import contextlib
 import pytest
 import torch
 
-#: the x86 vector extensions that decide which CPU kernel paths (ours, oneDNN's, MKL's) can run
-VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16")
-
-
 def pytest_report_header(config):
     """One header line naming the CPU and its vector extensions, so a run's log says which low-precision
     paths were native and which emulated."""
-    model, flags = "unknown CPU", set()
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    model = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-                    break
-    except OSError:
-        pass
-    present = [f for f in VECTOR_FLAGS if f in flags] or ["none of " + ", ".join(VECTOR_FLAGS)]
-    return f"cpu: {model}; vector extensions: {' '.join(present)}; torch capability: " \
-           f"{torch.backends.cpu.get_cpu_capability()}"
+    from fastad.info import describe_cpu
+
+    return f"cpu: {describe_cpu()}; torch capability: {torch.backends.cpu.get_cpu_capability()}"
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
