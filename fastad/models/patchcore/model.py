@@ -77,7 +77,7 @@ class Config(ModelConfig):
         if self.weights is not None and not isinstance(self.weights, (str, os.PathLike)):
             raise TypeError(f"weights must be {PRETRAINED!r}, {RANDOM!r} or a file path, got {type(self.weights).__name__}")
         layers = spec.default_taps if self.layers is None else check_taps(spec, self.layers)
-        weights = RANDOM if self.weights is None else os.fspath(self.weights)
+        weights = None if self.weights is None else os.fspath(self.weights)  # None (as saved before the zoo): random
         if weights == PRETRAINED and spec.package is None:
             raise ValueError(f"weights: {spec.name} has no packaged weights; give weights=PATH (a local torchvision "
                              f"file) or weights={RANDOM!r}")
@@ -126,11 +126,12 @@ class PatchCore(AnomalyModel):
 
     def setup(self, train_images: torch.Tensor) -> None:
         settings = self.settings
-        if settings.weights == RANDOM:
+        weights = RANDOM if settings.weights is None else settings.weights
+        if weights == RANDOM:
             warnings.warn(f"PatchCore: no backbone weights (weights={RANDOM!r}); the {settings.backbone} "
                           f"features come from a random initialisation (seed {settings.seed}), not ImageNet",
                           UserWarning, stacklevel=2)
-        loaded = build_backbone(settings.backbone, settings.layers, settings.weights, settings.seed)
+        loaded = build_backbone(settings.backbone, settings.layers, weights, settings.seed)
         self.backbone.load_state_dict(loaded.state_dict())
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
