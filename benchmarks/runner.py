@@ -242,7 +242,8 @@ def render(args) -> None:
             new = MARKER.sub(lambda m: m.group(1) + quality_table(rows, dict(
                 item.split("=", 1) for item in m.group("filters").split())) + m.group(4), text)
             if new != text:
-                atomic_write(path, new.encode())
+                with atomic_write(path, "w") as f:
+                    f.write(new)
                 print(f"rewrote the tables of {path.relative_to(ROOT)}")
 
 
