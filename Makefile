@@ -36,6 +36,7 @@ $(VENV)/.fastad-installed: $(VENV)/.torch-installed $(SOURCES)
 install: $(VENV)/.fastad-installed
 
 test: install
+	$(BIN)/fastad info    # the log names the CPU, its vector extensions and the kernel each op runs
 	$(BIN)/python -m pytest -q tests
 
 demo: install
