@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from fastad.ops.autocast import float32_under_autocast
+from fastad.ops.autocast import float32_under_autocast, register_float32_autocast
 from fastad.ops import fake
 from fastad import extension
 from fastad.backend import use_reference
@@ -265,6 +265,7 @@ def _gmm_log_prob_backward(ctx, grad):
 
 
 if extension.loaded():
+    register_float32_autocast("fastad::gmm_log_prob")
     torch.library.register_fake("fastad::gmm_log_prob", _gmm_log_prob_fake)
     torch.library.register_fake("fastad::gmm_log_prob_backward", _gmm_log_prob_backward_fake)
     torch.library.register_autograd("fastad::gmm_log_prob", _gmm_log_prob_backward,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fastad.ops.autocast import float32_under_autocast
+from fastad.ops.autocast import float32_under_autocast, register_float32_autocast
 from fastad.ops import fake
 from fastad import extension
 from fastad.backend import use_reference
@@ -211,6 +211,8 @@ def _knn_backward(ctx, grad_dist, grad_index):
 
 
 if extension.loaded():
+    register_float32_autocast("fastad::knn")
+    register_float32_autocast("fastad::kcenter_coreset")
     torch.library.register_fake("fastad::knn", _knn_fake)
     torch.library.register_fake("fastad::kcenter_coreset", _kcenter_coreset_fake)
     torch.library.register_autograd("fastad::knn", _knn_backward, setup_context=_knn_setup_context)

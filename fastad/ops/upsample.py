@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fastad.ops.autocast import float32_under_autocast
+from fastad.ops.autocast import float32_under_autocast, register_float32_autocast
 from fastad.ops import fake
 from fastad import extension
 from fastad.backend import use_reference
@@ -362,6 +362,10 @@ def _blur_backward_grad(ctx, grad):
 
 
 if extension.loaded():
+    register_float32_autocast("fastad::gaussian_upsample")
+    register_float32_autocast("fastad::patch_average")
+    register_float32_autocast("fastad::idw_upsample")
+    register_float32_autocast("fastad::gaussian_blur")
     torch.library.register_fake("fastad::gaussian_upsample", _gaussian_upsample_fake)
     torch.library.register_fake("fastad::gaussian_upsample_backward", _gaussian_upsample_backward_fake)
     torch.library.register_autograd("fastad::gaussian_upsample", _gaussian_upsample_grad,
