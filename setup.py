@@ -8,6 +8,7 @@ Environment:
 """
 import glob
 import os
+import runpy
 
 from setuptools import find_packages, setup
 
@@ -46,10 +47,17 @@ def _torch_has_cuda() -> bool:
     return torch.version.cuda is not None
 
 
+def kernel_limits() -> list:
+    """fastad/ops/limits.py's limits as (FASTAD_<NAME>, value) macros (the file is run on its own:
+    importing fastad would need the extension being built)."""
+    limits = runpy.run_path(os.path.join("fastad", "ops", "limits.py"))
+    return [(f"FASTAD_{name}", str(value)) for name, value in limits.items() if name.isupper()]
+
+
 def extension():
     sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
     cxx_flags = ["-O3", "-fopenmp"]
-    macros = []
+    macros = kernel_limits()
     if not cuda_requested():
         return cpp_extension.CppExtension(
             "fastad._C", sources, extra_compile_args={"cxx": cxx_flags},

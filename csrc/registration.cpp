@@ -19,9 +19,12 @@ namespace {
 PyObject* build_facts() {
 #ifdef FASTAD_WITH_CUDA
   PyObject* archs = PyUnicode_FromString(FASTAD_CUDA_ARCHS);
+  PyObject* cuda_max_k = PyLong_FromLong(FASTAD_CUDA_MAX_K);  // fastad/ops/limits.py, via setup.py
 #else
   Py_INCREF(Py_None);
   PyObject* archs = Py_None;
+  Py_INCREF(Py_None);
+  PyObject* cuda_max_k = Py_None;
 #endif
 #ifdef _OPENMP
   PyObject* openmp = PyLong_FromLong(_OPENMP);
@@ -29,7 +32,7 @@ PyObject* build_facts() {
   Py_INCREF(Py_None);
   PyObject* openmp = Py_None;
 #endif
-  return Py_BuildValue("{s:N,s:N}", "cuda_archs", archs, "openmp", openmp);
+  return Py_BuildValue("{s:N,s:N,s:N}", "cuda_archs", archs, "openmp", openmp, "cuda_max_k", cuda_max_k);
 }
 
 PyObject* py_build_facts(PyObject*, PyObject*) {
@@ -74,7 +77,7 @@ PyMethodDef methods[] = {
     {"knn_cpu_kernels", py_knn_cpu_kernels, METH_VARARGS,
      "(kernels this CPU runs, knn's first candidate kernel, its fp32 kernel) for a precision."},
     {"build_facts", py_build_facts, METH_NOARGS,
-     "dict(cuda_archs=str or None, openmp=version or None) of this build."},
+     "dict(cuda_archs=str or None, openmp=version or None, cuda_max_k=int or None) of this build."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "fastad compiled operators", -1, methods};

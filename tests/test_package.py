@@ -21,6 +21,22 @@ def test_info_reports_the_build():
     assert facts["threads"] >= 1 and facts["backend"] == "native"
 
 
+def test_kernel_limits_come_from_one_place():
+    """The CUDA kernels were compiled with fastad/ops/limits.py's values (setup.py passes them),
+    and the Python checks use the same constants."""
+    import importlib
+
+    from fastad.ops.limits import CUDA_MAX_K
+    knn_module = importlib.import_module("fastad.ops.knn")   # fastad.ops.knn the attribute is the function
+    built = fastad.extension.compiled.build_facts()
+    assert set(built) >= {"cuda_archs", "openmp", "cuda_max_k"}
+    if built["cuda_archs"] is None:
+        assert built["cuda_max_k"] is None
+    else:
+        assert built["cuda_max_k"] == CUDA_MAX_K
+    assert knn_module.CUDA_MAX_K is CUDA_MAX_K
+
+
 def test_set_backend_rejects_unknown_names():
     with pytest.raises(ValueError, match="backend must be one of"):
         fastad.set_backend("fast")

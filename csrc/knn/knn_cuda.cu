@@ -34,7 +34,10 @@ namespace {
 namespace cg = cooperative_groups;
 
 constexpr unsigned kFull = 0xffffffffu;
-constexpr int kMaxK = 64;
+#ifndef FASTAD_CUDA_MAX_K
+#error "FASTAD_CUDA_MAX_K comes from fastad/ops/limits.py, passed by setup.py"
+#endif
+constexpr int kMaxK = FASTAD_CUDA_MAX_K;
 constexpr int kExtraCandidates = 128;  // the candidate buffer holds k + this many rows
 constexpr int kWarpThreads = 256;      // 8 warps per block in the selection/re-rank kernels
 constexpr int kWarps = kWarpThreads / 32;

@@ -10,8 +10,7 @@ from fastad import extension
 from fastad.backend import use_reference
 from fastad.ops import reference
 from fastad.checks import check_finite, check_float, check_int, check_same_device, check_tensor
-
-CUDA_MAX_K = 64
+from fastad.ops.limits import CUDA_MAX_K
 
 
 CANDIDATE_PRECISIONS = ("auto", "fp32", "bf16", "tf32")
