@@ -19,6 +19,7 @@ from fastad.distributed.weights import pack_model, unpack_model
 from fastad.engine.pipeline import calibrate_run
 from fastad.models import create_model
 from test_trust import random_idat_png
+from test_trust_inputs import ODD_NAMES
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
@@ -275,3 +276,21 @@ def test_an_image_replaced_since_it_was_scored_is_scored_again(cluster, run_dir,
     assert (again.resumed, again.scored) == (2, 8)
     score_on_ray(run_dir, folder, fresh, batch_size=BATCH)
     assert_same_outputs(out, fresh, inputs=False)
+
+
+def test_any_file_name_round_trips_as_in_the_local_engine(cluster, run_dir, images, tmp_path):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    sources = sorted(images.glob("00[0-9]_*.png"))
+    try:
+        for name, source in zip(ODD_NAMES, sources):
+            (folder / name).write_bytes(source.read_bytes())
+    except (OSError, UnicodeEncodeError) as error:
+        pytest.skip(f"this file system refuses such names: {error}")
+    reference = tmp_path / "local"
+    fastad.Scorer(run_dir, batch_size=BATCH).score_folder(folder, reference, num_workers=0, progress=False)
+    result = score_on_ray(run_dir, folder, tmp_path / "ray", batch_size=BATCH)
+    assert sorted(Path(p).name for p in result.paths) == sorted(ODD_NAMES)
+    for name in ("scores.csv", "inputs.csv"):
+        assert (tmp_path / "ray" / name).read_bytes() == (reference / name).read_bytes(), name
+    assert sorted(os.listdir(tmp_path / "ray" / "maps")) == sorted(os.listdir(reference / "maps"))
