@@ -1,6 +1,8 @@
 """fastad.distributed: scoring on a local Ray cluster (2 CPUs) gives exactly the single-process
-Scorer's scores.csv and maps, survives a replica killed mid-run, and resumes without rescoring."""
+Scorer's scores folder (scores.csv with verdicts for a calibrated checkpoint, inputs.csv, maps),
+survives a replica killed mid-run, and resumes as the local engine does, without rescoring."""
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +16,10 @@ from fastad import cli
 from fastad.data.images import save_image
 from fastad.distributed.inputs import batches, list_inputs
 from fastad.distributed.weights import pack_model, unpack_model
+from fastad.engine.pipeline import calibrate_run
 from fastad.models import create_model
 from test_trust import random_idat_png
+from test_trust_inputs import ODD_NAMES
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
@@ -65,8 +69,22 @@ def local(run_dir, images, tmp_path_factory):
     return out
 
 
-def assert_same_outputs(out, reference):
-    assert (out / "scores.csv").read_text() == (reference / "scores.csv").read_text()
+@pytest.fixture(scope="module")
+def calibrated(run_dir, images, tmp_path_factory):
+    """(a copy of run_dir calibrated on the images at a false-reject rate of 0.2, its local scores folder)."""
+    run = tmp_path_factory.mktemp("calibrated") / "run"
+    shutil.copytree(run_dir, run)
+    calibrate_run(run, images, false_reject=0.2, progress=False)
+    out = tmp_path_factory.mktemp("calibrated-local")
+    fastad.Scorer(run, batch_size=BATCH).score_folder(images, out, overlays=False, num_workers=0, progress=False)
+    return run, out
+
+
+def assert_same_outputs(out, reference, inputs: bool = True):
+    """out holds reference's scores.csv and maps, byte for byte, and its inputs.csv too (inputs:
+    not after a file changed under a resumed run: inputs.csv logs each scoring of a position)."""
+    for name in ("scores.csv",) + (("inputs.csv",) if inputs else ()):
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
     names = sorted(p.name for p in (reference / "maps").iterdir())
     assert len(names) == N_IMAGES and sorted(p.name for p in (out / "maps").iterdir()) == names
     for name in names:
@@ -92,18 +110,34 @@ def test_scores_and_maps_equal_the_single_process_scorer(cluster, run_dir, image
                                                     str(images / "004b_random_idat.png")]
     err = capsys.readouterr().err
     assert "zz_corrupt.png" in err and "004b_random_idat.png" in err
-    assert len(list((tmp_path / "parts").glob("*.json"))) == N_IMAGES
-    assert not list(tmp_path.rglob("*.tmp"))
+    assert not (tmp_path / "parts").exists() and not list(tmp_path.rglob("*.tmp"))
+    assert (tmp_path / "scores.csv").read_bytes().startswith(b"path,score\r\n")
+
+
+def test_a_calibrated_checkpoint_gets_the_local_engines_verdicts(cluster, calibrated, images, tmp_path):
+    run, local_out = calibrated
+    result = score_on_ray(run, images, tmp_path, batch_size=BATCH)
+    assert_same_outputs(tmp_path, local_out)
+    rows = (tmp_path / "scores.csv").read_text().splitlines()
+    assert rows[0] == "path,score,verdict" and len(rows) == N_IMAGES + 1
+    assert {row.rsplit(",", 1)[1] for row in rows[1:]} == {"ok", "defect"}
+    threshold = fastad.Scorer(run).threshold
+    assert sum(float(s) > threshold for s in result.image_scores) == sum(r.endswith(",defect") for r in rows)
+    manifest = fastad.engine.run_folder.read_manifest(tmp_path)
+    assert manifest["settings"]["threshold"] == threshold and manifest["settings"]["engine"] == "ray"
+    local_settings = fastad.engine.run_folder.read_manifest(local_out)["settings"]
+    assert {k: v for k, v in manifest["settings"].items() if k != "engine"} == \
+        {k: v for k, v in local_settings.items() if k != "engine"}
 
 
 def crashing_replica(marker, at_call: int):
     """A ScoreReplica whose first actor to reach its at_call-th call creates `marker` and exits the
-    process right after writing that batch's first image (defined here, so Ray ships it by value)."""
+    process right after writing that batch's first map (defined here, so Ray ships it by value)."""
     class CrashingReplica(replica.ScoreReplica):
         def __call__(self, batch):
             self.calls = getattr(self, "calls", 0) + 1
             if self.calls == at_call:
-                write = replica.write_record
+                write = replica.save_map
 
                 def write_then_exit(*args, **kwargs):
                     write(*args, **kwargs)
@@ -113,7 +147,7 @@ def crashing_replica(marker, at_call: int):
                         return
                     os._exit(1)
 
-                replica.write_record = write_then_exit
+                replica.save_map = write_then_exit
             return super().__call__(batch)
 
     return CrashingReplica
@@ -132,29 +166,34 @@ def test_a_replica_killed_mid_run_still_scores_every_image_once(cluster, run_dir
     assert_same_outputs(out, local)
 
 
+def cut_after(out, rows: int) -> None:
+    """out as a run killed after its first `rows` scored images left it: scores.csv and
+    inputs.csv hold their rows, maps/ only their maps."""
+    for name in ("scores.csv", "inputs.csv"):
+        lines = (out / name).read_bytes().split(b"\r\n")
+        (out / name).write_bytes(b"\r\n".join(lines[:rows + 1]) + b"\r\n")
+    for path in sorted((out / "maps").iterdir())[rows:]:
+        path.unlink()
+
+
 def test_resume_scores_only_the_unfinished_images(cluster, run_dir, images, local, tmp_path):
     first = score_on_ray(run_dir, images, tmp_path, batch_size=BATCH)
     assert (first.scored, first.resumed) == (N_IMAGES, 0)
-    # as if the run had been killed after its first 4 images: the others' records and maps are gone
-    for folder in ("maps", "parts"):
-        for path in sorted((tmp_path / folder).iterdir())[4:]:
-            path.unlink()
-    written = {p.name: p.stat().st_mtime_ns for folder in ("maps", "parts") for p in (tmp_path / folder).iterdir()}
-    assert len(written) == 8
+    cut_after(tmp_path, 4)
+    written = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "maps").iterdir()}
+    assert len(written) == 4
 
     whole = score_on_ray(run_dir, images, tmp_path, batch_size=BATCH)
     assert (whole.scored, whole.resumed) == (N_IMAGES - 4, 4)
-    for folder in ("maps", "parts"):
-        for path in (tmp_path / folder).iterdir():
-            if path.name in written:
-                assert path.stat().st_mtime_ns == written[path.name], f"{path} was rewritten"
+    for path in (tmp_path / "maps").iterdir():
+        if path.name in written:
+            assert path.stat().st_mtime_ns == written[path.name], f"{path} was rewritten"
     assert_same_outputs(tmp_path, local)  # the remaining batches line up with the local path's
 
     again = score_on_ray(run_dir, images, tmp_path, batch_size=BATCH, resume=False)
     assert (again.scored, again.resumed) == (N_IMAGES, 0)
     for name, mtime in written.items():
-        folder = "maps" if name.endswith(".npy") else "parts"
-        assert (tmp_path / folder / name).stat().st_mtime_ns != mtime, f"resume=False did not rescore {name}"
+        assert (tmp_path / "maps" / name).stat().st_mtime_ns != mtime, f"resume=False did not rescore {name}"
     assert_same_outputs(tmp_path, local)
     with pytest.raises(FileExistsError, match="another run"):  # other inputs into the same folder
         score_on_ray(run_dir, list_inputs(images, 256)[0][:4], tmp_path, batch_size=BATCH)
@@ -200,6 +239,8 @@ def test_arguments_are_checked(run_dir, images, tmp_path):
         score_on_ray(run_dir, images, tmp_path, batch_size=0)
     with pytest.raises(ValueError, match="num_replicas"):
         score_on_ray(run_dir, images, tmp_path, num_replicas=0)
+    with pytest.raises(ValueError, match="memory_format"):
+        score_on_ray(run_dir, images, tmp_path, memory_format="nhwc")
     with pytest.raises(FileNotFoundError, match="paths_or_folder"):
         list_inputs(tmp_path / "missing", 256)
     with pytest.raises(TypeError, match="paths_or_folder"):
@@ -231,6 +272,25 @@ def test_an_image_replaced_since_it_was_scored_is_scored_again(cluster, run_dir,
     again = score_on_ray(run_dir, folder, out, batch_size=BATCH)
     warned = [line for line in capsys.readouterr().err.splitlines() if "changed since it was scored" in line]
     assert len(warned) == 1 and target.name in warned[0]
-    assert again.scored == BATCH + 1  # its batch, and the good image batched with the undecodable one
+    # from its batch (positions 2, 3) on, as the local engine: 9 positions, one of them undecodable
+    assert (again.resumed, again.scored) == (2, 8)
     score_on_ray(run_dir, folder, fresh, batch_size=BATCH)
-    assert_same_outputs(out, fresh)
+    assert_same_outputs(out, fresh, inputs=False)
+
+
+def test_any_file_name_round_trips_as_in_the_local_engine(cluster, run_dir, images, tmp_path):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    sources = sorted(images.glob("00[0-9]_*.png"))
+    try:
+        for name, source in zip(ODD_NAMES, sources):
+            (folder / name).write_bytes(source.read_bytes())
+    except (OSError, UnicodeEncodeError) as error:
+        pytest.skip(f"this file system refuses such names: {error}")
+    reference = tmp_path / "local"
+    fastad.Scorer(run_dir, batch_size=BATCH).score_folder(folder, reference, num_workers=0, progress=False)
+    result = score_on_ray(run_dir, folder, tmp_path / "ray", batch_size=BATCH)
+    assert sorted(Path(p).name for p in result.paths) == sorted(ODD_NAMES)
+    for name in ("scores.csv", "inputs.csv"):
+        assert (tmp_path / "ray" / name).read_bytes() == (reference / name).read_bytes(), name
+    assert sorted(os.listdir(tmp_path / "ray" / "maps")) == sorted(os.listdir(reference / "maps"))

@@ -23,6 +23,19 @@ def test_smooth_matches_scipy_gaussian_filter():
     assert torch.allclose(smooth(flat), flat)
 
 
+def test_smooth_takes_maps_smaller_than_its_kernel_and_keeps_the_dtype():
+    """smooth runs fastad.ops.gaussian_blur on the map padded by replicating its edge, so a map
+    narrower than the kernel's reach (12 px at sigma 4; the op's reflect padding alone refuses
+    it) is blurred as scipy's mode="nearest" blurs it, and float32 agrees with float64."""
+    tiny = _maps(3, 5, 2, seed=1).double()
+    expected = np.stack([ndimage.gaussian_filter(m, SMOOTH_SIGMA, mode="nearest", truncate=3.0) for m in tiny.numpy()])
+    np.testing.assert_allclose(smooth(tiny).numpy(), expected, atol=1e-12)
+    maps = _maps()
+    assert torch.allclose(smooth(maps), smooth(maps.double()).float(), rtol=0, atol=1e-6)
+    half = smooth(maps.bfloat16())
+    assert half.dtype == torch.bfloat16 and torch.allclose(half.float(), smooth(maps), atol=1e-2)
+
+
 def test_plain_rules_match_numpy():
     maps = _maps()
     a = maps.numpy().reshape(len(maps), -1)

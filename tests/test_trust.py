@@ -363,9 +363,9 @@ def test_tampered_checkpoints_are_refused_naming_file_and_what(run_dir, tmp_path
 
 
 def test_a_failed_append_leaves_whole_batches_only(tmp_path, monkeypatch):
-    from fastad.engine import score_run
+    from fastad.engine.scores_folder import AppendStream, score_header
 
-    stream = score_run.ScoresStream(tmp_path / "scores.csv")
+    stream = AppendStream(tmp_path / "scores.csv", score_header(None))
     stream.write("a,1\r\n")
     real = os.write
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch.utils.data import Dataset
@@ -12,15 +13,25 @@ from fastad.data.report import report_skipped
 from fastad.files import file_fingerprint
 
 
+class ImageFile(NamedTuple):
+    """One kept sample of a file reader, before decoding: the image file, its mask file (None:
+    no mask), its label (fastad.data.sample: NORMAL, ANOMALOUS, UNLABELLED) and defect name."""
+
+    path: str
+    mask_path: str | None
+    label: int
+    defect: str
+
+
 class ImageFileDataset(Dataset):
     """Base of the file readers. Attributes: size (H, W) or None (the file's size), items
-    [(path, mask path or None, label, defect)] of every kept sample, skipped [(path, reason)]
-    of every file left out, ignored [(path, reason)] of every folder entry that is no image
-    file (fastad.data.images.list_entries)."""
+    [ImageFile] of every kept sample, skipped [(path, reason)] of every file left out, ignored
+    [(path, reason)] of every folder entry that is no image file
+    (fastad.data.images.list_entries)."""
 
     def __init__(self, size):
         self.size = normalize_size(size)
-        self.items: list[tuple[str, str | None, int, str]] = []
+        self.items: list[ImageFile] = []
         self.skipped: list[tuple[str, str]] = []
         self.ignored: list[tuple[str, str]] = []
 
@@ -38,11 +49,15 @@ class ImageFileDataset(Dataset):
                 check_image(mask)
             except UnreadableImageError as error:
                 return report_skipped(self.skipped, mask, error.reason)
-        self.items.append((str(path), None if mask is None else str(mask), label, defect))
+        self.items.append(ImageFile(str(path), None if mask is None else str(mask), label, defect))
+
+    def paths(self) -> list[str]:
+        """The image file of every kept sample, in dataset order."""
+        return [item.path for item in self.items]
 
     def _read(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(image [3, H, W] float32 in [0, 1], mask [H, W] bool or None) of items[index]."""
-        path, mask_path, _, _ = self.items[index]
+        path, mask_path = self.items[index].path, self.items[index].mask_path
         image = load_image(path, self.size)
         if mask_path is None:
             return image, None
@@ -55,7 +70,7 @@ class ImageFileDataset(Dataset):
     def _read_fingerprinted(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None, str]:
         """_read(index) and the fingerprint of the image file it decoded (fastad.files.
         file_fingerprint); UnreadableImageError naming the file when it changed while read."""
-        path = self.items[index][0]
+        path = self.items[index].path
         try:
             fingerprint = file_fingerprint(path)
         except OSError as error:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from fastad.data.file_dataset import ImageFileDataset
+from fastad.data.file_dataset import ImageFile, ImageFileDataset
 from fastad.data.images import list_entries, load_mask
 from fastad.data.report import warnings_to_stderr
 from fastad.data.sample import ANOMALOUS, NORMAL, UNLABELLED, Sample
@@ -65,19 +65,19 @@ class FolderDataset(ImageFileDataset):
         here only if the mask has a defective pixel, which needs the mask decoded."""
         return [self._label(item) for item in self.items]
 
-    def _label(self, item) -> int:
-        _, mask_path, label, _ = item
-        if mask_path is None:
-            return label
-        return ANOMALOUS if bool(load_mask(mask_path, self.size).any()) else NORMAL
+    def _label(self, item: ImageFile) -> int:
+        if item.mask_path is None:
+            return item.label
+        return ANOMALOUS if bool(load_mask(item.mask_path, self.size).any()) else NORMAL
 
     def __getitem__(self, index: int) -> Sample:
-        path, _, label, defect = self.items[index]
+        item = self.items[index]
         image, mask, fingerprint = self._read_fingerprinted(index)
         if mask is None:
-            return Sample(image, torch.zeros(image.shape[1:], dtype=torch.bool), label, path, defect, fingerprint)
+            return Sample(image, torch.zeros(image.shape[1:], dtype=torch.bool), item.label, item.path, item.defect,
+                          fingerprint)
         anomalous = bool(mask.any())
-        return Sample(image, mask, ANOMALOUS if anomalous else NORMAL, path, "defect" if anomalous else "good",
+        return Sample(image, mask, ANOMALOUS if anomalous else NORMAL, item.path, "defect" if anomalous else "good",
                       fingerprint)
 
 

@@ -26,7 +26,7 @@ class MVTecDataset(ImageFileDataset):
     """MVTecDataset(root, category, split="train"|"test", size=256)[i] -> Sample with image
     [3, H, W] float32 in [0, 1] and mask [H, W] bool, (H, W) = size (None keeps the file's size).
 
-    Attributes: items (path, mask path or None, label, defect) of every kept sample, skipped
+    Attributes: items [ImageFile] (path, mask path or None, label, defect) of every kept sample, skipped
     [(path, reason)] of every file left out.
     """
 
@@ -46,11 +46,11 @@ class MVTecDataset(ImageFileDataset):
                 self._add(path, mask, NORMAL if defect == "good" else ANOMALOUS, defect)
 
     def labels(self) -> list[int]:
-        return [item[2] for item in self.items]
+        return [item.label for item in self.items]
 
     def __getitem__(self, index: int) -> Sample:
-        path, _, label, defect = self.items[index]
+        item = self.items[index]
         image, mask = self._read(index)
         if mask is None:
             mask = torch.zeros(image.shape[1:], dtype=torch.bool)
-        return Sample(image, mask, label, path, defect)
+        return Sample(image, mask, item.label, item.path, item.defect)

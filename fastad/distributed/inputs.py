@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from fastad.data.images import UnreadableImageError, check_image
-from fastad.engine.score_run import open_folder
+from fastad.data.folder import open_folder
 
 
 def list_inputs(paths_or_folder, size: int) -> tuple[list[str], list[tuple[str, str]]]:
@@ -19,7 +19,7 @@ def list_inputs(paths_or_folder, size: int) -> tuple[list[str], list[tuple[str, 
             raise FileNotFoundError(f"paths_or_folder {paths_or_folder} is not a directory (pass a folder or a list "
                                     "of image paths)")
         dataset = open_folder(paths_or_folder, size)
-        return [item[0] for item in dataset.items], list(dataset.skipped)
+        return dataset.paths(), list(dataset.skipped)
     if not isinstance(paths_or_folder, (list, tuple)) or not all(isinstance(p, (str, Path)) for p in paths_or_folder):
         raise TypeError(f"paths_or_folder must be a folder or a list of paths, got {type(paths_or_folder).__name__}")
     readable, skipped = [], []

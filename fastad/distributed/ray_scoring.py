@@ -4,14 +4,15 @@
     result = score_on_ray("runs/brick", "/shared/line/today", "/shared/line/today-scores",
                            address="auto", device="cuda", batch_size=32)
 
-The driver checks the inputs, loads the checkpoint once and puts its weights (memory bank
-included) into the object store with one ray.put; an actor pool of ScoreReplica UDFs (one per GPU,
-or one per `cpus_per_replica` CPUs) rebuilds the model from that object and scores whole batches,
-writing out/maps/<name>.npy and out/parts/<name>.json per image. Images that already have a
-record are not rescored (resume); out/scores.csv is assembled from the records at the end.
-Inputs and `out` must be on storage every node sees (NFS, a shared volume, ...). The output
-folder belongs to one run, as the local path's (fastad.engine.run_folder): locked while the run
-writes it, and refused when it holds another run's results unless overwrite=True.
+The driver checks the arguments and inputs as fastad.Scorer and the local engine do, loads the
+checkpoint once and puts its weights (memory bank included) into the object store with one
+ray.put; an actor pool of ScoreReplica UDFs (one per GPU, or one per `cpus_per_replica` CPUs)
+rebuilds the model from that object, scores whole batches and writes out/maps/<name>.npy per
+image; the driver appends each batch's rows to out/scores.csv and out/inputs.csv in input order
+as they come back. The folder is the local engine's (fastad.engine.scores_folder: same files,
+same bytes, same resume) and belongs to one run (fastad.engine.run_folder): locked while the run
+writes it, refused when it holds another run's results unless overwrite=True. Inputs and `out`
+must be on storage every node sees (NFS, a shared volume, ...).
 """
 from __future__ import annotations
 
@@ -22,16 +23,16 @@ from pathlib import Path
 
 import torch
 
-from fastad.distributed.inputs import batches, list_inputs
-from fastad.distributed import replica
-from fastad.distributed.records import assemble_scores, changed_input, is_finished, record_path
-from fastad.distributed.weights import pack_model
 from fastad.checks import check_bool, check_choice, check_int
-from fastad.engine.checkpoint import checkpoint_path, load_checkpoint
+from fastad.distributed import replica
+from fastad.distributed.inputs import batches, list_inputs
+from fastad.distributed.records import InOrder
+from fastad.distributed.weights import pack_model
+from fastad.engine.decision import calibrated_threshold
 from fastad.engine.run_folder import claim, locked, mark_complete
-from fastad.engine.score_run import OWNED, run_manifest
-from fastad.engine.scorer import SCORING_PRECISIONS
-from fastad.models.base import AnomalyModel
+from fastad.engine.scorer import check_scoring_options, open_model, scoring_settings
+from fastad.engine.scores_folder import (SCORES_FILE, BatchWriter, discard, owned_entries, read_finished,
+                                         resume_point, run_manifest)
 
 DEVICES = ("cpu", "cuda")
 BLOCKS_PER_REPLICA = 16
@@ -61,13 +62,11 @@ def require_ray():
     return ray
 
 
-def _check_arguments(device, batch_size, precision, cuda_graphs, num_replicas, cpus_per_replica) -> None:
-    """Fails on the driver what fastad.Scorer would fail in every replica."""
+def _check_arguments(device, batch_size, precision, cuda_graphs, memory_format, num_replicas,
+                     cpus_per_replica) -> None:
+    """Fails on the driver what fastad.Scorer would fail in every replica, and the pool's own."""
     check_choice("device", device, DEVICES)
-    check_choice("precision", precision, SCORING_PRECISIONS)
-    if device == "cpu" and (precision == "fp16" or check_bool("cuda_graphs", cuda_graphs)):
-        raise ValueError("precision 'fp16' and cuda_graphs need device='cuda'")
-    check_int("batch_size", batch_size, 1)
+    check_scoring_options(device, batch_size, precision, cuda_graphs, memory_format)
     check_int("cpus_per_replica", cpus_per_replica, 1)
     if num_replicas is not None:
         check_int("num_replicas", num_replicas, 1)
@@ -88,11 +87,11 @@ def _replicas(ray, device: str, num_replicas: int | None, cpus_per_replica: int)
 
 def score_on_ray(checkpoint, paths_or_folder, out, *, address: str | None = None, num_replicas: int | None = None,
                  batch_size: int = 8, device: str = "cpu", precision: str = "fp32", resume: bool = True,
-                 save_maps: bool = True, cuda_graphs: bool = False, cpus_per_replica: int = 1,
-                 overwrite: bool = False) -> DistributedScores:
+                 save_maps: bool = True, cuda_graphs: bool = False, memory_format: str = "channels_last",
+                 cpus_per_replica: int = 1, overwrite: bool = False) -> DistributedScores:
     """Scores images on a Ray cluster; writes what `fastad score` writes (out/scores.csv with
-    `path,score` rows in input order, out/maps/<name>.npy [H, W] float32, out/run.json), plus
-    out/parts/.
+    `path,score` rows in input order, and `verdict` for a calibrated checkpoint, out/inputs.csv,
+    out/maps/<name>.npy [H, W] float32, out/run.json), byte for byte.
 
     Args:
         checkpoint: a run folder (or its checkpoint.safetensors) or a trained AnomalyModel.
@@ -101,10 +100,11 @@ def score_on_ray(checkpoint, paths_or_folder, out, *, address: str | None = None
         address: the cluster to connect to ("auto", "ray://head:10001", "head:6379"); None uses the
             Ray session already initialised in this process, or starts a local one.
         num_replicas: actors in the pool (default: one per GPU, or per cpus_per_replica CPUs).
-        batch_size, precision, cuda_graphs: as fastad.Scorer; batches are cut like the local path's.
+        batch_size, precision, cuda_graphs, memory_format: as fastad.Scorer; batches are cut like
+            the local path's.
         device: "cpu" or "cuda" (one GPU per replica).
-        resume: skip images whose record (and map) an earlier attempt of this run already wrote;
-            False rescores all.
+        resume: go on from the batches an earlier attempt of this run finished (as the local
+            engine does); False scores every image again.
         save_maps: write the per-image maps (False: scores only).
         cpus_per_replica: CPUs each actor reserves (and decodes images with).
         overwrite: replace another run's results in `out` (otherwise FileExistsError).
@@ -113,42 +113,39 @@ def score_on_ray(checkpoint, paths_or_folder, out, *, address: str | None = None
         DistributedScores (paths and image_scores as in scores.csv, skipped files, counts). Images
         that fail to decode in a replica are reported on stderr and listed in `skipped`.
     """
-    _check_arguments(device, batch_size, precision, cuda_graphs, num_replicas, cpus_per_replica)
+    _check_arguments(device, batch_size, precision, cuda_graphs, memory_format, num_replicas, cpus_per_replica)
     check_bool("overwrite", overwrite)
+    check_bool("resume", resume)
+    check_bool("save_maps", save_maps)
     ray = require_ray()
-    model = checkpoint if isinstance(checkpoint, AnomalyModel) else load_checkpoint(checkpoint, "cpu").model
+    model, header, source = open_model(checkpoint, "cpu")
+    threshold = calibrated_threshold(header)
     paths, skipped = list_inputs(paths_or_folder, model.image_size)
-    source = (f"a {model.name} model object" if isinstance(checkpoint, AnomalyModel)
-              else str(checkpoint_path(checkpoint).resolve()))
-    settings = {"engine": "ray", "device": device, "batch_size": batch_size, "precision": precision,
-                "cuda_graphs": cuda_graphs, "memory_format": "channels_last", "image_size": model.image_size,
-                "maps": "npy" if save_maps else None}
+    options = replica.ReplicaOptions(device, batch_size, precision, cuda_graphs, memory_format, save_maps,
+                                     cpus_per_replica)
+    settings = {"engine": "ray", **scoring_settings(device, batch_size, precision, cuda_graphs, memory_format,
+                                                    model.image_size, threshold), "maps": "npy" if save_maps else None}
     images = str(Path(paths_or_folder).resolve()) if isinstance(paths_or_folder, (str, Path)) else "a list of paths"
     out = Path(out)
     with locked(out):
-        claim(out, run_manifest(source, model, images, paths, settings), overwrite, OWNED)
-        if not resume:  # rescore everything (a retried batch still skips what this attempt finished)
-            for i, path in enumerate(paths):
-                record_path(out, path, i).unlink(missing_ok=True)
-        for i, path in enumerate(paths):
-            reason = changed_input(out, path, i) if resume else None
-            if reason is not None:
-                print(f"warning: {path}: {reason}; scoring it again", file=sys.stderr, flush=True)
-        unfinished = {i // batch_size for i, path in enumerate(paths) if not is_finished(out, path, i, save_maps)}
-        pending = [i for i in range(len(paths)) if i // batch_size in unfinished]  # whole batches, as a fresh run's
+        claim(out, run_manifest(source, model, images, paths, settings), overwrite, owned_entries(save_maps, False))
+        if not resume:
+            discard(out)
+        finished, start = resume_point(out, paths, batch_size, threshold)
+        pending = list(range(start, len(paths)))
         started = time.perf_counter()
-        failed = _score_pending(ray, address, model, paths, pending, out, device, batch_size, precision, cuda_graphs,
-                                save_maps, num_replicas, cpus_per_replica) if pending else []
-        kept, image_scores = assemble_scores(out, paths)
+        failed = _score_pending(ray, address, model, paths, pending, out, options, threshold,
+                                num_replicas) if pending else []
+        rows = read_finished(out / SCORES_FILE, paths, threshold)
         timing = {"seconds": round(time.perf_counter() - started, 3), "images": len(pending) - len(failed)}
         mark_complete(out, skipped=[{"path": p, "reason": r} for p, r in skipped + failed], timing=timing)
-    return DistributedScores(kept, image_scores, skipped + failed, scored=len(pending) - len(failed),
-                             resumed=len(paths) - len(pending))
+    return DistributedScores([row.path for row in rows], torch.tensor([row.score for row in rows], dtype=torch.float32),
+                             skipped + failed, scored=len(pending) - len(failed), resumed=len(finished))
 
 
-def _score_pending(ray, address, model, paths, pending, out, *settings) -> list[tuple[str, str]]:
-    """Connects to (or starts) Ray, scores the pending input positions; [(path, reason)] of the
-    images that failed to decode, each reported on stderr."""
+def _score_pending(ray, address, model, paths, pending, out, options, threshold, num_replicas) -> list[tuple[str, str]]:
+    """Connects to (or starts) Ray, scores the pending input positions into out's scores folder;
+    [(path, reason)] of the images that failed to decode, each reported on stderr."""
     started = False
     if ray.is_initialized():
         if address is not None:
@@ -158,21 +155,24 @@ def _score_pending(ray, address, model, paths, pending, out, *settings) -> list[
         ray.init(address=address)
         started = True
     try:
-        failed = _run(ray, model, [paths[i] for i in pending], pending, out, *settings)
+        with BatchWriter(out, threshold) as writer:
+            written = InOrder(writer, pending, options.batch_size)
+            for row in _run(ray, model, [paths[i] for i in pending], pending, out, options, num_replicas):
+                written.add(row)
+            written.finish()
     finally:
         if started:
             ray.shutdown()
-    for path, reason in failed:
+    for path, reason in written.failed:
         print(f"warning: skipping {path}: {reason}", file=sys.stderr)
-    return failed
+    return written.failed
 
 
-def _run(ray, model, paths, indices, out, device, batch_size, precision, cuda_graphs, save_maps, num_replicas,
-         cpus_per_replica) -> list[tuple[str, str]]:
-    """Runs the actor pool over the pending images; returns [(path, reason)] of those that failed to decode."""
+def _run(ray, model, paths, indices, out, options, num_replicas):
+    """Runs the actor pool over the pending images; yields one row per image as it comes back."""
     packed_ref = ray.put(pack_model(model))  # once: every actor (and every restart) fetches this object
-    rows = batches(indices, paths, batch_size)
-    size = min(_replicas(ray, device, num_replicas, cpus_per_replica), len(rows))
+    rows = batches(indices, paths, options.batch_size)
+    size = min(_replicas(ray, options.device, num_replicas, options.decode_threads), len(rows))
     # a few blocks per replica: tasks stay balanced, and a retried task redoes few batches
     dataset = ray.data.from_items(rows, override_num_blocks=min(len(rows), BLOCKS_PER_REPLICA * size))
     scored = dataset.map_batches(
@@ -180,18 +180,12 @@ def _run(ray, model, paths, indices, out, device, batch_size, precision, cuda_gr
         batch_size=1,  # one row = one scoring batch of up to batch_size images
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=size),
-        fn_constructor_kwargs={"packed_ref": [packed_ref], "device": device, "batch_size": batch_size,
-                               "precision": precision, "cuda_graphs": cuda_graphs, "out": str(out),
-                               "save_maps": save_maps, "decode_threads": cpus_per_replica},
-        num_cpus=cpus_per_replica,
-        num_gpus=1 if device == "cuda" else 0,
+        fn_constructor_kwargs={"packed_ref": [packed_ref], "out": str(out), "options": options},
+        num_cpus=options.decode_threads,
+        num_gpus=1 if options.device == "cuda" else 0,
         # A replica that dies (node lost, OOM kill) is restarted and its unfinished batches are
         # retried on it: Ray Data's actor pools default to max_restarts=-1, max_task_retries=-1
         # (Ray 2.60 does; passing them as raw remote args is deprecated there, so they are not
         # restated; tests/test_distributed.py kills a replica to check it).
     )
-    failed = []
-    for row in scored.iter_rows():
-        if row["error"]:
-            failed.append((str(row["path"]), str(row["error"])))
-    return failed
+    yield from scored.iter_rows()

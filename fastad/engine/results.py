@@ -1,5 +1,6 @@
-"""Writing results: per-image scores (CSV), anomaly maps (.npy), heat-map overlays (PNG).
-Every file is written to a temporary name and renamed into place.
+"""Writing results: anomaly maps (.npy) and heat-map overlays (PNG), named as the scores folder
+names them (fastad.engine.scores_folder, which also writes scores.csv). Every file is written to
+a temporary name and renamed into place.
 
 An overlay PNG reads on its own: image | heat map | heat map over the image (ground truth
 outlined), a colour bar labelled with the set's map range, and a caption with the image score
@@ -8,8 +9,6 @@ uniform, monotonic in lightness, so it reads in grey and with the common colour-
 deficiencies (jet does neither)."""
 from __future__ import annotations
 
-import csv
-import io
 import warnings
 from pathlib import Path
 
@@ -24,24 +23,7 @@ from fastad.files import atomic_write
 from fastad.data.images import UnreadableImageError
 from fastad.data.report import SkippedImageWarning
 from fastad.engine.decision import verdicts
-
-
-def write_scores_csv(path, paths: list[str], image_scores: torch.Tensor, labels: torch.Tensor | None = None) -> None:
-    """One row per image: path, score (and label when given)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["path", "score"] + (["label"] if labels is not None else []))
-    for i, (name, score) in enumerate(zip(paths, image_scores.tolist())):
-        writer.writerow([name, f"{score:.9g}"] + ([int(labels[i])] if labels is not None else []))
-    with atomic_write(path, "w") as f:
-        f.write(buffer.getvalue())
-
-
-def output_name(path: str, index: int) -> str:
-    """A file stem for image `path` that stays unique across sub-folders (test/crack/000 ->
-    0007_crack_000)."""
-    parts = Path(path.split(":", 1)[-1]).with_suffix("").parts[-2:]
-    return f"{index:05d}_" + "_".join(p.replace(" ", "_") for p in parts)
+from fastad.engine.scores_folder import OVERLAYS_DIR, output_name
 
 
 def save_map(path, anomaly_map: torch.Tensor) -> None:
@@ -149,7 +131,7 @@ def write_overlays(out, scored, dataset, limit: int | None = None, threshold: fl
     `limit` at most) into out/overlays/<name>.png, one colour range for the whole set; <name> is
     output_name(path, dataset position), as the map's. Each caption has the image score, and the
     verdict when the calibrated `threshold` is given."""
-    folder = Path(out) / "overlays"
+    folder = Path(out) / OVERLAYS_DIR
     scale = map_scale(scored.maps)
     order = sorted(range(len(scored.paths)), key=lambda i: (-int(scored.labels[i]), i))[:limit]
     judged = verdicts(scored.image_scores, threshold)

@@ -30,6 +30,41 @@ def _check_unit_range(images: torch.Tensor) -> None:
                          " (for 0..255 values pass a uint8 tensor or divide by 255)")
 
 
+def check_scoring_options(device, batch_size: int, precision: str, cuda_graphs: bool, memory_format: str) -> torch.device:
+    """The torch.device of `device`, once the options are ones a Scorer takes (see Scorer);
+    ValueError / TypeError naming the option otherwise: an unknown precision or memory format,
+    fp16 or CUDA graphs without a CUDA device, a batch size below 1."""
+    check_choice("precision", precision, SCORING_PRECISIONS)
+    device = torch.device(device)
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("precision 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on the CPU")
+    if check_bool("cuda_graphs", cuda_graphs) and device.type != "cuda":
+        raise ValueError("cuda_graphs needs a CUDA device")
+    check_choice("memory_format", memory_format, MEMORY_FORMATS)
+    check_int("batch_size", batch_size, 1)
+    return device
+
+
+def scoring_settings(device, batch_size: int, precision: str, cuda_graphs: bool, memory_format: str,
+                     image_size: int, threshold: float | None) -> dict:
+    """The settings that decide a scorer's output, as a scores folder's manifest records them:
+    device, batch size, precision, CUDA graphs, memory format (its name), image size, and the
+    calibrated threshold when there is one."""
+    settings = {"device": str(device), "batch_size": batch_size, "precision": precision, "cuda_graphs": cuda_graphs,
+                "memory_format": memory_format, "image_size": image_size}
+    return settings if threshold is None else {**settings, "threshold": threshold}
+
+
+def open_model(checkpoint, device) -> tuple[AnomalyModel, dict, str]:
+    """(model in eval mode on `device`, checkpoint header, source) of a run folder, its
+    checkpoint.safetensors or a trained AnomalyModel (moved in place; header {"model": name},
+    so no threshold). source names where it came from (the checkpoint's resolved path)."""
+    if isinstance(checkpoint, AnomalyModel):
+        return checkpoint.to(device).eval(), {"model": checkpoint.name}, f"a {checkpoint.name} model object"
+    loaded = load_checkpoint(checkpoint, device)
+    return loaded.model, loaded.header, str(checkpoint_path(checkpoint).resolve())
+
+
 class Scorer:
     """A checkpoint's model in eval mode on `device`, its memory bank resident there.
 
@@ -54,21 +89,8 @@ class Scorer:
 
     def __init__(self, checkpoint, device="cpu", batch_size: int = 8, precision: str = "fp32",
                  cuda_graphs: bool = False, memory_format: str = "channels_last"):
-        check_choice("precision", precision, SCORING_PRECISIONS)
-        self.device = torch.device(device)
-        if precision == "fp16" and self.device.type != "cuda":
-            raise ValueError("precision 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on the CPU")
-        if check_bool("cuda_graphs", cuda_graphs) and self.device.type != "cuda":
-            raise ValueError("cuda_graphs needs a CUDA device")
-        check_choice("memory_format", memory_format, MEMORY_FORMATS)
-        check_int("batch_size", batch_size, 1)
-        if isinstance(checkpoint, AnomalyModel):
-            self.model, self.header = checkpoint.to(self.device).eval(), {"model": checkpoint.name}
-            self.source = f"a {checkpoint.name} model object"
-        else:
-            loaded = load_checkpoint(checkpoint, self.device)
-            self.model, self.header = loaded.model, loaded.header
-            self.source = str(checkpoint_path(checkpoint).resolve())
+        self.device = check_scoring_options(device, batch_size, precision, cuda_graphs, memory_format)
+        self.model, self.header, self.source = open_model(checkpoint, self.device)
         self.memory_format = MEMORY_FORMATS[memory_format]
         self.model.to(memory_format=self.memory_format)
         self.batch_size, self.precision, self.cuda_graphs = batch_size, precision, cuda_graphs
@@ -77,13 +99,11 @@ class Scorer:
         self._graphs: dict[tuple, tuple] = {}
 
     def settings(self) -> dict:
-        """The settings that decide this scorer's output: device, batch size, precision, CUDA
-        graphs, memory format, image size, and the calibrated threshold when there is one (what
-        an output folder's manifest records)."""
+        """The settings that decide this scorer's output (scoring_settings: what an output
+        folder's manifest records)."""
         layout = next(name for name, value in MEMORY_FORMATS.items() if value == self.memory_format)
-        settings = {"device": str(self.device), "batch_size": self.batch_size, "precision": self.precision,
-                    "cuda_graphs": self.cuda_graphs, "memory_format": layout, "image_size": self.image_size}
-        return settings if self.threshold is None else {**settings, "threshold": self.threshold}
+        return scoring_settings(self.device, self.batch_size, self.precision, self.cuda_graphs, layout,
+                                self.image_size, self.threshold)
 
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
         if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:

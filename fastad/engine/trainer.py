@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,7 +16,7 @@ from tqdm.auto import tqdm
 
 from fastad.files import write_json
 from fastad.checks import check_int
-from fastad.engine.checkpoint import CONFIG_FILE, load_checkpoint, restore_optimizer, save_checkpoint
+from fastad.engine.checkpoint import CONFIG_FILE, Checkpoint, load_checkpoint, restore_optimizer, save_checkpoint
 from fastad.models.base import AnomalyModel
 
 KEPT_HEADER_KEYS = ("calibration_holdout",)  # facts of the run a resume carries over (fastad.engine.pipeline)
@@ -66,8 +67,47 @@ def _train_steps(model: AnomalyModel, stage_index: int, steps: range, n: int, tr
             save(stage_index, step + 1, optimizer, scheduler)
 
 
+@dataclass(frozen=True)
+class TrainingRun:
+    """What a training run is asked to do (train's arguments, checked): steps {stage: n}, seed,
+    run_dir (None: nowhere), data (the dataset spec), checkpoint_every, progress and the extra
+    header facts every checkpoint keeps."""
+
+    steps: dict
+    seed: int = 0
+    run_dir: Path | str | None = None
+    data: str | None = None
+    checkpoint_every: int = 50
+    progress: bool = True
+    header: dict | None = None
+
+
+@dataclass(frozen=True)
+class ResumeState:
+    """Where an interrupted run stopped, as its checkpoint records it: the stage index and step
+    the next optimizer step has, the checkpoint header (optimizer and scheduler state) and its
+    training tensors (optimizer.*, the batch generator's state)."""
+
+    stage_index: int
+    step: int
+    header: dict
+    tensors: dict
+
+    @classmethod
+    def of(cls, checkpoint: Checkpoint) -> ResumeState:
+        """The resume state of a loaded checkpoint whose header holds a training position."""
+        training = checkpoint.header["training"]
+        return cls(training["stage_index"], training["step"], checkpoint.header, checkpoint.training_tensors)
+
+    def restore(self, optimizer, scheduler) -> None:
+        """Puts the saved optimizer (and scheduler) state of the stage it stopped in back."""
+        restore_optimizer(optimizer, self.header, self.tensors)
+        if scheduler is not None and "scheduler" in self.header:
+            scheduler.load_state_dict(self.header["scheduler"])
+
+
 def train(model: AnomalyModel, train_images: torch.Tensor, steps=None, seed: int = 0, run_dir=None,
-          data: str | None = None, checkpoint_every: int = 50, progress: bool = True, _resume=None,
+          data: str | None = None, checkpoint_every: int = 50, progress: bool = True,
           header: dict | None = None) -> list[dict]:
     """Trains `model` through its stages on the normal images train_images [N, 3, H, W] (on the
     model's device), then prepares it for scoring.
@@ -87,38 +127,41 @@ def train(model: AnomalyModel, train_images: torch.Tensor, steps=None, seed: int
         the per-step losses [{"stage", "step", "total", ...}] (including those before a resume).
     """
     check_int("checkpoint_every", checkpoint_every, 1)
-    steps = _steps_per_stage(model, steps)
-    generator = torch.Generator().manual_seed(seed)
+    plan = TrainingRun(_steps_per_stage(model, steps), seed, run_dir, data, checkpoint_every, progress, header)
+    model.setup(train_images)
+    return _fit(model, train_images, plan, None)
+
+
+def _fit(model: AnomalyModel, train_images: torch.Tensor, plan: TrainingRun, state: ResumeState | None) -> list[dict]:
+    """Runs plan's stages from the start (state None) or from where state says, then prepares
+    the model for scoring; the history of every step."""
+    generator = torch.Generator().manual_seed(plan.seed)
     history: list[dict] = []
     first_stage, first_step = 0, 0
-    if _resume is not None:
-        generator.set_state(_resume[1]["generator"])
-        first_stage, first_step = _resume[0]["training"]["stage_index"], _resume[0]["training"]["step"]
-        history = _resumed_history(run_dir, (first_stage, first_step))
-    else:
-        model.setup(train_images)
+    if state is not None:
+        generator.set_state(state.tensors["generator"])
+        first_stage, first_step = state.stage_index, state.step
+        history = _resumed_history(plan.run_dir, (first_stage, first_step))
 
     def save(stage_index: int, step: int, optimizer=None, scheduler=None, complete: bool = False) -> None:
-        if run_dir is None:
+        if plan.run_dir is None:
             return
         position = {"stage_index": stage_index, "stage": model.stages[stage_index] if stage_index < len(model.stages)
-                    else None, "step": step, "steps": steps, "seed": seed, "complete": complete}
-        save_checkpoint(run_dir, model, {**(header or {}), "data": data, "image_size": model.image_size,
-                                         "training": position}, optimizer, scheduler, generator)
-        write_json(history, Path(run_dir) / HISTORY_FILE)
+                    else None, "step": step, "steps": plan.steps, "seed": plan.seed, "complete": complete}
+        save_checkpoint(plan.run_dir, model, {**(plan.header or {}), "data": plan.data, "image_size": model.image_size,
+                                              "training": position}, optimizer, scheduler, generator)
+        write_json(history, Path(plan.run_dir) / HISTORY_FILE)
 
     for stage_index in range(first_stage, len(model.stages)):
-        n = steps[model.stages[stage_index]]
+        n = plan.steps[model.stages[stage_index]]
         optimizer, scheduler = model.configure_optimizer(model.stages[stage_index], n)
         start = 0
-        if _resume is not None and stage_index == first_stage and first_step > 0:
-            restore_optimizer(optimizer, _resume[0], _resume[1])
-            if scheduler is not None and "scheduler" in _resume[0]:
-                scheduler.load_state_dict(_resume[0]["scheduler"])
+        if state is not None and stage_index == first_stage and first_step > 0:
+            state.restore(optimizer, scheduler)
             start = first_step
         model.train()
         _train_steps(model, stage_index, range(start, n), n, train_images, generator, optimizer, scheduler, history,
-                     save, checkpoint_every, progress)
+                     save, plan.checkpoint_every, plan.progress)
         save(stage_index, n, optimizer, scheduler)
     model.eval()
     with torch.no_grad():
@@ -131,6 +174,7 @@ def resume(run_dir, train_images: torch.Tensor, device="cpu", progress: bool = T
            checkpoint_every: int = 50) -> tuple[AnomalyModel, list[dict]]:
     """Rebuilds the model of run_dir's checkpoint and finishes its training where it stopped
     (train_images [N, 3, H, W] must be the same normal images). A finished run is returned as is."""
+    check_int("checkpoint_every", checkpoint_every, 1)
     checkpoint = load_checkpoint(run_dir, device)
     header = checkpoint.header
     training = header.get("training")
@@ -139,9 +183,8 @@ def resume(run_dir, train_images: torch.Tensor, device="cpu", progress: bool = T
     if training["complete"]:
         history_path = Path(run_dir) / HISTORY_FILE
         return checkpoint.model, json.loads(history_path.read_text()) if history_path.is_file() else []
-    kept = {key: header[key] for key in KEPT_HEADER_KEYS if key in header}
-    history = train(checkpoint.model, train_images.to(device), training["steps"], training["seed"], run_dir,
-                    header.get("data"), checkpoint_every, progress, _resume=(header, checkpoint.training_tensors),
-                    header=kept)
+    plan = TrainingRun(_steps_per_stage(checkpoint.model, training["steps"]), seed=training["seed"], run_dir=run_dir,
+                       data=header.get("data"), checkpoint_every=checkpoint_every, progress=progress,
+                       header={key: header[key] for key in KEPT_HEADER_KEYS if key in header})
+    history = _fit(checkpoint.model, train_images.to(device), plan, ResumeState.of(checkpoint))
     return checkpoint.model, history
-

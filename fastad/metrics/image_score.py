@@ -11,7 +11,7 @@ Rules (IMAGE_SCORE_RULES):
     norm_max          the maximum of the normalised map z = (map - m) / s
     norm_smooth_top1  smooth_top1 of the normalised map
 A model's `image_score` setting takes one of MODEL_RULES (the rules that need no reference maps;
-they are defined, and applied on the model's device, in fastad.models.base).
+they are defined, and applied on the model's device, in fastad.nn.score_rules).
 Where, for the norm_* rules (NORMALISED_RULES), m [H, W] is the per-position mean of `reference`
 maps of normal images (it removes border and position bias) and s the standard deviation of all
 their pixels after subtracting m (one scale per model and dataset).
@@ -22,7 +22,7 @@ import torch
 
 from fastad.checks import check_choice
 from fastad.metrics._inputs import as_cpu_tensor, check_no_nan
-from fastad.models.base import MODEL_RULES, SMOOTH_SIGMA, TOP_FRACTION, apply_rule, smooth
+from fastad.nn.score_rules import MODEL_RULES, SMOOTH_SIGMA, TOP_FRACTION, apply_rule, smooth
 
 __all__ = ["IMAGE_SCORE_RULES", "MODEL_RULES", "NORMALISED_RULES", "SMOOTH_SIGMA", "TOP_FRACTION", "image_score",
            "normalise", "smooth"]

@@ -25,47 +25,11 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
-import math
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fastad.checks import check_bool, check_choice
-
-
-MODEL_RULES = ("max", "q0.99", "q0.999", "smooth_max", "smooth_top1")  # see fastad.metrics.image_score
-SMOOTH_SIGMA = 4.0
-TOP_FRACTION = 0.01
-
-
-def smooth(maps: torch.Tensor, sigma: float = SMOOTH_SIGMA) -> torch.Tensor:
-    """maps [N, H, W] float -> the same maps blurred by a separable Gaussian of std `sigma` px
-    (replicate padding, so a flat map stays flat), on the maps' device."""
-    radius = max(1, int(math.ceil(3 * sigma)))
-    x = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    out = F.pad(maps[:, None], (radius, radius, radius, radius), mode="replicate")
-    out = F.conv2d(F.conv2d(out, kernel.view(1, 1, 1, -1)), kernel.view(1, 1, -1, 1))
-    return out[:, 0]
-
-
-def apply_rule(maps: torch.Tensor, rule: str) -> torch.Tensor:
-    """Image scores [N] of maps [N, H, W] by `rule`, one of MODEL_RULES (module docstring of
-    fastad.metrics.image_score), on the maps' device, unchecked: "max" is exactly
-    maps.flatten(1).amax(1); q<p> the p quantile; smooth_max / smooth_top1 the maximum / the mean
-    of the top TOP_FRACTION pixels of smooth(maps)."""
-    flat = maps.flatten(1)
-    if rule == "max":
-        return flat.amax(1)
-    if rule.startswith("q"):
-        return torch.quantile(flat, float(rule[1:]), dim=1)
-    smoothed = smooth(maps).flatten(1)
-    if rule == "smooth_max":
-        return smoothed.amax(1)
-    k = max(1, round(TOP_FRACTION * smoothed.shape[1]))
-    return smoothed.topk(k, dim=1).values.mean(1)
+from fastad.nn.score_rules import MODEL_RULES, apply_rule
 
 
 @dataclass
@@ -147,8 +111,8 @@ class AnomalyModel(nn.Module):
         self.config = self.settings.as_dict()
 
     def image_scores(self, maps: torch.Tensor) -> torch.Tensor:
-        """maps [B, H, W] -> image scores [B] by the config's `image_score` rule (on the maps'
-        device; "max" is the map's maximum)."""
+        """maps [B, H, W] -> image scores [B] by the config's `image_score` rule (one of
+        fastad.nn.score_rules.MODEL_RULES, on the maps' device; "max" is the map's maximum)."""
         return apply_rule(maps, self.settings.image_score)
 
     def setup(self, train_images: torch.Tensor) -> None:

@@ -1,4 +1,9 @@
-"""NearestNeighborScorer: a memory bank of normal embeddings that scores queries by distance."""
+"""NearestNeighborScorer: the nn-level k-nearest-neighbour search over a fixed set of embeddings.
+
+It is built from a bank and keeps it in the form the search wants (centred, with squared norms);
+it neither fills itself nor lives in a model's checkpoint. The model component that does, the
+memory bank a checkpoint holds, is fastad.models.components.memory_bank.MemoryBank, which builds
+one of these over its stored rows."""
 from __future__ import annotations
 
 import torch
@@ -12,7 +17,8 @@ from fastad.checks import check_finite, check_float, check_int, check_tensor
 
 
 class NearestNeighborScorer(nn.Module):
-    """Scores embeddings by their distance to a bank of normal ones (PEDENet eq. 12, PatchCore).
+    """Scores query embeddings by their mean distance to their k nearest rows of `bank` (PEDENet
+    eq. 12, PatchCore's patch score), and thins the bank to a k-center coreset.
 
     The bank is stored centred on its mean together with its squared norms, so a query costs
     one centring and one fused search (fastad.ops.knn), nothing per bank row.

@@ -1,4 +1,8 @@
-"""A memory bank of normal embeddings that lives in a model's state_dict (so checkpoints hold it)."""
+"""MemoryBank: the model component that stores the embeddings of the normal training images.
+
+It is what a checkpoint holds (one state_dict buffer, resized on load) and how a model fills it
+(optionally to a coreset); the search itself is fastad.nn.NearestNeighborScorer, built over the
+stored rows when first needed."""
 from __future__ import annotations
 
 import torch
@@ -8,8 +12,8 @@ from fastad.nn.nearest_neighbor import NearestNeighborScorer
 
 
 class MemoryBank(nn.Module):
-    """Buffer `bank` [M, D] (M = 0 until filled) and a NearestNeighborScorer over it, rebuilt only
-    when the bank changes. The buffer changes shape when filled; fastad's checkpoint loader
+    """Buffer `bank` [M, D] of normal embeddings (M = 0 until filled) and a NearestNeighborScorer
+    over it, rebuilt only when the bank changes (never saved: a checkpoint holds the rows only). The buffer changes shape when filled; fastad's checkpoint loader
     resizes it before load_state_dict.
 
     Args:
