@@ -141,7 +141,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from fastad.engine.evaluation import format_decision, format_table
     from fastad.engine.pipeline import RESULTS_FILE, evaluate_run
-    from fastad.engine.score_run import REPORT_FILE
+    from fastad.engine.scores_folder import REPORT_FILE
 
     _check_device_options(args)
     report, on_scored = None, None

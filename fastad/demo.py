@@ -18,7 +18,7 @@ import torch
 from fastad.files import write_json
 from fastad.engine.evaluation import format_table
 from fastad.engine.pipeline import RESULTS_FILE, evaluate, fit_run, load_normal_images
-from fastad.engine.score_run import REPORT_FILE
+from fastad.engine.scores_folder import REPORT_FILE
 from fastad.engine.scorer import Scorer
 from fastad.report.evaluation import reporter
 from fastad.engine.trainer import train

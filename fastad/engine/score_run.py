@@ -103,6 +103,4 @@ def _with_finished(scored: ScoredImages, finished, dataset, out_dir, keep_maps: 
                         indices + scored.indices, resumed=len(finished), ignored=scored.ignored)
 
 
-# the scores folder's names, for the modules that read a scored folder through this one
-__all__ = ["MAPS_DIR", "OVERLAYS_DIR", "REPORT_FILE", "SCORES_FILE", "NothingToScoreError", "open_folder", "score_folder",
-           "score_header"]
+__all__ = ["NothingToScoreError", "open_folder", "score_folder"]

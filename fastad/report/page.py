@@ -21,7 +21,7 @@ import numpy as np
 
 from fastad.version import __version__
 from fastad.engine.decision import VERDICTS
-from fastad.engine.score_run import REPORT_FILE
+from fastad.engine.scores_folder import REPORT_FILE
 from fastad.files import atomic_write
 from fastad.report import charts
 from fastad.report.run_data import ReportData

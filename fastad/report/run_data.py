@@ -18,7 +18,7 @@ from fastad.version import __version__
 from fastad.engine.decision import CALIBRATION_KEY, VERDICTS
 from fastad.engine.checkpoint import read_header
 from fastad.engine.run_folder import read_manifest
-from fastad.engine.score_run import MAPS_DIR, OVERLAYS_DIR, SCORES_FILE, score_header
+from fastad.engine.scores_folder import MAPS_DIR, OVERLAYS_DIR, SCORES_FILE, score_header
 
 
 @dataclass
