@@ -16,7 +16,7 @@ import torch
 
 import fastad
 from fastad.models import GlanceNet
-from builtin_split import load_builtin
+from benchlib import load_builtin
 
 
 def metrics(result, masks, labels) -> dict[str, float]:

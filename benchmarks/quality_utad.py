@@ -18,7 +18,7 @@ import torch
 
 import fastad
 from fastad.models import UTAD
-from builtin_split import load_builtin
+from benchlib import load_builtin
 
 
 def best_iou(maps: torch.Tensor, masks: torch.Tensor, n: int = 50) -> float:

@@ -15,7 +15,7 @@ import time
 import pytest
 import torch
 
-from conftest import knn_data, random_matrix, requires_cuda, run_pedantic, synchronized
+from benchlib import knn_data, random_matrix, requires_cuda, run_pedantic, synchronized
 from fastad.nn import NearestNeighborScorer
 from fastad.ops import kcenter_coreset, knn, knn_cpu_kernels, knn_cpu_peak, reference
 
