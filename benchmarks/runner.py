@@ -92,8 +92,10 @@ def git_commit() -> str:
     return head + ("+dirty" if dirty else "")
 
 
-def stamp(load_start: float) -> dict:
-    return {"fastad": fastad.__version__, "commit": git_commit(), "machine": describe_cpu(), "torch": torch.__version__,
+def stamp(load_start: float, commit: str) -> dict:
+    """The stamp of a row: `commit` (git_commit() taken when the run started), the load average
+    then and now, and the versions, machine and threads."""
+    return {"fastad": fastad.__version__, "commit": commit, "machine": describe_cpu(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "load": [round(load_start, 2), round(os.getloadavg()[0], 2)],
             "date": time.strftime("%Y-%m-%d")}
 
@@ -151,7 +153,7 @@ def quality_run(model: str, data: str, seed: int, steps: int | None, config: dic
     """Trains `model` on data's train split as `fastad train` does and scores `splits` (default:
     every split of `data`) as `fastad eval` does -> one row per split. With save_maps, the train
     split is scored too and everything image-score needs is saved under save_maps (maps_file)."""
-    load_start = os.getloadavg()[0]
+    load_start, commit = os.getloadavg()[0], git_commit()
     key = {"model": model, "label": label, "data": data, "seed": seed, "steps": steps}
     with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
         warnings.simplefilter("ignore")   # the random-weights warnings of baseline configurations
@@ -172,7 +174,7 @@ def quality_run(model: str, data: str, seed: int, steps: int | None, config: dic
             rows.append({"task": "quality", **key, "split": split, "config": trained.config,
                          "backbone": trained.config.get("backbone"), **metrics,
                          "fit_s": round(fit_s, 2), "score_s": round(score_s, 2), "images": len(scored.paths),
-                         "stamp": stamp(load_start)})
+                         "stamp": stamp(load_start, commit)})
     if save_maps is not None:
         with atomic_write(maps_file(save_maps, key), "wb") as f:
             torch.save({"key": key, "backbone": rows[0]["backbone"], "splits": saved}, f)
@@ -266,20 +268,20 @@ def family_aurocs(splits: dict, split: str) -> dict[str, list[float]]:
     return out
 
 
-def image_score_rows(path: Path, load_start: float) -> list[dict]:
+def image_score_rows(path: Path, load_start: float, commit: str) -> list[dict]:
     """The image-score rows (one per scored split) of one file that `quality --save-maps` wrote."""
     saved = torch.load(path, weights_only=False)
     splits = saved["splits"]
     return [{"task": "image-score", **saved["key"], "split": split, "backbone": saved["backbone"],
              "rules": rule_aurocs(splits, split), "families": family_aurocs(splits, split), "maps": "float16",
-             "stamp": stamp(load_start)} for split in SPLITS if split in splits]
+             "stamp": stamp(load_start, commit)} for split in SPLITS if split in splits]
 
 
 def study(files: list[Path], rows_file: Path) -> None:
     """Appends the image-score rows of the maps files not studied yet."""
     done = {run_key(r) for r in read_rows(rows_file)}
     for path in files:
-        rows = [r for r in image_score_rows(path, os.getloadavg()[0]) if run_key(r) not in done]
+        rows = [r for r in image_score_rows(path, os.getloadavg()[0], git_commit()) if run_key(r) not in done]
         append_rows(rows_file, rows)
         done.update(run_key(r) for r in rows)
         for row in rows:
@@ -331,7 +333,7 @@ def bench_rows(data: dict, stamped: dict, run: str) -> list[dict]:
 
 def bench(args) -> None:
     """Runs pytest-benchmark (args.pytest, default every suite of benchmarks/) and appends its rows."""
-    load_start = os.getloadavg()[0]
+    load_start, commit = os.getloadavg()[0], git_commit()
     run = time.strftime("%Y-%m-%dT%H:%M:%S")
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "bench.json"
@@ -341,7 +343,7 @@ def bench(args) -> None:
         if not out.exists():
             raise SystemExit(f"pytest ({shlex.join(command[3:])}) wrote no benchmark results (exit code {code})")
         data = json.loads(out.read_text())
-    rows = bench_rows(data, stamp(load_start), run)
+    rows = bench_rows(data, stamp(load_start, commit), run)
     append_rows(Path(args.rows or TASK_ROWS["bench"]), rows)
     print(f"{len(rows)} benchmark rows appended (run {run})")
     if code:
