@@ -5,6 +5,7 @@
     python benchmarks/runner.py quality --model patchcore --split val --save-maps /tmp/maps
     python benchmarks/runner.py image-score --maps /tmp/maps           # the image-score rules on saved maps
     python benchmarks/runner.py image-score --model rawpixel --data wide   # ... or on a fresh run
+    python benchmarks/runner.py patchcore-fit --data builtin:brick     # fit seconds: whole, backbone, coreset
     python benchmarks/runner.py bench benchmarks/test_gmm_bench.py -k cpu  # pytest-benchmark suites -> rows
     python benchmarks/runner.py render                      # rewrite every generated table
 
@@ -18,7 +19,8 @@ and defect families of the train split and the scored splits, for `image-score`.
 
 `image-score` computes the image AUROC of every rule of fastad.metrics.image_score, and pixel and
 image AUROC per defect family, on saved maps or on a fresh `quality` run (rows in
-benchmarks/rows/image_score.jsonl). `bench` runs pytest-benchmark suites (the arguments go to
+benchmarks/rows/image_score.jsonl). `patchcore-fit` times PatchCore's fit whole and its backbone
+and coreset halves alone (benchmarks/rows/patchcore_fit.jsonl). `bench` runs pytest-benchmark suites (the arguments go to
 pytest; default: every benchmarks/test_*_bench.py) and turns each benchmark into a row of
 benchmarks/rows/bench.jsonl: group, contender, parameters, median, rounds and its ratio to the
 "fastad" contender of the same group in the same run.
@@ -26,7 +28,7 @@ benchmarks/rows/bench.jsonl: group, contender, parameters, median, rounds and it
 Every row is stamped with the fastad version, git commit, CPU model and vector extensions, torch
 threads and the load average at start and end. `render` rewrites each generated table in the
 Markdown files that hold one, between `<!-- table: KIND KEY=GLOB ... -->` and `<!-- end table -->`
-(KIND: quality, image-score, families or bench; see each *_table function for its keys): numbers
+(KIND: quality, image-score, families, patchcore-fit or bench; see each *_table function for its keys): numbers
 in README.md, benchmarks/RESULTS.md and the model READMEs come from here, never typed.
 """
 from __future__ import annotations
@@ -51,19 +53,21 @@ import fastad
 from fastad.data import open_dataset
 from fastad.data.builtin import WIDE_TEXTURES
 from fastad.engine.evaluation import compute_metrics
-from fastad.engine.pipeline import fit_run
+from fastad.engine.pipeline import fit_run, load_normal_images
 from fastad.engine.scorer import Scorer
 from fastad.files import atomic_write
 from fastad.info import describe_cpu
 from fastad.metrics import image_auroc, pixel_auroc
 from fastad.metrics.image_score import IMAGE_SCORE_RULES, MODEL_RULES, NORMALISED_RULES, image_score
-from fastad.models.registry import MODELS
+from fastad.models.registry import MODELS, create_model
+from fastad.nn.nearest_neighbor import NearestNeighborScorer
 
 ROOT = Path(__file__).resolve().parent.parent
 ROWS_DIR = ROOT / "benchmarks" / "rows"
 ROWS = ROWS_DIR / "quality.jsonl"
 #: the rows file of each task (render reads them all)
-TASK_ROWS = {"quality": ROWS, "image-score": ROWS_DIR / "image_score.jsonl", "bench": ROWS_DIR / "bench.jsonl"}
+TASK_ROWS = {"quality": ROWS, "image-score": ROWS_DIR / "image_score.jsonl", "bench": ROWS_DIR / "bench.jsonl",
+             "patchcore-fit": ROWS_DIR / "patchcore_fit.jsonl"}
 BASELINE = "rawpixel"
 SPLITS = ("val", "test")
 #: the contender every other contender of a bench group is compared with
@@ -310,6 +314,46 @@ def image_score_task(args) -> None:
         study(sorted(Path(folder).glob("*.pt")), rows_file)
 
 
+def patchcore_fit_row(data: str, config: dict, label: str, commit: str) -> dict:
+    """PatchCore's fit on `data`'s train split, whole (`fit_run`, what `fastad train` runs) and in
+    its two halves timed alone: the backbone over the training crops, and the coreset selection
+    on their patch features. Wall and CPU seconds (CPU includes OpenMP threads spinning)."""
+    load_start = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # the random-weights warnings of baseline configurations
+        start, cpu = time.perf_counter(), time.process_time()
+        fit_run("patchcore", data, Path(folder) / "run", config=config, progress=False)
+        whole = time.perf_counter() - start, time.process_time() - cpu
+        model = create_model("patchcore", **config)
+        images, _ = load_normal_images(data, model.image_size)
+        model.setup(images)
+    start, cpu = time.perf_counter(), time.process_time()
+    with torch.no_grad():
+        features = model.patch_features(images)
+    backbone = time.perf_counter() - start, time.process_time() - cpu
+    start, cpu = time.perf_counter(), time.process_time()
+    kept = NearestNeighborScorer(features).subsample(model.settings.coreset_ratio, model.settings.seed,
+                                                     model.settings.projection_dim)
+    coreset = time.perf_counter() - start, time.process_time() - cpu
+    seconds = {"fit": whole, "backbone": backbone, "coreset": coreset}
+    return {"task": "patchcore-fit", "model": "patchcore", "label": label, "data": data, "config": model.config,
+            "backbone": model.config.get("backbone"), "crops": images.shape[0], "features": list(features.shape),
+            "kept": kept.numel(), **{f"{k}_s": round(v[0], 2) for k, v in seconds.items()},
+            **{f"{k}_cpu_s": round(v[1], 2) for k, v in seconds.items()}, "stamp": stamp(load_start, commit)}
+
+
+def patchcore_fit(args) -> None:
+    torch.set_num_threads(args.threads)
+    config = parse_config(args.set)
+    label = args.label or ",".join(f"{k}={v}" for k, v in config.items()) or "defaults"
+    commit = git_commit()
+    for data in parse_data(args.data):
+        row = patchcore_fit_row(data, config, label, commit)
+        append_rows(Path(args.rows or TASK_ROWS["patchcore-fit"]), [row])
+        print(f"{data}: fit {row['fit_s']} s ({row['fit_cpu_s']} CPU), backbone {row['backbone_s']} s, "
+              f"coreset {row['coreset_s']} s", flush=True)
+
+
 def contender_of(bench: dict) -> str:
     """The contender a pytest-benchmark entry times: extra_info["contender"], else its name."""
     return bench.get("extra_info", {}).get("contender") or bench["name"]
@@ -514,9 +558,26 @@ def bench_table(rows: list[dict], filters: dict) -> str:
     return "\n".join(lines + ["", f"Medians of pytest-benchmark rounds, contenders in one run. {stamp_line(shown)}"]) + "\n"
 
 
+def patchcore_fit_table(rows: list[dict], filters: dict) -> str:
+    """Markdown: PatchCore's fit seconds, wall (CPU), whole and by half, the latest row of each
+    data x label x threads (KEY=GLOB filters on data, label), with its load average."""
+    rows = [r for r in rows if r.get("task") == "patchcore-fit" and matches(r, filters, ("data", "label"))]
+    if not rows:
+        return "(no rows yet: run `python benchmarks/runner.py patchcore-fit` with these settings)\n"
+    latest = {(r["data"], r["label"], r["stamp"]["threads"]): r for r in rows}
+    lines = ["| data | configuration (backbone) | threads | crops -> patch features -> kept | whole fit | "
+             "backbone alone | coreset alone | load |", "|---|---|---:|---|---:|---:|---:|---|"]
+    for (data, label, threads), row in latest.items():
+        cells = [f"{row[f'{k}_s']:.1f} s ({row[f'{k}_cpu_s']:.1f} s)" for k in ("fit", "backbone", "coreset")]
+        lines.append(f"| {data} | {label} ({row.get('backbone') or '-'}) | {threads} | {row['crops']} -> "
+                     f"{row['features'][0]:,} -> {row['kept']:,} | " + " | ".join(cells)
+                     + f" | {row['stamp']['load'][0]:.1f}–{row['stamp']['load'][1]:.1f} |")
+    return "\n".join(lines + ["", f"Seconds wall (CPU). {stamp_line(list(latest.values()))}"]) + "\n"
+
+
 #: the generated-table kinds: marker KIND -> table function (rows, filters) -> Markdown
 TABLES = {"quality": quality_table, "image-score": image_score_table, "families": families_table,
-          "bench": bench_table}
+          "bench": bench_table, "patchcore-fit": patchcore_fit_table}
 
 
 def render_text(text: str, rows: list[dict]) -> str:
@@ -561,12 +622,18 @@ def main(argv=None) -> None:
     q.add_argument("--split", default="both", choices=("val", "test", "both"), help="the splits to evaluate")
     q.add_argument("--save-maps", default=None, metavar="DIR", help="also save the maps for image-score here")
     i.add_argument("--maps", default=None, metavar="DIR", help="study the maps `quality --save-maps DIR` saved")
+    f = sub.add_parser("patchcore-fit", help="PatchCore's fit seconds: whole, backbone alone, coreset alone")
+    f.add_argument("--data", default="builtin:brick", help="comma-separated dataset specs; 'wide' = every wide:<texture>")
+    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a PatchCore config key")
+    f.add_argument("--label", default=None, help="the configuration's name in tables (default: the --set pairs)")
+    f.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     b = sub.add_parser("bench", help="run pytest-benchmark suites, one row per benchmark")
     b.add_argument("pytest", nargs=argparse.REMAINDER, help="pytest arguments (default: benchmarks)")
     r = sub.add_parser("render", help="rewrite the generated tables from the rows files")
     r.add_argument("files", nargs="*", help=f"Markdown files (default: {', '.join(TABLE_FILES)})")
     args = parser.parse_args(argv)
-    {"quality": quality, "image-score": image_score_task, "bench": bench, "render": render}[args.task](args)
+    {"quality": quality, "image-score": image_score_task, "patchcore-fit": patchcore_fit, "bench": bench,
+     "render": render}[args.task](args)
 
 
 if __name__ == "__main__":
