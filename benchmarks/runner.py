@@ -181,7 +181,7 @@ def quality_run(model: str, data: str, seed: int, steps: int | None, config: dic
                          "stamp": stamp(load_start, commit)})
     if save_maps is not None:
         with atomic_write(maps_file(save_maps, key), "wb") as f:
-            torch.save({"key": key, "backbone": rows[0]["backbone"], "splits": saved}, f)
+            torch.save({"key": key, "backbone": rows[0]["backbone"], "commit": commit, "splits": saved}, f)
     return rows
 
 
@@ -272,10 +272,11 @@ def family_aurocs(splits: dict, split: str) -> dict[str, list[float]]:
     return out
 
 
-def image_score_rows(path: Path, load_start: float, commit: str) -> list[dict]:
-    """The image-score rows (one per scored split) of one file that `quality --save-maps` wrote."""
+def image_score_rows(path: Path, load_start: float) -> list[dict]:
+    """The image-score rows (one per scored split) of one file that `quality --save-maps` wrote,
+    stamped with the commit that trained the model."""
     saved = torch.load(path, weights_only=False)
-    splits = saved["splits"]
+    splits, commit = saved["splits"], saved["commit"]
     return [{"task": "image-score", **saved["key"], "split": split, "backbone": saved["backbone"],
              "rules": rule_aurocs(splits, split), "families": family_aurocs(splits, split), "maps": "float16",
              "stamp": stamp(load_start, commit)} for split in SPLITS if split in splits]
@@ -285,7 +286,7 @@ def study(files: list[Path], rows_file: Path) -> None:
     """Appends the image-score rows of the maps files not studied yet."""
     done = {run_key(r) for r in read_rows(rows_file)}
     for path in files:
-        rows = [r for r in image_score_rows(path, os.getloadavg()[0], git_commit()) if run_key(r) not in done]
+        rows = [r for r in image_score_rows(path, os.getloadavg()[0]) if run_key(r) not in done]
         append_rows(rows_file, rows)
         done.update(run_key(r) for r in rows)
         for row in rows:
@@ -517,12 +518,13 @@ def families_table(rows: list[dict], filters: dict) -> str:
     rows = [r for r in rows if r.get("task") == "image-score" and matches(r, filters, FILTER_KEYS)]
     if not rows:
         return "(no rows yet: run `python benchmarks/runner.py image-score` with these settings)\n"
-    lines = ["| model (backbone) | family | " + " | ".join(SPLITS) + " |", "|---" * (len(SPLITS) + 2) + "|"]
+    splits = [s for s in SPLITS if any(r["split"] == s for r in rows)]
+    lines = ["| model (backbone) | family | " + " | ".join(splits) + " |", "|---" * (len(splits) + 2) + "|"]
     for name in sorted({model_name(r) for r in rows}):
         runs = [r for r in rows if model_name(r) == name]
         for family in dict.fromkeys(f for r in runs for f in r["families"]):
             cells = []
-            for split in SPLITS:
+            for split in splits:
                 pairs = [r["families"][family] for r in runs if r["split"] == split and family in r["families"]]
                 cells.append(" / ".join(f"{statistics.mean(p[i] for p in pairs):.2f}" for i in (0, 1)) if pairs else "")
             lines.append(f"| {name} | {family} | " + " | ".join(cells) + " |")

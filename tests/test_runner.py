@@ -115,6 +115,7 @@ def test_the_families_table_averages_each_family_over_datasets():
     lines = runner.families_table(rows, {"split": "*"}).splitlines()
     assert "| a (-) | hole | 0.90 / 0.70 | 0.70 / 0.70 |" in lines
     assert "| a (-) | swirl | 0.50 / 0.40 |  |" in lines
+    assert runner.families_table(rows, {"split": "val"}).splitlines()[0] == "| model (backbone) | family | val |"
 
 
 def test_splits_and_maps_files():
