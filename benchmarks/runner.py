@@ -636,11 +636,15 @@ def main(argv=None) -> None:
     f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a PatchCore config key")
     f.add_argument("--label", default=None, help="the configuration's name in tables (default: the --set pairs)")
     f.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    b = sub.add_parser("bench", help="run pytest-benchmark suites, one row per benchmark")
-    b.add_argument("pytest", nargs=argparse.REMAINDER, help="pytest arguments (default: benchmarks)")
+    sub.add_parser("bench", help="run pytest-benchmark suites, one row per benchmark; the arguments after "
+                   "`bench` go to pytest (default: benchmarks)")
     r = sub.add_parser("render", help="rewrite the generated tables from the rows files")
     r.add_argument("files", nargs="*", help=f"Markdown files (default: {', '.join(TABLE_FILES)})")
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    task = next((i for i, a in enumerate(argv) if a == "bench" and (i == 0 or argv[i - 1] != "--rows")), None)
+    pytest_args = argv[task + 1:] if task is not None else []   # all of it pytest's, -k and -m included
+    args = parser.parse_args(argv if task is None else argv[:task + 1])
+    args.pytest = pytest_args
     {"quality": quality, "image-score": image_score_task, "patchcore-fit": patchcore_fit, "bench": bench,
      "render": render}[args.task](args)
 

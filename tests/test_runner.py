@@ -133,3 +133,11 @@ def test_the_repository_tables_are_what_render_writes():
         for path in sorted(ROOT.glob(pattern)):
             text = path.read_text()
             assert runner.render_text(text, rows) == text, f"{path}: run `python benchmarks/runner.py render`"
+
+
+def test_bench_passes_every_argument_after_it_to_pytest(monkeypatch):
+    seen = []
+    monkeypatch.setattr(runner, "bench", lambda args: seen.append((args.rows, args.pytest)))
+    runner.main(["--rows", "r.jsonl", "bench", "-m", "not cuda", "benchmarks/test_gmm_bench.py", "-k", "cpu"])
+    runner.main(["bench"])
+    assert seen == [("r.jsonl", ["-m", "not cuda", "benchmarks/test_gmm_bench.py", "-k", "cpu"]), (None, [])]
