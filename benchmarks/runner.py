@@ -306,13 +306,14 @@ def image_score_task(args) -> None:
     quality_file = TASK_ROWS["quality"]
     done = {run_key(r) for r in read_rows(rows_file)}
     with tempfile.TemporaryDirectory() as folder:
-        for model, data, seed, config, label in runs_of(args):
+        for model, data, seed, config, label in runs_of(args):   # each run studied as it ends: resumable
             if all((model, label, data, seed, args.steps, s) in done for s in splits_of(data)):
                 continue
             rows = quality_run(model, data, seed, args.steps, config, label, save_maps=Path(folder))
             known = {run_key(r) for r in read_rows(quality_file)}
             append_rows(quality_file, [r for r in rows if run_key(r) not in known])
-        study(sorted(Path(folder).glob("*.pt")), rows_file)
+            study([maps_file(Path(folder), dict(model=model, label=label, data=data, seed=seed, steps=args.steps))],
+                  rows_file)
 
 
 def patchcore_fit_row(data: str, config: dict, label: str, commit: str) -> dict:
