@@ -85,12 +85,14 @@ MARKER = re.compile(r"(<!-- table: (?P<kind>[\w-]+)(?P<filters>[^>]*?)-->\n)(?P<
 
 
 def git_commit() -> str:
-    """HEAD's short hash, with "+dirty" when the tree has uncommitted changes; "unknown" outside git."""
+    """HEAD's short hash, with "+dirty" when the tree has uncommitted changes outside the rows
+folder (which a sweep appends to as it goes); "unknown" outside git."""
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                               check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                f":!{ROWS_DIR.relative_to(ROOT)}"],   # the rows a run appends are not code
+                               cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + ("+dirty" if dirty else "")
