@@ -1,9 +1,10 @@
 # Set-up from nothing: a virtual environment with torch, then fastad built in place.
 #   make test    build everything, run the test suite
 #   make demo    build everything, run the demo
-#   make bench   build everything, run the pytest-benchmark suites (ratios side by side)
+#   make bench   build everything, run the pytest-benchmark suites into benchmarks/rows/bench.jsonl
+#                (benchmarks/runner.py bench; `runner.py render` then rewrites the tables)
 #   make fuzz    build everything, fuzz the image reader, checkpoint loader and spec parser
-#                (FUZZ_EXAMPLES inputs each, default 100000; benchmarks/fuzz.py)
+#                (FUZZ_EXAMPLES inputs each, default 100000: tests/test_fuzz.py made long)
 #   make gpu-check  on a GPU machine with a CUDA torch already installed (PYTHON, no venv): build
 #                for this GPU only with all cores, CUDA tests, sanitizers, GPU benchmarks,
 #                throughput; one Markdown report in REPORT_DIR (benchmarks/gpu_check.py)
@@ -43,10 +44,10 @@ demo: install
 	$(BIN)/fastad demo
 
 bench: install
-	$(BIN)/python -m pytest benchmarks --benchmark-group-by=group --benchmark-columns=min,median,mean,rounds
+	$(BIN)/python benchmarks/runner.py bench
 
 fuzz: install
-	$(BIN)/python benchmarks/fuzz.py --examples $(FUZZ_EXAMPLES)
+	FASTAD_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fuzz.py
 
 gpu-check:
 	$(PYTHON) benchmarks/gpu_check.py --report-dir $(REPORT_DIR)

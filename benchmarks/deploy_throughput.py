@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 import fastad
-from builtin_split import load_builtin
+from benchlib import load_builtin
 from fastad.deploy import export, load
 from fastad.deploy.export import relative_deviation
 from fastad.engine import Scorer, train

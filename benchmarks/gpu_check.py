@@ -7,7 +7,8 @@ Uses the python that runs it and the CUDA torch already installed there (never a
 Steps, each with its own timeout; a failed or timed-out step is reported and the next one runs:
   build       fastad._C in place for the present GPU's architecture only, MAX_JOBS = all cores
   tests       pytest -m cuda over tests/
-  memcheck    compute-sanitizer --tool memcheck over benchmarks/cuda_smoke.py (each op once)
+  memcheck    compute-sanitizer --tool memcheck over the op matrix's CUDA cases (every op once,
+              forward and backward, against its reference: tests/test_op_matrix.py)
   racecheck   compute-sanitizer --tool racecheck over the same
   benchmarks  the GPU groups of benchmarks/ (pytest-benchmark, short --benchmark-max-time)
   throughput  benchmarks/throughput.py --device cuda --precision bf16 --batch-size 32 --cuda-graphs
@@ -75,11 +76,18 @@ def sanitizer() -> str | None:
     return None
 
 
+def smoke_run(device: str) -> list[str]:
+    """The sanitizers' workload: every op of the op matrix once on `device`, forward and backward,
+    checked against its reference (the test that the reference backend runs no compiled op)."""
+    return [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_op_matrix.py",
+            "-k", f"test_reference_backend_runs_no_compiled_op and {device}"]
+
+
 def gpu_steps(arch: str, work: pathlib.Path) -> list[Step]:
     py = sys.executable
     cores = str(os.cpu_count() or 1)
     tool = sanitizer() or "compute-sanitizer"
-    smoke = [py, "benchmarks/cuda_smoke.py"]
+    smoke = smoke_run("cuda")
     return [
         Step("build", [py, "setup.py", "build_ext", "--inplace"], 160,
              {"FASTAD_CUDA": "1", "TORCH_CUDA_ARCH_LIST": arch, "MAX_JOBS": cores}),
@@ -102,7 +110,7 @@ def dry_run_steps(work: pathlib.Path) -> list[Step]:
     return [
         Step("tests", [py, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider", "tests/test_op_matrix.py"],
              120),
-        Step("memcheck", [tool, "--tool", "memcheck", py, "benchmarks/cuda_smoke.py", "--device", "cpu"], 60),
+        Step("memcheck", [tool, "--tool", "memcheck", *smoke_run("cpu")], 60),
         Step("benchmarks", [py, "-m", "pytest", "benchmarks/test_upsample_bench.py", "-q", "-p", "no:cacheprovider",
                             "-k", "blur and cpu", "--benchmark-max-time=0.01", "--benchmark-group-by=group",
                             f"--benchmark-json={work / 'bench.json'}"], 120),

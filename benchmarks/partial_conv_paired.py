@@ -6,20 +6,17 @@ skews their ratio. Here every round times both contenders back to back (alternat
 first) and the ratio reported is the median of the per-round ratios. Same data and cases as
 benchmarks/test_partial_conv_bench.py.
 
-    PYTHONPATH=. python benchmarks/partial_conv_paired.py [--rounds 5] [--device cpu]
+    python benchmarks/partial_conv_paired.py [--rounds 5] [--device cpu]
 """
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_partial_conv_bench import BATCH, CASES, CONTENDERS, layer_data, timed_call  # noqa: E402
+from partial_conv_cases import BATCH, CASES, CONTENDERS, layer_data, timed_call
 
 
 def paired(device: str, rounds: int) -> list[str]:

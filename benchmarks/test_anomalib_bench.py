@@ -20,7 +20,7 @@ import torch
 pytest.importorskip("anomalib")
 
 import fastad.integrations.anomalib as fastad_anomalib  # noqa: E402
-from conftest import run_pedantic  # noqa: E402
+from benchlib import run_pedantic  # noqa: E402
 
 from anomalib.engine import Engine  # noqa: E402
 from anomalib.models import Patchcore  # noqa: E402

@@ -13,7 +13,7 @@ import torch
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
 import fastad
-from conftest import random_matrix, requires_cuda, run_pedantic, synchronized
+from benchlib import random_matrix, requires_cuda, run_pedantic, synchronized
 from fastad.ops import reference
 
 N = 100_000

@@ -1,8 +1,8 @@
 """Benchmarks of fastad.ops.knn and fastad.ops.kcenter_coreset against common baselines.
 
 Run with `pytest benchmarks/test_knn_bench.py --benchmark-group-by=group` to see each group's
-contenders side by side, and add `--benchmark-json=FILE` then `python benchmarks/summarize.py FILE`
-for a Markdown table of ratios to fastad. Every contender's set-up (building an index, fitting,
+contenders side by side; `python benchmarks/runner.py bench benchmarks/test_knn_bench.py` stores
+each benchmark as a stamped row with its ratio to fastad, for the generated tables. Every contender's set-up (building an index, fitting,
 precomputing bank norms) happens outside the timed call; each test then checks the distances it
 timed against exact float64 ones for the first queries, outside the timing.
 """
@@ -15,7 +15,7 @@ import time
 import pytest
 import torch
 
-from conftest import knn_data, random_matrix, requires_cuda, run_pedantic, synchronized
+from benchlib import knn_data, random_matrix, requires_cuda, run_pedantic, synchronized
 from fastad.nn import NearestNeighborScorer
 from fastad.ops import kcenter_coreset, knn, knn_cpu_kernels, knn_cpu_peak, reference
 

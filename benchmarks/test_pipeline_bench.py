@@ -14,8 +14,7 @@ import torch
 import fastad
 from fastad.engine import Scorer
 from fastad.models import create_model
-from builtin_split import load_builtin
-from conftest import requires_cuda, run_pedantic, synchronized
+from benchlib import load_builtin, requires_cuda, run_pedantic, synchronized
 
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, requires_cuda])]
 BATCH = 8

@@ -14,7 +14,7 @@ from torch import nn
 import fastad
 from fastad.nn.score_map_upsampler import receptive_field
 from fastad.ops import PatchGrid, reference
-from conftest import requires_cuda, run_pedantic, synchronized
+from benchlib import requires_cuda, run_pedantic, synchronized
 
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, requires_cuda])]
 BATCH = 32

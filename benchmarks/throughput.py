@@ -26,7 +26,7 @@ import torch
 import fastad
 from fastad.engine import Scorer, train
 from fastad.models import MODELS, create_model
-from builtin_split import load_builtin
+from benchlib import load_builtin
 
 PLAIN_PYTORCH = {"pedenet": {"dense_embedding": False}}  # what a straightforward port would do
 

@@ -1,4 +1,4 @@
-"""Fuzz targets shared by tests/test_fuzz.py (a brief run) and benchmarks/fuzz.py (a long one).
+"""Fuzz targets of tests/test_fuzz.py (a brief run, or a long one with FASTAD_FUZZ_EXAMPLES set).
 
 Each target takes one input and checks that it ends in a result that keeps the reader's
 contract or in the named error the reader documents, never in any other exception; it returns
