@@ -104,9 +104,10 @@ def splits_of(data: str) -> tuple[str, ...]:
     return SPLITS if data.startswith("wide:") else ("test",)
 
 
-def quality_run(model: str, data: str, seed: int, steps: int | None, config: dict, label: str) -> list[dict]:
-    """Trains `model` on data's train split as `fastad train` does and scores val and test as
-    `fastad eval` does -> one row per split."""
+def quality_run(model: str, data: str, seed: int, steps: int | None, config: dict, label: str,
+                splits: tuple[str, ...]) -> list[dict]:
+    """Trains `model` on data's train split as `fastad train` does and scores each of `splits`
+    as `fastad eval` does -> one row per split."""
     load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
         warnings.simplefilter("ignore")   # the random-weights warnings of baseline configurations
@@ -115,7 +116,7 @@ def quality_run(model: str, data: str, seed: int, steps: int | None, config: dic
         fit_s = time.perf_counter() - start
         scorer = Scorer(Path(folder) / "run")
         rows = []
-        for split in splits_of(data):
+        for split in splits:
             dataset = open_dataset(data, split, size=scorer.image_size)
             start = time.perf_counter()
             scored = scorer.score_dataset(dataset, num_workers=0, progress=False)
@@ -159,16 +160,20 @@ def quality(args) -> None:
         raise SystemExit(f"--model must be a comma-separated list of {', '.join(sorted(MODELS))}; got {args.model!r}")
     config = parse_config(args.set)
     label = args.label or ",".join(f"{k}={v}" for k, v in config.items()) or "defaults"
+    wanted = [s for s in args.splits.split(",") if s]
+    if not wanted or any(s not in SPLITS for s in wanted):
+        raise SystemExit(f"--splits must be a comma-separated list of {', '.join(SPLITS)}; got {args.splits!r}")
     torch.set_num_threads(args.threads)
     rows_file = Path(args.rows)
     done = {run_key(r) for r in read_rows(rows_file)}
     for seed in [int(s) for s in args.seeds.split(",")]:
         for model in models:
             for data in parse_data(args.data):
-                keys = [(model, label, data, seed, args.steps, split) for split in splits_of(data)]
-                if all(key in done for key in keys):
+                splits = tuple(s for s in splits_of(data)
+                               if s in wanted and (model, label, data, seed, args.steps, s) not in done)
+                if not splits:
                     continue
-                rows = quality_run(model, data, seed, args.steps, config, label)
+                rows = quality_run(model, data, seed, args.steps, config, label, splits)
                 append_rows(rows_file, rows)
                 done.update(run_key(r) for r in rows)
                 print(" ".join(f"{r['split']} {r['pixel_auroc']}/{r['aupro']}/{r['image_auroc']}" for r in rows),
@@ -258,6 +263,8 @@ def main(argv=None) -> None:
     q.add_argument("--steps", type=int, default=None, help="optimizer steps per stage (default: each model's)")
     q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a model config key")
     q.add_argument("--label", default=None, help="the configuration's name in tables (default: the --set pairs)")
+    q.add_argument("--splits", default=",".join(SPLITS),
+                   help="comma-separated evaluation splits (val: a recipe search that spends nothing on test)")
     q.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     sub.add_parser("render", help="rewrite the generated tables from the rows file")
     args = parser.parse_args(argv)
