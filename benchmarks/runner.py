@@ -42,6 +42,8 @@ from fastad.engine.pipeline import fit_run
 from fastad.engine.scorer import Scorer
 from fastad.files import atomic_write
 from fastad.info import describe_cpu
+from fastad.metrics import image_auroc
+from fastad.metrics.image_score import MODEL_RULES, image_score
 from fastad.models.registry import MODELS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,12 +124,23 @@ def quality_run(model: str, data: str, seed: int, steps: int | None, config: dic
             scored = scorer.score_dataset(dataset, num_workers=0, progress=False)
             score_s = time.perf_counter() - start
             metrics = {k: None if v is None else round(v, 4) for k, v in compute_metrics(scored).items()}
+            metrics["image_auroc_rules"] = rule_aurocs(scored)
             rows.append({"task": "quality", "model": model, "label": label, "data": data, "seed": seed,
                          "steps": steps, "split": split, "config": trained.config,
                          "backbone": trained.config.get("backbone"), **metrics,
                          "fit_s": round(fit_s, 2), "score_s": round(score_s, 2), "images": len(scored.paths),
                          "stamp": stamp(load_start)})
     return rows
+
+
+def rule_aurocs(scored) -> dict[str, float] | None:
+    """{rule: image AUROC} of every image-score rule a model can take (MODEL_RULES) on the scored
+    maps, so one run shows what the `image_score` setting would give; None without both labels."""
+    labels = scored.labels[scored.labels >= 0]
+    if not scored.maps.numel() or not 0 < int(labels.sum()) < labels.numel():
+        return None
+    maps = scored.maps[scored.labels >= 0]
+    return {rule: round(image_auroc(image_score(maps, rule), labels), 4) for rule in MODEL_RULES}
 
 
 def parse_config(pairs: list[str]) -> dict:
