@@ -5,8 +5,9 @@
     python benchmarks/runner.py render                      # rewrite every generated table
 
 `quality` trains each model on each dataset spec's train split with `fastad.engine.pipeline.fit_run`
-(what `fastad train` runs), then scores the val and test splits with `fastad.Scorer` and
-`fastad.engine.evaluation.compute_metrics` (what `fastad eval` runs), and appends one row per
+(what `fastad train` runs), then scores the val and test splits (`--splits val`: val only, for a
+recipe search) with `fastad.Scorer` and `fastad.engine.evaluation.compute_metrics` (what `fastad
+eval` runs), plus the image AUROC of every image-score rule on the same maps, and appends one row per
 model x data x seed x split to the rows file (benchmarks/rows/quality.jsonl), flushed and synced
 as each run finishes: an interrupted run resumes with the next missing row. `--data wide` stands
 for every `wide:<texture>`. Every row is stamped with the fastad version, git commit, CPU model and
