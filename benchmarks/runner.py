@@ -10,8 +10,10 @@
     python benchmarks/runner.py render                      # rewrite every generated table
 
 `quality` trains each model on each dataset spec's train split with `fastad.engine.pipeline.fit_run`
-(what `fastad train` runs), then scores the val and test splits (`--split`) with `fastad.Scorer` and
-`fastad.engine.evaluation.compute_metrics` (what `fastad eval` runs), and appends one row per
+(what `fastad train` runs), then scores the val and test splits (`--split val`: val only, for a
+recipe search) with `fastad.Scorer` and `fastad.engine.evaluation.compute_metrics` (what `fastad
+eval` runs), plus the image AUROC of every model image-score rule on the same maps
+(`image_auroc_rules`), and appends one row per
 model x data x seed x split to the rows file (benchmarks/rows/quality.jsonl), flushed and synced
 as each run finishes: an interrupted run resumes with the next missing row. `--data wide` stands
 for every `wide:<texture>`. `--save-maps DIR` also keeps each run's maps (float16), masks, labels
@@ -177,6 +179,7 @@ def quality_run(model: str, data: str, seed: int, steps: int | None, config: dic
             if split == "train":
                 continue
             metrics = {k: None if v is None else round(v, 4) for k, v in compute_metrics(scored).items()}
+            metrics["image_auroc_rules"] = model_rule_aurocs(scored)
             rows.append({"task": "quality", **key, "split": split, "config": trained.config,
                          "backbone": trained.config.get("backbone"), **metrics,
                          "fit_s": round(fit_s, 2), "score_s": round(score_s, 2), "images": len(scored.paths),
@@ -236,8 +239,10 @@ def quality(args) -> None:
     save_maps = Path(args.save_maps) if args.save_maps else None
     for model, data, seed, config, label in runs_of(args):
         splits = splits_of(data, args.split)
-        keys = [(model, label, data, seed, args.steps, split) for split in splits]
-        if all(key in done for key in keys) and (save_maps is None or maps_file(save_maps, dict(
+        missing = tuple(s for s in splits if (model, label, data, seed, args.steps, s) not in done)
+        if save_maps is None:
+            splits = missing   # resume scores only the splits still missing
+        if not missing and (save_maps is None or maps_file(save_maps, dict(
                 model=model, label=label, data=data, seed=seed, steps=args.steps)).exists()):
             continue
         rows = quality_run(model, data, seed, args.steps, config, label, splits, save_maps)
@@ -246,6 +251,18 @@ def quality(args) -> None:
         done.update(run_key(r) for r in new)
         print(" ".join(f"{r['split']} {r['pixel_auroc']}/{r['aupro']}/{r['image_auroc']}" for r in rows),
               f"{model} {data} seed {seed} fit {rows[0]['fit_s']} s", flush=True)
+
+
+def model_rule_aurocs(scored) -> dict[str, float] | None:
+    """{rule: image AUROC} of every image-score rule a model can take (MODEL_RULES) on a quality
+    run's scored maps, so each row shows what the `image_score` setting would give; None without
+    both labels."""
+    known = scored.labels >= 0
+    labels = scored.labels[known]
+    if not scored.maps.numel() or not 0 < int(labels.sum()) < labels.numel():
+        return None
+    maps = scored.maps[known]
+    return {rule: round(image_auroc(image_score(maps, rule), labels), 4) for rule in MODEL_RULES}
 
 
 def rule_aurocs(splits: dict, split: str) -> dict[str, float | None]:
