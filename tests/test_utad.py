@@ -308,4 +308,4 @@ def test_end_to_end_train_checkpoint_score_metrics(brick, tmp_path):
     assert torch.equal(restored.threshold, model.threshold)
     for (key, value), saved in zip(model.state_dict().items(), restored.state_dict().values()):
         assert torch.equal(value, saved), key                                # the backbone travels with it
-    assert torch.allclose(restored.score(test[:1]).maps, result.maps[:1], atol=1e-5)
+    assert torch.allclose(restored.score(test[:1]).maps, model.score(test[:1]).maps, atol=1e-5)
