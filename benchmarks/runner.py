@@ -215,7 +215,8 @@ def quality_table(rows: list[dict], filters: dict) -> str:
              "|---" * (len(datasets) + 4) + "|"]
     groups: dict[tuple, list[dict]] = {}
     for row in baseline + wanted:
-        key = (row["model"] != BASELINE, row["model"], row["label"], row.get("backbone") or "-")
+        network = row.get("backbone") or row.get("config", {}).get("teacher")   # GlanceNet names a teacher
+        key = (row["model"] != BASELINE, row["model"], row["label"], network or "-")
         groups.setdefault(key, []).append(row)
     for (_, model, label, backbone), runs in sorted(groups.items()):
         for split in SPLITS:
