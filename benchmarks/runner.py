@@ -449,21 +449,24 @@ def column(data: str) -> str:
 def quality_table(rows: list[dict], filters: dict) -> str:
     """Markdown: one line per model (with its backbone and configuration label) x split, one
     column per dataset and the mean over datasets; cells pixel AUROC / AUPRO / image AUROC
-    averaged over seeds; the raw-pixel baseline's lines (same data filter) first. Filters are
+    averaged over seeds; the raw-pixel baseline's lines (same data and split filter) first. Filters are
     KEY=GLOB pairs on the rows' model, label, data, split and steps."""
     rows = [r for r in rows if r.get("task") == "quality"]
     selected = [r for r in rows if matches(r, filters, ("data", "split", "steps"))]
     wanted = [r for r in selected if matches(r, filters, ("model", "label"))]
     if not wanted:
         return "(no rows yet: run `python benchmarks/runner.py quality` with these settings)\n"
-    baseline = [r for r in selected if r["model"] == BASELINE and r not in wanted]
+    # the baseline trains no steps: a steps filter picks the models' rows, not the baseline's
+    baseline = [r for r in rows if matches(r, filters, ("data", "split")) and r["model"] == BASELINE
+                and r not in wanted]
     order = {f"wide:{t}": i for i, t in enumerate(WIDE_TEXTURES)}
     datasets = sorted({r["data"] for r in wanted}, key=lambda d: (order.get(d, len(order)), d))
     lines = ["| model (backbone) | split | seeds | " + " | ".join(map(column, datasets)) + " | mean |",
              "|---" * (len(datasets) + 4) + "|"]
     groups: dict[tuple, list[dict]] = {}
     for row in baseline + wanted:
-        key = (row["model"] != BASELINE, row["model"], row["label"], row.get("backbone") or "-")
+        network = row.get("backbone") or row.get("config", {}).get("teacher")   # GlanceNet names a teacher
+        key = (row["model"] != BASELINE, row["model"], row["label"], network or "-")
         groups.setdefault(key, []).append(row)
     for (_, model, label, backbone), runs in sorted(groups.items()):
         for split in SPLITS:

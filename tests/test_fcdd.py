@@ -14,6 +14,8 @@ from fastad.models import FCDD, create_model
 from fastad.models.fcdd.augment import (confetti_noise, local_contrast_normalization, min_max, random_resized_crop,
                                         augment)
 from fastad.models.fcdd.losses import PUSH_EPS, fcdd_loss, hsc_pixel_loss, push
+from fastad.models.components.zoo import build_backbone
+from fastad.models.fcdd.model import BACKBONES
 from fastad.models.fcdd.networks import fcdd_cnn224, pseudo_huber
 from fastad.nn.score_map_upsampler import receptive_field
 
@@ -103,7 +105,7 @@ def test_receptive_field_of_the_default_net_by_hand():
     # (k, s, p) = conv 5/1/2, pool 3/2/1, conv 5/1/2, pool 3/2/1, conv 3/1/1, conv 3/1/1, pool 3/2/1,
     # conv 3/1/1, head 1x1: extent 1 +4 +2 +4*2 +2*2 +2*4 +2*4 +2*4 +2*8 = 59, stride 8; every
     # layer pads (k - 1)/2, so unit 0 is centred on pixel 0
-    model = FCDD()
+    model = FCDD(backbone="cnn")
     up = model.upsampler
     assert (up.receptive_field, up.stride, up.start, up.sigma) == (59, 8, 0.0, 12.0)
     assert model.heatmap(torch.rand(1, 3, 224, 224)).shape == (1, 1, 28, 28)
@@ -113,7 +115,7 @@ def test_receptive_field_of_the_default_net_by_hand():
 def test_receptive_field_contains_the_input_gradient():
     # the input pixels an interior unit depends on lie within its derived field
     torch.manual_seed(0)
-    model = FCDD(width=0.25).eval()
+    model = FCDD(backbone="cnn", width=0.25).eval()
     x = torch.rand(1, 3, 224, 224, requires_grad=True)
     out = model.head(model.backbone(x))
     out[0, 0, 14, 10].backward()
@@ -126,7 +128,7 @@ def test_receptive_field_contains_the_input_gradient():
 
 def test_vgg11_backbone_random_init_with_notice():
     with pytest.warns(UserWarning, match="random initialisation"):
-        model = FCDD(backbone="vgg11")
+        model = FCDD(backbone="vgg11", weights="random")
     # conv 3/1/1, pool 2/2/0 (x3 blocks), then two 512 convs: extent 62, stride 8, start 3.5
     up = model.upsampler
     assert (up.receptive_field, up.stride, up.start) == (62, 8, 3.5)
@@ -137,7 +139,8 @@ def test_vgg11_backbone_random_init_with_notice():
 def test_vgg11_weights_load_and_freeze(tmp_path):
     from safetensors.torch import save_file
 
-    source = FCDD(backbone="vgg11")
+    with pytest.warns(UserWarning, match="random initialisation"):
+        source = FCDD(backbone="vgg11", weights=None)
     torch.nn.init.constant_(source.backbone[0].weight, 0.125)
     save_file({f"features.{k}": v.contiguous() for k, v in source.backbone.state_dict().items()},
               str(tmp_path / "vgg11_bn.safetensors"))
@@ -156,10 +159,73 @@ def test_vgg11_weights_load_and_freeze(tmp_path):
 
 def test_config_errors():
     for kwargs, match in [({"loss": "hsc"}, "loss"), ({"backbone": "resnet"}, "backbone"),
-                          ({"weights": "x.pth"}, "weights"), ({"batch_size": 0}, "batch_size"),
+                          ({"backbone": "cnn", "weights": "x.pth"}, "weights"), ({"batch_size": 0}, "batch_size"),
+                          ({"backbone": "vgg11"}, "vgg11 has no packaged weights"),
+                          ({"weights": None}, "weights must be 'pretrained'"),
+                          ({"weights": "missing.pth"}, "weights must be the path"),
                           ({"anomaly_probability": 2.0}, "anomaly_probability"), ({"resize": 200}, "resize")]:
         with pytest.raises(ValueError, match=match):
             FCDD(**kwargs)
+    with pytest.raises(ValueError) as error:                  # an unknown backbone: one line listing them all
+        FCDD(backbone="resnet")
+    assert "\n" not in str(error.value) and all(name in str(error.value) for name in BACKBONES)
+
+
+# --- the pretrained backbone ----------------------------------------------------------------------
+
+def test_pretrained_trunk_geometry_is_its_input_gradient():
+    # TF "same" convolutions pad (k - 1) // 2 - (odd total) on the top/left, computed per input
+    # size: the derived field of a unit must be exactly the pixels its gradient reaches when every
+    # weight is a small positive number (no unit clips, so every path contributes)
+    model = FCDD(width=0.25).double().eval()
+    up = model.upsampler
+    assert (up.receptive_field, up.stride, up.start) == (99, 8, 7.0)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.constant_(module.weight, 1e-2)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_parameters()
+    x = torch.rand(1, 3, 224, 224, dtype=torch.float64, requires_grad=True)
+    out = model.head(model.backbone(x))
+    assert out.shape == (1, 1, 28, 28)
+    half = (up.receptive_field - 1) // 2
+    for i in (0, 13, 27):
+        x.grad = None
+        out[0, 0, i, i].backward(retain_graph=True)
+        rows = torch.nonzero(x.grad[0].abs().sum((0, 2)))[:, 0]
+        centre = int(up.stride * i + up.start)
+        assert (int(rows.min()), int(rows.max())) == (max(0, centre - half), min(223, centre + half)), i
+
+
+def test_pretrained_backbone_is_loaded_and_frozen(brick):
+    model = FCDD(width=0.25, batch_size=2)
+    reference = build_backbone("efficientnet_lite0", ("stride8",), "pretrained")
+    assert all(torch.equal(a, b) for a, b in zip(model.backbone.frozen.state_dict().values(),
+                                                 reference.state_dict().values()))
+    frozen = {k: v.clone() for k, v in model.backbone.frozen.state_dict().items()}
+    assert not any(p.requires_grad for p in model.backbone.frozen.parameters())
+    assert all(p.requires_grad for p in model.backbone.upper.parameters())
+    train(model, brick[0][:4], steps=2, progress=False)
+    model.train()
+    assert not model.backbone.frozen.training and model.backbone.upper.training
+    for key, value in model.backbone.frozen.state_dict().items():      # weights and BatchNorm statistics
+        assert torch.equal(value, frozen[key]), key
+    with pytest.warns(UserWarning, match="random initialisation"):
+        random = FCDD(weights="random")
+    assert not torch.equal(random.backbone.frozen.state_dict()["net.conv_stem.weight"], frozen["net.conv_stem.weight"])
+
+
+def test_pretrained_checkpoint_holds_the_backbone(brick, tmp_path):
+    model = FCDD(width=0.25, batch_size=2)
+    train(model, brick[0][:4], steps=1, progress=False)
+    save_checkpoint(tmp_path, model, {})
+    loaded = load_checkpoint(tmp_path).model              # built with read_weight_files=False: nothing read
+    assert loaded.config["backbone"] == "efficientnet_lite0" and loaded.config["weights"] == "pretrained"
+    for (key, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), key
+    assert torch.equal(loaded.score(brick[1][:2]).maps, model.score(brick[1][:2]).maps)
 
 
 # --- synthetic anomalies and pre-processing -------------------------------------------------------

@@ -10,6 +10,8 @@ import torch
 import fastad
 from fastad.engine.checkpoint import load_checkpoint
 from fastad.models import AnomalyResult, GlanceNet, create_model
+from fastad.models.components.zoo import build_backbone
+from fastad.models.glance.model import TEACHER_TAPS, TEACHERS, teacher_dim
 from fastad.models.components.backbones import ResNet18, load_resnet18_teacher
 from fastad.models.glance.boxes import hole_masks
 from fastad.models.glance.losses import compactness_loss, dad_loss, iad_score, info_nce
@@ -192,7 +194,8 @@ def test_recipe_losses_run_both_ways(brick):
     """The first recipe's options (eq. 8's single DAD draw, gray stains, jittered views, no
     stained InfoNCE negative) still train; the default recipe's losses are finite."""
     torch.manual_seed(0)
-    for config in ({}, {"view_jitter": 0.2, "stains": "gray", "dad_negatives": 0, "ssl_stains": False}):
+    for config in ({}, {"teacher": "none"},
+                   {"teacher": "none", "view_jitter": 0.2, "stains": "gray", "dad_negatives": 0, "ssl_stains": False}):
         model = GlanceNet(local_batch=4, global_batch=2, **config)
         model.setup(brick[0])
         for stage in model.stages:
@@ -372,3 +375,50 @@ def test_teacher_weights_errors(tmp_path):
     torch.save({"weight": torch.zeros(3)}, bad)
     with pytest.raises(ValueError, match="teacher_weights"):
         GlanceNet(teacher_weights=str(bad))
+
+
+# --- the pretrained teacher ------------------------------------------------------------------------
+
+def test_teacher_config_and_its_legacy_meaning(tmp_path):
+    assert GlanceNet.Config().teacher == "efficientnet_lite0" and GlanceNet.Config().teacher_weights == "pretrained"
+    # every config saved before the backbone zoo names teacher_weights (None or a path) and no teacher
+    assert GlanceNet.Config.from_dict({"teacher_weights": None}, "glance").teacher == "none"
+    assert GlanceNet.Config.from_dict({"teacher_weights": "r18.pth"}, "glance").teacher == "resnet18"
+    assert GlanceNet.Config.from_dict({"teacher_weights": "random"}, "glance").teacher == "efficientnet_lite0"
+    current = GlanceNet.Config()
+    assert GlanceNet.Config.from_dict(current.as_dict(), "glance") == current
+    assert GlanceNet.Config(teacher="none").teacher_weights is None
+    for kwargs, match in [({"teacher": "resnet18"}, "local torchvision resnet18"),
+                          ({"teacher": "none", "teacher_weights": "r18.pth"}, "reads no weights"),
+                          ({"teacher_weights": None, "teacher": "efficientnet_lite0"}, "teacher_weights must be"),
+                          ({"in_channels": 1}, "in_channels")]:
+        with pytest.raises(ValueError, match=match):
+            GlanceNet(**kwargs)
+    with pytest.raises(ValueError) as error:                           # one line listing the choices
+        GlanceNet(teacher="vgg16")
+    assert "\n" not in str(error.value) and all(name in str(error.value) for name in TEACHERS)
+
+
+def test_pretrained_teacher_is_loaded_frozen_and_left_out_of_the_checkpoint(brick, tmp_path):
+    model = GlanceNet(local_batch=4, global_batch=2, feature_dim=16, global_widths=[8, 8, 8, 8], stride=16)
+    teacher = model.teacher()
+    reference = build_backbone("efficientnet_lite0", TEACHER_TAPS, "pretrained")
+    before = teacher.net.state_dict()
+    assert all(torch.equal(a, b) for a, b in zip(before.values(), reference.state_dict().values()))
+    assert not any(p.requires_grad for p in teacher.parameters())
+    assert model.decoder.out_features == teacher_dim("efficientnet_lite0") == 40 + 112
+    patches = brick[0][:3, :, :32, :32]
+    maps = reference(patches)
+    expected = torch.cat([maps["stride8"].mean((2, 3)), maps["stride16"].mean((2, 3))], 1)
+    torch.testing.assert_close(teacher(patches), expected)                 # R(p): each tap's mean over the patch
+    optimizer, _ = model.configure_optimizer("local", 1)
+    assert {id(p) for g in optimizer.param_groups for p in g["params"]} == \
+        {id(p) for p in [*model.local_net.parameters(), *model.decoder.parameters()]}
+    fastad.engine.train(model, brick[0][:4], steps={"local": 2, "global": 1}, run_dir=tmp_path, progress=False)
+    assert all(torch.equal(v, before[k]) for k, v in teacher.net.state_dict().items())
+    assert not teacher.net.training and not any(k.startswith("_teacher") for k in model.state_dict())
+    loaded = load_checkpoint(tmp_path).model                             # scoring reads no teacher
+    assert loaded._teacher == () and torch.equal(loaded.score(brick[1][:1]).maps, model.score(brick[1][:1]).maps)
+    with pytest.warns(UserWarning, match="random initialisation"):
+        random = GlanceNet(teacher_weights="random")
+    assert not torch.equal(random.teacher().net.state_dict()["net.conv_stem.weight"], before["net.conv_stem.weight"])

@@ -15,6 +15,8 @@ from fastad.models.utad.impression import (ImpressionExtractor, InceptionBlock, 
                                    mutual_information_loss, shuffle_codes)
 from fastad.models.utad.measure import layer_distances, segment
 from fastad.models.components.backbones import VGG19Features
+from fastad.models.components.zoo import build_backbone
+from fastad.models.utad.model import BACKBONES, DEFAULT_TAPS
 
 SIZE = UTAD.image_size
 TINY = dict(ie_widths=[4, 8, 8, 8], latent_dim=8, ie_hidden=32, expert_width=4, detail_dim=4, detail_width=4,
@@ -189,9 +191,13 @@ def test_layer_distances_and_segmentation_formulas():
 # ---- the model ------------------------------------------------------------------------------------
 def test_registered_with_two_stages_and_validated_config(tmp_path):
     assert UTAD.stages == ("impression", "expert") and UTAD.image_size == 128
-    with pytest.warns(UserWarning, match="VGG-19"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                                        # pretrained: no notice
         model = create_model("utad", **TINY)
     assert isinstance(model, UTAD) and model.config["ie_widths"] == [4, 8, 8, 8]
+    assert model.config["backbone"] == "efficientnet_lite0" and model.config["layers"] == list(DEFAULT_TAPS)
+    with pytest.warns(UserWarning, match="VGG-19"):
+        assert create_model("utad", backbone="vgg19", **TINY).config["weights"] is None
     with pytest.raises(ValueError, match="batch_size"):
         UTAD(batch_size=1)
     with pytest.raises(ValueError, match="threshold_quantile"):
@@ -200,6 +206,41 @@ def test_registered_with_two_stages_and_validated_config(tmp_path):
         UTAD(vgg_weights=str(tmp_path / "none.pth"))
     with pytest.raises(ValueError, match="stage"):
         model.configure_optimizer("joint", 1)
+    for kwargs, match in [({"backbone": "vgg19", "layers": ["stride2"]}, "vgg_weights"),
+                          ({"vgg_weights": "vgg19.pth", "backbone": "efficientnet_lite0"}, "vgg_weights is for"),
+                          ({"weights": None}, "weights must be"), ({"layers": ["stride8", "stride2"]}, "layers"),
+                          ({"layers": ["conv1_2"]}, "layers")]:
+        with pytest.raises(ValueError, match=match):
+            UTAD(**kwargs)
+    with pytest.raises(ValueError) as error:                              # one line listing the choices
+        UTAD(backbone="vgg16")
+    assert "\n" not in str(error.value) and all(name in str(error.value) for name in BACKBONES)
+
+
+def test_a_config_from_before_the_zoo_means_vgg19():
+    # every saved config before the backbone zoo holds vgg_weights and no backbone
+    legacy = UTAD.Config.from_dict({"vgg_weights": None, "vgg_seed": 2}, "utad")
+    assert legacy.backbone == "vgg19" and legacy.weights is None and legacy.layers is None
+    current = UTAD.Config()
+    assert UTAD.Config.from_dict(current.as_dict(), "utad") == current      # a new config round-trips
+
+
+def test_pretrained_perceptual_network_is_loaded_and_frozen(brick):
+    model = tiny_utad(layers=["stride4", "stride16"])
+    reference = build_backbone("efficientnet_lite0", ("stride4", "stride16"), "pretrained")
+    before = model.perceptual.state_dict()
+    assert all(torch.equal(a, b) for a, b in zip(before.values(), reference.state_dict().values()))
+    assert not any(p.requires_grad for p in model.perceptual.parameters())
+    fastad.engine.train(model, brick[0], steps=1, progress=False)
+    model.train()
+    assert not model.perceptual.net.training
+    assert all(torch.equal(v, before[k]) for k, v in model.perceptual.state_dict().items())
+    assert [tuple(f.shape[1:]) for f in model.perceptual(brick[0][:1])] == [(24, 32, 32), (112, 8, 8)]
+    assert model.layer_weights.shape == (2, 2)
+    with pytest.warns(UserWarning, match="random initialisation"):
+        random = UTAD(**TINY, weights="random")
+    assert not torch.equal(random.perceptual.state_dict()["net.net.conv_stem.weight"],
+                           before["net.net.conv_stem.weight"])
 
 
 def test_shapes_through_both_stages():
@@ -208,7 +249,7 @@ def test_shapes_through_both_stages():
     parts = model.reconstruct(x)
     assert all(parts[k].shape == x.shape for k in ("impression", "reconstruction", "naive_impression"))
     distances = model.layer_distances(x)
-    assert distances.shape == (1, 2, 3, SIZE, SIZE) and (distances >= 0).all()
+    assert distances.shape == (1, 2, len(DEFAULT_TAPS), SIZE, SIZE) and (distances >= 0).all()
     assert (distances[:, 1] == 0).all() and (distances[:, 0] > 0).any()      # naive term off by default
     result = model.score(x)
     assert isinstance(result, AnomalyResult)
@@ -238,9 +279,10 @@ def test_prepare_scoring_calibrates_layer_weights_and_threshold(brick):
     model.prepare_scoring(brick[0])                                          # the first 2 images
     distances = model.layer_distances(brick[0][:2])
     weighted = distances * model.layer_weights[None, :, :, None, None]
-    assert torch.allclose(weighted.mean((0, 3, 4)), torch.ones(2, 3), rtol=1e-3)   # each term and layer: mean 1
+    taps = len(DEFAULT_TAPS)
+    assert torch.allclose(weighted.mean((0, 3, 4)), torch.ones(2, taps), rtol=1e-3)   # each term and layer: mean 1
     maps = weighted[:, 0].sum(1) + 0.5 * weighted[:, 1].sum(1)                     # eq. 8
-    assert torch.allclose(maps.mean(), torch.tensor(3.0 + 0.5 * 3.0), rtol=1e-3)
+    assert torch.allclose(maps.mean(), torch.tensor(taps + 0.5 * taps), rtol=1e-3)
     flagged = segment(maps, model.threshold).float().mean().item()
     assert flagged == pytest.approx(0.1, abs=0.01)
     assert model.calibrate_threshold(brick[0][:1], 0.5) == pytest.approx(float(maps[0].median()), rel=1e-3)
@@ -264,4 +306,6 @@ def test_end_to_end_train_checkpoint_score_metrics(brick, tmp_path):
         warnings.simplefilter("ignore")
         restored = fastad.engine.load_checkpoint(tmp_path).model
     assert torch.equal(restored.threshold, model.threshold)
-    assert torch.allclose(restored.score(test[:1]).maps, result.maps[:1], atol=1e-5)
+    for (key, value), saved in zip(model.state_dict().items(), restored.state_dict().values()):
+        assert torch.equal(value, saved), key                                # the backbone travels with it
+    assert torch.allclose(restored.score(test[:1]).maps, model.score(test[:1]).maps, atol=1e-5)

