@@ -1,7 +1,7 @@
 """Scoring a folder (or a list) of images on a Ray cluster with Ray Data.
 
     from fastad.distributed import score_on_ray
-    result = score_on_ray("runs/brick", "/shared/line/today", "/shared/line/today-scores",
+    result = score_on_ray("runs/brick", "/mnt/line/today", "/mnt/line/today-scores",
                            address="auto", device="cuda", batch_size=32)
 
 The driver checks the arguments and inputs as fastad.Scorer and the local engine do, loads the
