@@ -464,6 +464,33 @@ std::vector<double> centred_sq_norms(const T* x, int64_t rows, int64_t d, const 
   return out;
 }
 
+// Rows summed into one fp64 partial of column_mean.
+constexpr int64_t kMeanRows = 2048;
+
+// The column means of x [rows, d] in fp64: fp64 sums over fixed blocks of kMeanRows rows, added
+// in block order (so the same for every thread count), divided by rows; one pass over x.
+template <typename T>
+at::Tensor column_mean(const T* x, int64_t rows, int64_t d) {
+  const int64_t blocks = (rows + kMeanRows - 1) / kMeanRows;
+  std::vector<double> part(blocks * d, 0.0);
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t block = begin; block < end; ++block) {
+      double* acc = part.data() + block * d;
+      for (int64_t i = block * kMeanRows; i < std::min(rows, (block + 1) * kMeanRows); ++i) {
+        const T* row = x + i * d;
+#pragma omp simd
+        for (int64_t t = 0; t < d; ++t) acc[t] += double(row[t]);
+      }
+    }
+  });
+  at::Tensor mean = at::zeros({d}, at::TensorOptions().dtype(at::kDouble));
+  double* out = mean.data_ptr<double>();
+  for (int64_t block = 0; block < blocks; ++block)
+    for (int64_t t = 0; t < d; ++t) out[t] += part[block * d + t];
+  for (int64_t t = 0; t < d; ++t) out[t] /= static_cast<double>(rows);
+  return mean;
+}
+
 template <typename T>
 Prepared prepare(const at::Tensor& query, const at::Tensor& bank,
                  const std::optional<at::Tensor>& bank_sq_norms) {
@@ -472,7 +499,7 @@ Prepared prepare(const at::Tensor& query, const at::Tensor& bank,
   if (bank_sq_norms.has_value()) {
     p.norms = bank_sq_norms->to(at::kFloat).contiguous();
   } else {
-    p.centre = bank.mean({0}, false, at::kDouble).to(bank.scalar_type()).contiguous();
+    p.centre = column_mean(bank.data_ptr<T>(), m, d).to(bank.scalar_type()).contiguous();
     const std::vector<double> norms =
         centred_sq_norms(bank.data_ptr<T>(), m, d, p.centre->data_ptr<T>());
     p.norms = at::empty({m}, bank.options().dtype(at::kFloat));
