@@ -702,63 +702,6 @@ inline bool kcenter_skip(double r2, const double* yi, const double* yc, int64_t 
   return false;
 }
 
-// An fp32 filter in front of the canonical distance of a row the projection did not skip: the
-// new centre c leaves row i's minimum R as it is when canonical(i, c) >= R, and a cheap fp32
-// sum of squares d̂ >= kcenter_filter_bound(R, D) proves that. Why: d̂ = fl32(Σ fl32(x_t − c_t)²)
-// in any order, each difference, square and sum rounded once (u = 2^-24; the terms are >= 0),
-// so d̂ <= K d + D 2^-147 with d the exact |x_i − c|², K = (1 + γ_D)(1 + u)^3 <= 1 + 1.01 (D + 4) u
-// (γ_D = D u / (1 − D u), D <= 2^16), the last term the gradual underflow of at most 3D
-// roundings. With T = (R + D 2^-1070)(1 + (D + 4) 2^-23)(1 + 2^-30) + D 2^-147 (T evaluated in
-// fp64, its rounding under the last factor) and d̂ >= T: d >= (R + D 2^-1070)(1 + (D + 4) 2^-25),
-// and the canonical distance, within a relative (D/32 + 8) 2^-52 and an absolute D 2^-1074 of d
-// (the comment above), is >= R. d̂ is summed in blocks of kFilterBlock features and the check runs
-// after each (partial sums of nonnegative terms only grow); a d̂ that is not finite proves nothing.
-constexpr int64_t kFilterBlock = 128;
-constexpr int64_t kFilterMaxD = int64_t(1) << 16;
-
-inline double kcenter_filter_bound(double r2, int64_t d) {
-  const double dd = static_cast<double>(d);
-  return (r2 + dd * 0x1p-1070) * (1.0 + (dd + 4.0) * 0x1p-23) * (1.0 + 0x1p-30) + dd * 0x1p-147;
-}
-
-// Whether the fp32 sum of (a_t − b_t)² over t < len reaches bound (checked after every
-// kFilterBlock features).
-FASTAD_VECTOR_CLONES bool fp32_reaches(const float* a, const float* b, int64_t len, double bound) {
-  float acc[32] = {};
-  for (int64_t t0 = 0; t0 < len; t0 += kFilterBlock) {
-    const int64_t t1 = std::min(len, t0 + kFilterBlock);
-    int64_t t = t0;
-    for (; t + 32 <= t1; t += 32) {
-#pragma omp simd
-      for (int l = 0; l < 32; ++l) {
-        const float diff = a[t + l] - b[t + l];
-        acc[l] += diff * diff;
-      }
-    }
-    for (int l = 0; t + l < t1; ++l) {
-      const float diff = a[t + l] - b[t + l];
-      acc[l] += diff * diff;
-    }
-    float sum = 0.f;
-    for (int l = 0; l < 32; ++l) sum += acc[l];
-    if (!std::isfinite(sum)) return false;
-    if (double(sum) >= bound) return true;
-  }
-  return false;
-}
-
-// Whether row i's minimum r2 provably stays as it is for centre c by the fp32 filter (float
-// features only; float64 ones are always read exactly).
-template <typename T>
-inline bool kcenter_filtered(double r2, const T* xi, const T* c, int64_t d) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (!(r2 < kInf) || d > kFilterMaxD) return false;
-    return fp32_reaches(xi, c, d, kcenter_filter_bound(r2, d));
-  } else {
-    return false;
-  }
-}
-
 // Where few rows are skipped (features with a flat spectrum) the checks cost more than they save:
 // a step with checks that took longer than the latest step without them (step 0 is one: no row
 // has a minimum yet) is followed by `backoff` steps without checks, the backoff doubling up to
@@ -787,8 +730,7 @@ void kcenter_steps(const T* x, int64_t m, int64_t d, int64_t n, int64_t start,
       KcenterBest best{-2.0, m};
       for (int64_t i = begin; i < end; ++i) {
         double r = min_dist[i];
-        if (!(yc && kcenter_skip(r, y + i * k, yc, k, proj.slack)) &&
-            !kcenter_filtered(r, x + i * d, c, d)) {
+        if (!(yc && kcenter_skip(r, y + i * k, yc, k, proj.slack))) {
           r = std::min(r, canonical_distance(x + i * d, c, d));
           min_dist[i] = r;
         }
