@@ -37,7 +37,14 @@ def check_finite(name: str, value: torch.Tensor) -> None:
     """NaN/Inf check; skipped while tracing or capturing (see tracing_or_capturing)."""
     if tracing_or_capturing(value):
         return
-    if value.numel() and not bool(torch.isfinite(value).all()):
+    if not value.numel():
+        return
+    if value.is_floating_point():  # NaN propagates through aminmax: one pass, no [..] mask
+        low, high = torch.aminmax(value)
+        finite = bool(torch.isfinite(low) & torch.isfinite(high))
+    else:
+        finite = bool(torch.isfinite(value).all())
+    if not finite:
         raise ValueError(f"{name} contains NaN or Inf values")
 
 

@@ -423,6 +423,7 @@ def test_non_finite_rows_on_every_cpu_kernel(monkeypatch):
 
 
 def test_cpu_kernel_override(monkeypatch):
+    monkeypatch.delenv("FASTAD_CPU_KERNEL", raising=False)  # the defaults, whatever the run forces
     kernels = cpu_kernels_here()
     assert kernels == [k for k in fastad.ops.KNN_CPU_KERNELS if k in kernels]
     fp32 = fastad.ops.knn_cpu_kernels("fp32")

@@ -261,68 +261,115 @@ at::Tensor pack_panels(const T* x, int64_t rows, int64_t d, const T* centre, int
   return packed;
 }
 
-// Bytes of packed queries a work item keeps cache-resident while it streams the bank panels.
-constexpr int64_t kFusedQueryBytes = 1 << 19;
+// Loop-nest sizes of a fused candidate pass: `block` query panels per work item, `group` bank
+// panels whose running sums wait together between feature chunks of `chunk` features.
+struct FusedBlocking {
+  int64_t block, group, chunk;
+};
 
-// Query panels per work item of a fused kernel: their chunk of features fits kFusedQueryBytes.
-inline int64_t fused_block_panels(int64_t mr, int64_t d) {
-  return std::clamp<int64_t>(kFusedQueryBytes / (mr * std::min(d, kFusedChunk) * 4), 1, 64);
+// Bytes of a work item's packed query chunks (block panels x chunk features), kept in L2 while
+// the bank panels of a group meet them, and of the running sums of a group (block x group tiles).
+constexpr int64_t kFusedQueryBytes = 1 << 18;
+constexpr int64_t kFusedPartialBytes = 1 << 17;
+constexpr int64_t kItemsPerThread = 6;  // so that one item more or less is a small imbalance
+
+// The blocking of the loop nest in search_fused: a bank panel's chunk (nr x chunk floats) stays
+// in L1 while every query panel of the block meets it; the block's query chunks stay in L2 while
+// the group's bank panels pass; across chunks only the group's running sums wait (in L2), so
+// the bank is read from memory once per block and the queries once per group, whatever D is.
+FusedBlocking fused_blocking(const FusedKernel& kernel, int64_t query_panels, int64_t d,
+                             int64_t threads) {
+  FusedBlocking b;
+  b.chunk = std::min(d, kernel.chunk);
+  const int64_t fit = kFusedQueryBytes / (kernel.mr * b.chunk * 4);
+  const int64_t spread = (query_panels + kItemsPerThread * threads - 1) / (kItemsPerThread * threads);
+  b.block = std::clamp<int64_t>(std::min(fit, spread), 8, 64);
+  const int64_t tile_bytes = kernel.mr * kernel.nr * 4;
+  b.group = d <= b.chunk ? 1 : std::clamp<int64_t>(kFusedPartialBytes / (b.block * tile_bytes), 1, 16);
+  return b;
+}
+
+// Per-thread scratch of search_fused and the candidate state it folds reported rows into.
+struct FusedScratch {
+  std::vector<float> thr, scores, partial;
+};
+
+// Folds the rows a tile of query panel qp and bank panel p reported (bits of `hits`).
+inline void fold_hits(uint32_t hits, const FusedKernel& kernel, int64_t qp, int64_t p, int64_t m,
+                      int64_t slice, const std::vector<double>& margin2, Candidates& cand,
+                      const float* scores, float* thr) {
+  const int64_t mr = kernel.mr, nr = kernel.nr, first = p * nr, len = std::min(nr, m - first);
+  for (; hits; hits &= hits - 1) {
+    const int64_t r = __builtin_ctz(hits), i = qp * mr + r, at = cand.at_(slice, i);
+    float* top = cand.top.data_ptr<float>() + at * cand.k;
+    int64_t& count = cand.count.data_ptr<int64_t>()[at];
+    fold_scores(scores + r * nr, len, first, cand.k, cand.cap, margin2[i], top,
+                cand.values.data_ptr<float>() + at * cand.cap,
+                cand.indices.data_ptr<int64_t>() + at * cand.cap, count);
+    thr[r] = fp32_threshold(top, cand.k, margin2[i], count);
+  }
+}
+
+// One work item of search_fused: query panels [qp0, qp1) against bank panels [p0, p1).
+void fused_item(const FusedKernel& kernel, const FusedBlocking& blocking, const float* queries,
+                const float* bank, int64_t m, int64_t d, const float* norms, int64_t qp0,
+                int64_t qp1, int64_t p0, int64_t p1, int64_t slice,
+                const std::vector<double>& margin2, Candidates& cand, FusedScratch& s) {
+  const int64_t mr = kernel.mr, nr = kernel.nr, n = cand.n, tile = mr * nr;
+  for (int64_t i = qp0 * mr; i < qp1 * mr; ++i) {
+    float& t = s.thr[i - qp0 * mr];
+    if (i >= n) {
+      t = std::numeric_limits<float>::quiet_NaN();
+      continue;
+    }
+    const int64_t at = cand.at_(slice, i);
+    int64_t& count = cand.count.data_ptr<int64_t>()[at];
+    if (!(margin2[i] < kInf)) count = -1;
+    t = fp32_threshold(cand.top.data_ptr<float>() + at * cand.k, cand.k, margin2[i], count);
+  }
+  for (int64_t g0 = p0; g0 < p1; g0 += blocking.group) {
+    const int64_t g1 = std::min(p1, g0 + blocking.group);
+    for (int64_t t0 = 0; t0 < d; t0 += blocking.chunk) {
+      const int64_t chunk = std::min(blocking.chunk, d - t0);
+      const int stage = (t0 == 0 ? kFirstChunk : 0) | (t0 + chunk == d ? kLastChunk : 0);
+      for (int64_t p = g0; p < g1; ++p) {
+        const float* b = bank + (p * d + t0) * nr;
+        float* partial = s.partial.data() + (p - g0) * (qp1 - qp0) * tile;
+        for (int64_t qp = qp0; qp < qp1; ++qp) {
+          float* thr = s.thr.data() + (qp - qp0) * mr;
+          const uint32_t hits = kernel.tile(queries + (qp * d + t0) * mr, b, chunk,
+                                            partial + (qp - qp0) * tile, stage, norms + p * nr,
+                                            thr, s.scores.data());
+          if (hits) fold_hits(hits, kernel, qp, p, m, slice, margin2, cand, s.scores.data(), thr);
+        }
+      }
+    }
+  }
 }
 
 // The candidate pass of a fused kernel over packed queries [N/mr][D][mr] and bank
 // [M/nr][D][nr]; norms [M/nr · nr] (NaN past M). Work items are a block of query panels and a
-// slice of bank panels; each bank panel meets every query panel of the block while it is in
-// cache, and only the query rows a tile reports are folded.
-void search_fused(const FusedKernel& kernel, const float* queries, const float* bank, int64_t m,
-                  int64_t d, const float* norms, const std::vector<double>& margin2,
-                  Candidates& cand) {
-  const int64_t mr = kernel.mr, nr = kernel.nr, n = cand.n, k = cand.k, slices = cand.slices;
-  const int64_t query_panels = (n + mr - 1) / mr, bank_panels = (m + nr - 1) / nr;
-  const int64_t per_block = fused_block_panels(mr, d);
-  const int64_t blocks = (query_panels + per_block - 1) / per_block;
+// slice of bank panels (fused_blocking), handed out one at a time, so a thread that loses its
+// core to another process delays one item, not a fixed share of the work; only the query rows
+// a tile reports are folded.
+void search_fused(const FusedKernel& kernel, const FusedBlocking& blocking, const float* queries,
+                  const float* bank, int64_t m, int64_t d, const float* norms,
+                  const std::vector<double>& margin2, Candidates& cand) {
+  const int64_t mr = kernel.mr, nr = kernel.nr, slices = cand.slices;
+  const int64_t query_panels = (cand.n + mr - 1) / mr, bank_panels = (m + nr - 1) / nr;
+  const int64_t blocks = (query_panels + blocking.block - 1) / blocking.block;
   const int64_t items = blocks * slices;
-  float* top_all = cand.top.data_ptr<float>();
-  float* values_all = cand.values.data_ptr<float>();
-  int64_t* indices_all = cand.indices.data_ptr<int64_t>();
-  int64_t* count_all = cand.count.data_ptr<int64_t>();
   std::atomic<int64_t> next_item{0};
   at::parallel_for(0, std::min<int64_t>(items, at::get_num_threads()), 1, [&](int64_t, int64_t) {
-    std::vector<float> thr(per_block * mr), scores(mr * nr), partial(per_block * mr * nr);
+    FusedScratch s{std::vector<float>(blocking.block * mr), std::vector<float>(mr * nr),
+                   std::vector<float>(blocking.group * blocking.block * mr * nr)};
     for (int64_t item = next_item++; item < items; item = next_item++) {
       const int64_t block = item / slices, slice = item % slices;
-      const int64_t qp0 = block * per_block, qp1 = std::min(query_panels, qp0 + per_block);
+      const int64_t qp0 = block * blocking.block;
+      const int64_t qp1 = std::min(query_panels, qp0 + blocking.block);
       const int64_t p0 = slice * bank_panels / slices, p1 = (slice + 1) * bank_panels / slices;
-      for (int64_t i = qp0 * mr; i < qp1 * mr; ++i) {
-        float& t = thr[i - qp0 * mr];
-        if (i >= n) {
-          t = std::numeric_limits<float>::quiet_NaN();
-          continue;
-        }
-        const int64_t at = cand.at_(slice, i);
-        if (!(margin2[i] < kInf)) count_all[at] = -1;
-        t = fp32_threshold(top_all + at * k, k, margin2[i], count_all[at]);
-      }
-      for (int64_t p = p0; p < p1; ++p) {
-        const int64_t first = p * nr, len = std::min(nr, m - first);
-        for (int64_t t0 = 0; t0 < d; t0 += kFusedChunk) {
-          const int64_t chunk = std::min(kFusedChunk, d - t0);
-          const int stage = (t0 == 0 ? kFirstChunk : 0) | (t0 + chunk == d ? kLastChunk : 0);
-          for (int64_t qp = qp0; qp < qp1; ++qp) {
-            float* t = thr.data() + (qp - qp0) * mr;
-            uint32_t hits = kernel.tile(queries + (qp * d + t0) * mr, bank + (p * d + t0) * nr,
-                                        chunk, partial.data() + (qp - qp0) * mr * nr, stage,
-                                        norms + first, t, scores.data());
-            for (; hits; hits &= hits - 1) {
-              const int64_t r = __builtin_ctz(hits), i = qp * mr + r, at = cand.at_(slice, i);
-              float* top = top_all + at * k;
-              int64_t& count = count_all[at];
-              fold_scores(scores.data() + r * nr, len, first, k, cand.cap, margin2[i], top,
-                          values_all + at * cand.cap, indices_all + at * cand.cap, count);
-              t[r] = fp32_threshold(top, k, margin2[i], count);
-            }
-          }
-        }
-      }
+      fused_item(kernel, blocking, queries, bank, m, d, norms, qp0, qp1, p0, p1, slice, margin2,
+                 cand, s);
     }
   });
 }
@@ -417,6 +464,33 @@ std::vector<double> centred_sq_norms(const T* x, int64_t rows, int64_t d, const 
   return out;
 }
 
+// Rows summed into one fp64 partial of column_mean.
+constexpr int64_t kMeanRows = 2048;
+
+// The column means of x [rows, d] in fp64: fp64 sums over fixed blocks of kMeanRows rows, added
+// in block order (so the same for every thread count), divided by rows; one pass over x.
+template <typename T>
+at::Tensor column_mean(const T* x, int64_t rows, int64_t d) {
+  const int64_t blocks = (rows + kMeanRows - 1) / kMeanRows;
+  std::vector<double> part(blocks * d, 0.0);
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t block = begin; block < end; ++block) {
+      double* acc = part.data() + block * d;
+      for (int64_t i = block * kMeanRows; i < std::min(rows, (block + 1) * kMeanRows); ++i) {
+        const T* row = x + i * d;
+#pragma omp simd
+        for (int64_t t = 0; t < d; ++t) acc[t] += double(row[t]);
+      }
+    }
+  });
+  at::Tensor mean = at::zeros({d}, at::TensorOptions().dtype(at::kDouble));
+  double* out = mean.data_ptr<double>();
+  for (int64_t block = 0; block < blocks; ++block)
+    for (int64_t t = 0; t < d; ++t) out[t] += part[block * d + t];
+  for (int64_t t = 0; t < d; ++t) out[t] /= static_cast<double>(rows);
+  return mean;
+}
+
 template <typename T>
 Prepared prepare(const at::Tensor& query, const at::Tensor& bank,
                  const std::optional<at::Tensor>& bank_sq_norms) {
@@ -425,7 +499,7 @@ Prepared prepare(const at::Tensor& query, const at::Tensor& bank,
   if (bank_sq_norms.has_value()) {
     p.norms = bank_sq_norms->to(at::kFloat).contiguous();
   } else {
-    p.centre = bank.mean({0}, false, at::kDouble).to(bank.scalar_type()).contiguous();
+    p.centre = column_mean(bank.data_ptr<T>(), m, d).to(bank.scalar_type()).contiguous();
     const std::vector<double> norms =
         centred_sq_norms(bank.data_ptr<T>(), m, d, p.centre->data_ptr<T>());
     p.norms = at::empty({m}, bank.options().dtype(at::kFloat));
@@ -471,11 +545,11 @@ Candidates tier_candidates(CpuKernel kernel, const at::Tensor& picked, const at:
   at::Tensor padded = at::full({panels * fused.nr}, std::numeric_limits<float>::quiet_NaN(),
                                prep.norms.options());
   padded.narrow(0, 0, m).copy_(prep.norms);
-  const int64_t per_block = fused_block_panels(fused.mr, d);
-  const int64_t blocks = (q_packed.size(0) + per_block - 1) / per_block;
+  const FusedBlocking blocking = fused_blocking(fused, q_packed.size(0), d, at::get_num_threads());
+  const int64_t blocks = (q_packed.size(0) + blocking.block - 1) / blocking.block;
   const int64_t min_panels = (std::max(kBankTile, k) + fused.nr - 1) / fused.nr;
   Candidates cand(n, k, bank_slices(blocks, at::get_num_threads(), panels, min_panels));
-  search_fused(fused, q_packed.data_ptr<float>(), b_packed.data_ptr<float>(), m, d,
+  search_fused(fused, blocking, q_packed.data_ptr<float>(), b_packed.data_ptr<float>(), m, d,
                padded.data_ptr<float>(), margin2, cand);
   return cand;
 }

@@ -249,8 +249,8 @@ CpuKernel first_cpu_kernel(const char* precision) {
 
 FusedKernel fused_kernel(CpuKernel kernel) {
 #ifdef FASTAD_X86_KERNELS
-  if (kernel == CpuKernel::kAvx512) return {12, 32, &tile_avx512<12>};
-  if (kernel == CpuKernel::kAvx2) return {6, 16, &tile_avx2<6>};
+  if (kernel == CpuKernel::kAvx512) return {12, 32, 128, &tile_avx512<12>};
+  if (kernel == CpuKernel::kAvx2) return {6, 16, 256, &tile_avx2<6>};
 #endif
   TORCH_CHECK(false, "knn: ", cpu_kernel_name(kernel), " is not a fused kernel");
 }

@@ -4,9 +4,9 @@
 // registers (fp32 multiply-adds over t = 0 .. D−1 in order, one rounding each: the "any
 // summation order" case of the bound in knn_common.h, with u_out = 0 as the accumulator is
 // the result) and compares each query's NR scores with its threshold there; only a query row
-// with a score at or under its threshold leaves the registers. Beyond kFusedChunk features the
-// MR x NR running sums wait between chunks in a small per-thread buffer (a few KB); the N x M
-// products are never stored.
+// with a score at or under its threshold leaves the registers. Beyond one chunk of features the
+// MR x NR running sums wait between chunks in a small per-thread buffer (at most 128 KB); the
+// N x M products are never stored.
 #pragma once
 #include <cstdint>
 #include <optional>
@@ -42,22 +42,23 @@ double measured_clock_hz();
 // dot products.
 int64_t fp32_flops_per_cycle(CpuKernel kernel);
 
-// One fused tile over a chunk of the D features (D is split into chunks of kFusedChunk so that
-// a bank panel's chunk stays in L1 while every query panel of a block meets it). a: MR packed
-// queries [len][MR]; b: NR packed bank rows [len][NR] (both from the chunk's first feature);
-// partial: MR x NR fp32 sums of the earlier chunks, read unless stage has kFirstChunk. Unless
-// stage has kLastChunk, the sums are stored back to partial and 0 is returned (the order of
-// the multiply-adds, t = 0 .. D−1 per pair, does not depend on the chunking). On the last
-// chunk: norms are the NR fp32 squared norms (NaN for padding rows), thr the MR thresholds
-// (NaN: none passes); query row r is reported when some s_j = norms_j − 2 a_r·b_j <= thr[r],
-// its NR scores then stored at out + r·NR. Returns the mask of reported rows (bit r).
+// One fused tile over a chunk of the D features (see the loop nest of search_fused in knn.cpp).
+// a: MR packed queries [len][MR]; b: NR packed bank rows [len][NR] (both from the chunk's first
+// feature); partial: MR x NR fp32 sums of the earlier chunks, read unless stage has kFirstChunk.
+// Unless stage has kLastChunk, the sums are stored back to partial (exactly: they are the fp32
+// accumulators) and 0 is returned, so the multiply-adds of each pair run t = 0 .. D−1 in order
+// whatever the chunking. On the last chunk: norms are the NR fp32 squared norms (NaN for padding
+// rows), thr the MR thresholds (NaN: none passes); query row r is reported when some
+// s_j = norms_j − 2 a_r·b_j <= thr[r], its NR scores then stored at out + r·NR. Returns the
+// mask of reported rows (bit r).
 constexpr int kFirstChunk = 1, kLastChunk = 2;
-constexpr int64_t kFusedChunk = 256;
 using FusedTile = uint32_t (*)(const float* a, const float* b, int64_t len, float* partial,
                                int stage, const float* norms, const float* thr, float* out);
 
+// A fused microkernel: its tile (mr queries x nr bank rows) and the chunk of features (at most)
+// per call, chosen so that a bank panel's chunk, nr x chunk floats, takes a third of a 48 KB L1.
 struct FusedKernel {
-  int64_t mr, nr;
+  int64_t mr, nr, chunk;
   FusedTile tile;
 };
 
