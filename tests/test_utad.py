@@ -283,9 +283,9 @@ def test_prepare_scoring_calibrates_layer_weights_and_threshold(brick):
     assert torch.allclose(weighted.mean((0, 3, 4)), torch.ones(2, taps), rtol=1e-3)   # each term and layer: mean 1
     maps = weighted[:, 0].sum(1) + 0.5 * weighted[:, 1].sum(1)                     # eq. 8
     assert torch.allclose(maps.mean(), torch.tensor(taps + 0.5 * taps), rtol=1e-3)
-    flagged = segment(maps, model.threshold).float().mean().item()
+    flagged = segment(maps, model.pixel_threshold).float().mean().item()
     assert flagged == pytest.approx(0.1, abs=0.01)
-    assert model.calibrate_threshold(brick[0][:1], 0.5) == pytest.approx(float(maps[0].median()), rel=1e-3)
+    assert model.calibrate_pixel_threshold(brick[0][:1], 0.5) == pytest.approx(float(maps[0].median()), rel=1e-3)
 
 
 def test_end_to_end_train_checkpoint_score_metrics(brick, tmp_path):
@@ -295,17 +295,17 @@ def test_end_to_end_train_checkpoint_score_metrics(brick, tmp_path):
                                   progress=False)
     assert [row["stage"] for row in history] == ["impression"] * 3 + ["expert"] * 2
     assert all(math.isfinite(row["total"]) for row in history)
-    assert math.isfinite(float(model.threshold))
+    assert math.isfinite(model.segmentation_threshold())
     result = model.score(test)
     assert result.maps.shape == (3, SIZE, SIZE) and torch.isfinite(result.maps).all()
     for value in (fastad.metrics.pixel_auroc(result.maps, masks), fastad.metrics.aupro(result.maps, masks),
-                  fastad.metrics.iou(result.maps, masks, float(model.threshold)),
+                  fastad.metrics.iou(result.maps, masks, model.segmentation_threshold()),
                   fastad.metrics.image_auroc(result.image_scores, labels)):
         assert 0.0 <= value <= 1.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         restored = fastad.engine.load_checkpoint(tmp_path).model
-    assert torch.equal(restored.threshold, model.threshold)
+    assert torch.equal(restored.pixel_threshold, model.pixel_threshold)
     for (key, value), saved in zip(model.state_dict().items(), restored.state_dict().values()):
         assert torch.equal(value, saved), key                                # the backbone travels with it
     assert torch.allclose(restored.score(test[:1]).maps, model.score(test[:1]).maps, atol=1e-5)

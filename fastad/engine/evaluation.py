@@ -10,10 +10,10 @@ from fastad.engine.decision import decision_rates
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "pixel_ap", "aupro")
 
 
-def compute_metrics(scored: ScoredImages, threshold: float | None = None) -> dict[str, float | None]:
+def compute_metrics(scored: ScoredImages, pixel_threshold: float | None = None) -> dict[str, float | None]:
     """{image_auroc, pixel_auroc, pixel_ap, aupro} over the labelled images, plus iou (of maps >=
-    threshold) when a segmentation threshold is given; a metric is None when it is undefined
-    (no anomalous or no normal images / pixels among them)."""
+    pixel_threshold) when a model's segmentation threshold is given; a metric is None when it is
+    undefined (no anomalous or no normal images / pixels among them)."""
     labelled = scored.labels >= 0
     labels = scored.labels[labelled]
     result: dict[str, float | None] = dict.fromkeys(METRIC_KEYS)
@@ -25,18 +25,19 @@ def compute_metrics(scored: ScoredImages, threshold: float | None = None) -> dic
             result["pixel_auroc"] = metrics.pixel_auroc(maps, masks)
             result["pixel_ap"] = metrics.pixel_ap(maps, masks)
             result["aupro"] = metrics.aupro(maps, masks)
-    if threshold is not None:
-        result["iou"] = metrics.iou(maps, masks, threshold) if scored.maps.numel() and masks.numel() else None
+    if pixel_threshold is not None:
+        result["iou"] = metrics.iou(maps, masks, pixel_threshold) if scored.maps.numel() and masks.numel() else None
     return result
 
 
-def evaluation_record(scored: ScoredImages, model: str, data: str, threshold: float | None = None,
+def evaluation_record(scored: ScoredImages, model: str, data: str, pixel_threshold: float | None = None,
                       decision_threshold: float | None = None) -> dict:
-    """The results.json object: the four metrics (and iou at `threshold`, for models that
-    segment), model, data, n_images (scored), skipped (count of unreadable files) and
+    """The results.json object: the four metrics (and iou at `pixel_threshold`, the model's
+    segmentation threshold, for models that segment), model, data, n_images (scored), skipped
+    (count of unreadable files) and
     skipped_files [{path, reason}]; with the calibrated image-score `decision_threshold`, also
     "decision": {threshold, false_reject, miss_rate} (fastad.engine.decision.decision_rates)."""
-    record = {**compute_metrics(scored, threshold), "model": model, "data": data, "n_images": len(scored.paths),
+    record = {**compute_metrics(scored, pixel_threshold), "model": model, "data": data, "n_images": len(scored.paths),
               "skipped": len(scored.skipped), "skipped_files": [{"path": p, "reason": r} for p, r in scored.skipped]}
     if decision_threshold is not None:
         record["decision"] = decision_rates(scored.image_scores, scored.labels, decision_threshold)

@@ -127,8 +127,7 @@ def evaluate(scorer: Scorer, data: str, overlays_dir=None, progress: bool = True
     seconds = time.perf_counter() - started
     if overlays_dir is not None:
         write_overlays(overlays_dir, scored, dataset, threshold=scorer.threshold)
-    threshold = getattr(scorer.model, "threshold", None)  # models that segment (UTAD, eq. 9)
-    record = evaluation_record(scored, scorer.model.name, data, None if threshold is None else float(threshold),
+    record = evaluation_record(scored, scorer.model.name, data, scorer.model.segmentation_threshold(),
                                scorer.threshold)
     if on_scored is not None:
         on_scored(scorer, scored, dataset, record, seconds)

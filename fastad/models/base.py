@@ -135,6 +135,12 @@ class AnomalyModel(nn.Module):
         """images [B, 3, H, W] in [0, 1] -> AnomalyResult(image_scores [B], maps [B, H, W])."""
         raise NotImplementedError(f"{type(self).__name__} must define score")
 
+    def segmentation_threshold(self) -> float | None:
+        """The map value at and above which a pixel counts as anomalous, for a model that segments
+        by a threshold of its own (UTAD, eq. 9); None (the default) for a model that does not. It
+        is a pixel threshold, unrelated to the image verdict's calibrated threshold (the Scorer's)."""
+        return None
+
     def upgrade_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """A saved state_dict in this model's current parameter names (the checkpoint loader calls
         it before checking the state): the state itself here; a model whose names changed since a

@@ -8,15 +8,16 @@ compares them in the feature space of a frozen pretrained network.
     model = UTAD(weights="random")                   # random lite0 features, with a warning (comparison)
     fastad.engine.train(model, train_images)         # [N, 3, 128, 128]; stages "impression", "expert"
     result = model.score(test_images)                # AnomalyResult(image_scores [B], maps [B, H, W])
-    masks = model.segment(test_images)               # eq. 9 at the calibrated threshold
-    fastad.metrics.iou(result.maps, gt_masks, float(model.threshold))
+    masks = model.segment(test_images)               # eq. 9 at the model's pixel threshold
+    fastad.metrics.iou(result.maps, gt_masks, model.segmentation_threshold())
 
 Native size 128: score() resizes other sizes to 128 and the maps back. Eq. 8 as built:
 M = sum_l w_l up(d_l(x, x_hat)) + naive_weight * sum_l w'_l up(d_l(h_tilde, h)), l over the
 perceptual network's taps (`layers` of a zoo backbone; conv1_2, conv2_2, conv3_4 of VGG-19), d_l
 the per-location mean squared feature difference (fastad.models.utad.measure);
 prepare_scoring sets each layer weight to 1 / (its mean over normal training images) and
-`threshold` (eq. 9) to the `threshold_quantile` quantile of the normal training images' map
+`pixel_threshold` (eq. 9; a map value, not the image verdict's threshold) to the
+`threshold_quantile` quantile of the normal training images' map
 values; the image score is the map's maximum. Why, and what was measured: models/utad/README.md.
 """
 from __future__ import annotations
@@ -189,14 +190,22 @@ class UTAD(AnomalyModel):
         layers = 3 if c.backbone == "vgg19" else len(c.layers)
         # layer_weights[t, l]: eq. 8 weight of term t (0: x vs x_hat, 1: h_tilde vs h) at layer l
         self.register_buffer("layer_weights", torch.ones(2, layers))
-        self.register_buffer("threshold", torch.tensor(float("inf")))
+        self.register_buffer("pixel_threshold", torch.tensor(float("inf")))
 
     @torch.no_grad()
     def upgrade_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Checkpoints written before the backbone zoo hold the VGG-19 as vgg.<name>; it is
-        perceptual.<name> now."""
-        return {f"perceptual.{key[len('vgg.'):]}" if key.startswith("vgg.") else key: value
-                for key, value in state.items()}
+        perceptual.<name> now. Eq. 9's threshold was saved as `threshold`; it is pixel_threshold
+        now (a map value, distinct from the Scorer's image-verdict threshold)."""
+        renamed = {f"perceptual.{key[len('vgg.'):]}" if key.startswith("vgg.") else key: value
+                   for key, value in state.items()}
+        if "threshold" in renamed and "pixel_threshold" not in renamed:
+            renamed["pixel_threshold"] = renamed.pop("threshold")
+        return renamed
+
+    def segmentation_threshold(self) -> float:
+        """Eq. 9's pixel threshold (pixel_threshold), as a float."""
+        return float(self.pixel_threshold)
 
     # ---- training -------------------------------------------------------------------------------
     def configure_optimizer(self, stage: str, steps: int):
@@ -273,8 +282,8 @@ class UTAD(AnomalyModel):
 
     @torch.no_grad()
     def prepare_scoring(self, train_images: torch.Tensor) -> None:
-        """Sets layer_weights (1 / mean normal distance per term and layer) and threshold from the
-        first calibration_images training images."""
+        """Sets layer_weights (1 / mean normal distance per term and layer) and pixel_threshold from
+        the first calibration_images training images."""
         images = train_images[:self.config["calibration_images"]]
         was_training = self.training
         self.eval()
@@ -286,16 +295,16 @@ class UTAD(AnomalyModel):
 
     def _set_threshold(self, maps: torch.Tensor, quantile: float) -> None:
         values = maps.flatten().float().cpu().sort().values
-        self.threshold.fill_(float(values[min(int(quantile * values.numel()), values.numel() - 1)]))
+        self.pixel_threshold.fill_(float(values[min(int(quantile * values.numel()), values.numel() - 1)]))
 
     @torch.no_grad()
-    def calibrate_threshold(self, normal_images: torch.Tensor, quantile: float) -> float:
-        """threshold := the `quantile` quantile of the maps of normal_images [N, 3, H, W] (e.g.
+    def calibrate_pixel_threshold(self, normal_images: torch.Tensor, quantile: float) -> float:
+        """pixel_threshold := the `quantile` quantile of the maps of normal_images [N, 3, H, W] (e.g.
         held-out normal images); returns it."""
         if not 0.0 < quantile < 1.0:
             raise ValueError(f"quantile must be in (0, 1), got {quantile}")
         self._set_threshold(self.anomaly_maps(normal_images), quantile)
-        return float(self.threshold)
+        return float(self.pixel_threshold)
 
     @torch.no_grad()
     def score(self, images: torch.Tensor) -> AnomalyResult:
@@ -305,5 +314,5 @@ class UTAD(AnomalyModel):
 
     @torch.no_grad()
     def segment(self, images: torch.Tensor) -> torch.Tensor:
-        """Eq. 9: images [B, 3, H, W] -> bool anomaly segmentation [B, H, W] at `threshold`."""
-        return segment(self.anomaly_maps(images), self.threshold)
+        """Eq. 9: images [B, 3, H, W] -> bool anomaly segmentation [B, H, W] at `pixel_threshold`."""
+        return segment(self.anomaly_maps(images), self.pixel_threshold)
