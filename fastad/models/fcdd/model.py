@@ -125,6 +125,7 @@ class FCDD(AnomalyModel):
     name = "fcdd"
     image_size = IMAGE_SIZE
     default_steps = 150
+    networks = ("backbone",)
 
     def __init__(self, **config):
         super().__init__(**config)
@@ -178,7 +179,7 @@ class FCDD(AnomalyModel):
         training set's range; a zoo backbone takes the [0, 1] pixels (it normalises them with
         its weights' statistics)."""
         x = resize(images, self.image_size)
-        if isinstance(self.backbone, PretrainedTrunk):
+        if self.settings.backbone not in ("cnn", "vgg11"):   # the setting, not the module: a Scorer may swap it
             return x
         x = local_contrast_normalization(x)
         return min_max(x, self.input_low, self.input_high)
