@@ -13,6 +13,7 @@ from fastad.checks import check_bool, check_choice, check_int, tracing_or_captur
 from fastad.engine.decision import calibrated_threshold, verdicts
 from fastad.engine.checkpoint import checkpoint_path, load_checkpoint
 from fastad.engine.batch_scoring import ScoredImages, score_dataset
+from fastad.engine.network_engines import NETWORK_ENGINES, with_network_engine
 from fastad.engine.score_run import score_folder
 from fastad.models.base import AnomalyModel, AnomalyResult
 
@@ -80,19 +81,31 @@ class Scorer:
         memory_format: "channels_last" (default: the model's conv weights and every batch are
             laid out NHWC, the layout oneDNN and cuDNN run fastest; the model passed in is
             converted in place) or "contiguous" (NCHW, as trained).
+        network_engine: "torch" (default) or "openvino": the model's networks (its `networks`
+            submodules, e.g. PatchCore's backbone) run on OpenVINO's CPU runtime at the
+            precision asked (fp32 or bf16), fastad's kernels do the rest
+            (fastad.engine.network_engines). CPU only; ValueError for a model that names no
+            network, and ImportError without the openvino package.
 
     Attributes:
+        scoring_model: what score() runs: the model itself, or for network_engine "openvino" a
+            copy of it sharing its tensors whose networks run on OpenVINO.
         threshold: the image-score threshold of a calibrated checkpoint (its header's
             "calibration", see fastad.engine.decision), which gives every result a verdict;
             None for an uncalibrated checkpoint or a model object.
     """
 
     def __init__(self, checkpoint, device="cpu", batch_size: int = 8, precision: str = "fp32",
-                 cuda_graphs: bool = False, memory_format: str = "channels_last"):
+                 cuda_graphs: bool = False, memory_format: str = "channels_last", network_engine: str = "torch"):
         self.device = check_scoring_options(device, batch_size, precision, cuda_graphs, memory_format)
+        check_choice("network_engine", network_engine, NETWORK_ENGINES)
+        if network_engine != "torch" and self.device.type != "cpu":
+            raise ValueError(f"network_engine {network_engine!r} runs on the CPU; got device {str(self.device)!r}")
         self.model, self.header, self.source = open_model(checkpoint, self.device)
         self.memory_format = MEMORY_FORMATS[memory_format]
         self.model.to(memory_format=self.memory_format)
+        self.network_engine = network_engine
+        self.scoring_model = with_network_engine(self.model, network_engine, precision)
         self.batch_size, self.precision, self.cuda_graphs = batch_size, precision, cuda_graphs
         self.image_size = self.model.image_size
         self.threshold = calibrated_threshold(self.header)
@@ -102,8 +115,10 @@ class Scorer:
         """The settings that decide this scorer's output (scoring_settings: what an output
         folder's manifest records)."""
         layout = next(name for name, value in MEMORY_FORMATS.items() if value == self.memory_format)
-        return scoring_settings(self.device, self.batch_size, self.precision, self.cuda_graphs, layout,
-                                self.image_size, self.threshold)
+        settings = scoring_settings(self.device, self.batch_size, self.precision, self.cuda_graphs, layout,
+                                    self.image_size, self.threshold)
+        # recorded only off the default, so the manifests of runs scored before the option still match
+        return settings if self.network_engine == "torch" else {**settings, "network_engine": self.network_engine}
 
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
         if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
@@ -123,7 +138,7 @@ class Scorer:
     def _forward(self, images: torch.Tensor) -> AnomalyResult:
         dtype = SCORING_PRECISIONS[self.precision]
         with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            result = self.model.score(images)
+            result = self.scoring_model.score(images)
         return AnomalyResult(result.image_scores.float(), result.maps.float())
 
     def _graphed(self, images: torch.Tensor) -> AnomalyResult:

@@ -81,6 +81,9 @@ class AnomalyModel(nn.Module):
         stages: the training stages, trained one after the other, each with its own optimizer.
         default_steps: optimizer steps per stage of a demo-sized run (the CLI's --steps overrides).
         Config: the model's configuration dataclass (see ModelConfig).
+        networks: the submodules a Scorer may run on another engine (fastad.engine.network_engines):
+            each maps an image-like batch to a tensor, a tuple or a dict of tensors, holds no
+            fastad op and changes no state while scoring.
 
     Args:
         read_weight_files: True (the default) reads the pretrained weights files the config names
@@ -100,6 +103,7 @@ class AnomalyModel(nn.Module):
     image_size: ClassVar[int] = 256
     stages: ClassVar[tuple[str, ...]] = ("train",)
     default_steps: ClassVar[int] = 100
+    networks: ClassVar[tuple[str, ...]] = ()
 
     Config: ClassVar[type[ModelConfig]] = ModelConfig
 

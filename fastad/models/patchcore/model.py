@@ -108,6 +108,7 @@ class PatchCore(AnomalyModel):
     name = "patchcore"
     stages = ()
     default_steps = 0
+    networks = ("backbone",)
     Config = Config
 
     def __init__(self, read_weight_files: bool = True, **config):
