@@ -607,9 +607,74 @@ def patchcore_fit_table(rows: list[dict], filters: dict) -> str:
     return "\n".join(lines + ["", f"Seconds wall (CPU). {stamp_line(list(latest.values()))}"]) + "\n"
 
 
+KNN_ALTERNATING = "test_knn_alternating_with_faiss"
+
+
+def knn_peak_table(rows: list[dict], filters: dict) -> str:
+    """Markdown: the knn-against-faiss rounds (benchmarks/test_knn_bench.py's alternating test) of
+    the latest run per CPU x kernel x case (KEY=GLOB filters on kernel, machine): fastad's, faiss's
+    and chunked torch.cdist's medians, the per-round ratios (median, min-max), fastad's GFLOP/s
+    and its fraction of the machine's peak for the kernel it ran."""
+    rows = [r for r in rows if r.get("task") == "bench" and KNN_ALTERNATING in r["test"]
+            and matches({**r["extra_info"], "machine": r["stamp"]["machine"]}, filters, ("kernel", "machine"))]
+    if not rows:
+        return "(no rows yet: run `python benchmarks/runner.py bench benchmarks/test_knn_bench.py -k alternating`)\n"
+    latest: dict[tuple, dict] = {}
+    for row in sorted(rows, key=lambda r: r["run"]):
+        latest[(row["stamp"]["machine"], row["extra_info"]["kernel"], row["group"])] = row
+    lines = ["| D | k | kernel | fastad | faiss-flat | torch.cdist | faiss / fastad | cdist / fastad | fastad GFLOP/s "
+             "| of peak |", "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in sorted(latest.values(), key=lambda r: (r["params"]["d"], r["params"]["k"])):
+        info, ms = row["extra_info"], row["extra_info"]["median_ms"]
+        ratios = [info[key] for key in ("faiss_over_fastad", "cdist_over_fastad")]
+        cells = [f"**{r['median']:.2f}x** ({r['min']:.2f}–{r['max']:.2f})" for r in ratios]
+        lines.append(f"| {row['params']['d']} | {row['params']['k']} | {info['kernel']} | "
+                     + " | ".join(format_seconds(ms[name] / 1e3) for name in ("fastad", "faiss-flat", "torch-cdist"))
+                     + f" | {cells[0]} | {cells[1]} | {info['gflops']:.0f} | {info['fraction_of_peak']:.0%} |")
+    peak = next(iter(latest.values()))["extra_info"]
+    return "\n".join(lines + ["", f"N = 4096 queries, M = 65,536 bank rows; medians of the rounds after a warm-up, "
+                                  f"contenders alternated in each round, ratios per round. Peak: "
+                                  f"{peak['peak_gflops']:.0f} GFLOP/s for the {peak['kernel']} kernel at "
+                                  f"{peak['threads']} threads (clock measured: {peak['clock_ghz']:.2f} GHz). "
+                                  f"{stamp_line(list(latest.values()))}"]) + "\n"
+
+
+DEPLOY_PEER = "anomalib OpenVINOInferencer"
+
+
+def deploy_throughput_table(rows: list[dict], filters: dict) -> str:
+    """Markdown: the latest benchmarks/deploy_throughput.py run (KEY=GLOB filters on model,
+    backbone): each contender's images/s at its batch size, the ratio to anomalib's
+    OpenVINOInferencer at its default configuration, p50/p99 single-image latency, the maps'
+    deviation from the fp32 Scorer's; then each fastad Scorer path's stage split."""
+    rows = [r for r in rows if r.get("task") == "deploy-throughput" and matches(r, filters, ("model", "backbone"))]
+    if not rows:
+        return "(no rows yet: run `python benchmarks/deploy_throughput.py`)\n"
+    last = max(r["run"] for r in rows)
+    shown = [r for r in rows if r["run"] == last]
+    peer = next((r for r in shown if r["contender"].startswith(DEPLOY_PEER) and "default" in r["contender"]), None)
+    first = shown[0]
+    lines = [f"| contender | images/s (batch {first['batch_size']}) | vs anomalib OpenVINO (default) | p50 ms | p99 ms "
+             "| maps vs Scorer fp32 |", "|---|---:|---:|---:|---:|---:|"]
+    for row in sorted(shown, key=lambda r: -r["images_per_s"]):
+        ratio = f"{row['images_per_s'] / peer['images_per_s']:.2f}x" if peer else "n/a"
+        deviation = "-" if row["map_deviation"] is None else f"{row['map_deviation']:.1e}"
+        lines.append(f"| {row['contender']} | {row['images_per_s']:.1f} | {ratio} | {row['p50_ms']:.1f} | "
+                     f"{row['p99_ms']:.1f} | {deviation} |")
+    lines += ["", "| fastad path: seconds per batch | network | search | maps |", "|---|---:|---:|---:|"]
+    for row in shown:
+        if row["stages"]:
+            lines.append(f"| {row['contender']} | " + " | ".join(f"{row['stages'][k]:.3f}" for k in
+                                                                  ("network", "search", "maps")) + " |")
+    versions = ", ".join(f"{name} {version}" for name, version in sorted(first["versions"].items()))
+    return "\n".join(lines + ["", f"{first['model']} ({first['backbone']}, {first['image_size']} px, bank "
+                                  f"{first['bank'][0]:,} x {first['bank'][1]}), {versions}. {stamp_line(shown)}"]) + "\n"
+
+
 #: the generated-table kinds: marker KIND -> table function (rows, filters) -> Markdown
 TABLES = {"quality": quality_table, "image-score": image_score_table, "families": families_table,
-          "bench": bench_table, "patchcore-fit": patchcore_fit_table}
+          "bench": bench_table, "patchcore-fit": patchcore_fit_table, "knn-peak": knn_peak_table,
+          "deploy-throughput": deploy_throughput_table}
 
 
 def render_text(text: str, rows: list[dict]) -> str:

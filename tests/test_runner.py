@@ -141,3 +141,42 @@ def test_bench_passes_every_argument_after_it_to_pytest(monkeypatch):
     runner.main(["--rows", "r.jsonl", "bench", "-m", "not cuda", "benchmarks/test_gmm_bench.py", "-k", "cpu"])
     runner.main(["bench"])
     assert seen == [("r.jsonl", ["-m", "not cuda", "benchmarks/test_gmm_bench.py", "-k", "cpu"]), (None, [])]
+
+
+def knn_row(run, d, kernel, fastad_ms, machine="CPU X"):
+    info = {"contender": "fastad+faiss-flat+torch-cdist", "kernel": kernel, "clock_ghz": 3.0, "threads": 2,
+            "gflops": 2 * 4096 * 65536 * d / fastad_ms / 1e6, "peak_gflops": 192.0,
+            "fraction_of_peak": 2 * 4096 * 65536 * d / fastad_ms / 1e6 / 192.0,
+            "median_ms": {"fastad": fastad_ms, "faiss-flat": 2 * fastad_ms, "torch-cdist": 3 * fastad_ms},
+            "faiss_over_fastad": {"median": 2.0, "min": 1.9, "max": 2.1},
+            "cdist_over_fastad": {"median": 3.0, "min": 2.8, "max": 3.2}}
+    return {"task": "bench", "run": run, "suite": "test_knn_bench.py", "group": f"knn alternating D={d} k=1",
+            "name": info["contender"], "test": f"benchmarks/test_knn_bench.py::test_knn_alternating_with_faiss[{d}]",
+            "params": {"n": 4096, "m": 65536, "d": d, "k": 1}, "median": 1.0, "min": 1.0, "rounds": 5, "ratio": None,
+            "extra_info": info, "stamp": {**STAMP, "machine": machine}}
+
+
+def test_the_knn_peak_table_keeps_the_latest_run_per_kernel_and_filters_by_kernel():
+    rows = [knn_row("2026-12-01T10:00:00", 512, "avx2", 4000.0), knn_row("2026-12-01T11:00:00", 512, "avx2", 2000.0),
+            knn_row("2026-12-01T11:00:00", 128, "avx2", 500.0), knn_row("2026-12-01T12:00:00", 512, "avx512", 1000.0)]
+    lines = runner.knn_peak_table(rows, {"kernel": "avx2"}).splitlines()
+    body = [line for line in lines if line.startswith("| 128") or line.startswith("| 512")]
+    assert [line.split(" | ")[0] for line in body] == ["| 128", "| 512"]     # by D, the latest 512 run only
+    assert "| 2.00 s | 4.00 s | 6.00 s | **2.00x** (1.90–2.10) | **3.00x** (2.80–3.20) | 137 | 72% |" in body[1]
+    assert "avx512" not in "\n".join(lines) and "from 2 rows" in lines[-1]
+
+
+def deploy_row(contender, images_per_s, stages=None, deviation=None):
+    return {"task": "deploy-throughput", "run": "2026-12-01T10:00:00", "contender": contender,
+            "images_per_s": images_per_s, "p50_ms": 10.0, "p99_ms": 12.0, "model": "patchcore",
+            "backbone": "efficientnet_lite0", "image_size": 320, "bank": [6400, 152], "batch_size": 32,
+            "map_deviation": deviation, "stages": stages, "versions": {"openvino": "1"}, "stamp": STAMP}
+
+
+def test_the_deploy_table_gives_the_ratio_to_anomalibs_default_openvino_path():
+    rows = [deploy_row("anomalib OpenVINOInferencer (bf16, default)", 20.0),
+            deploy_row("fastad Scorer fp32, OpenVINO network", 50.0, {"network": 0.2, "search": 0.3, "maps": 0.01}, 1e-6)]
+    lines = runner.deploy_throughput_table(rows, {}).splitlines()
+    assert lines[2] == "| fastad Scorer fp32, OpenVINO network | 50.0 | 2.50x | 10.0 | 12.0 | 1.0e-06 |"
+    assert lines[3] == "| anomalib OpenVINOInferencer (bf16, default) | 20.0 | 1.00x | 10.0 | 12.0 | - |"
+    assert "| fastad Scorer fp32, OpenVINO network | 0.200 | 0.300 | 0.010 |" in lines
