@@ -206,24 +206,27 @@ def test_knn_alternating_with_faiss(benchmark, n, m, d, k):
         _check(name, out, q, b, k)
 
 
-CORESET_M, CORESET_D, CORESET_N = 16384, 128, 1638
+CORESET_CASES = [(16384, 128, 1638), (40960, 384, 4096)]   # the second: 10 % of PatchCore's 40 crops at 256 px
 CORESET_CHECKED = 64
 
 
 @pytest.mark.parametrize("contender", ["fastad", "reference"])
-def test_kcenter_coreset(benchmark, contender):
-    benchmark.group = f"coreset M={CORESET_M} D={CORESET_D} n={CORESET_N}"
+@pytest.mark.parametrize("m,d,n", CORESET_CASES)
+def test_kcenter_coreset(benchmark, m, d, n, contender):
+    if contender == "reference" and m * d > 16384 * 128:
+        pytest.skip("the reference takes minutes at this size: the small case times it")
+    benchmark.group = f"coreset M={m} D={d} n={n}"
     benchmark.extra_info["contender"] = contender
-    features = random_matrix(CORESET_M, CORESET_D, seed=3)
+    features = random_matrix(m, d, seed=3)
     if contender == "fastad":
-        chosen = run_pedantic(benchmark, lambda: kcenter_coreset(features, CORESET_N))
+        chosen = run_pedantic(benchmark, lambda: kcenter_coreset(features, n))
         # greedy selections are prefix-consistent: compare the first steps with the reference
         expected = reference.kcenter_coreset(features, CORESET_CHECKED, 0)
         assert torch.equal(chosen[:CORESET_CHECKED], expected)
     else:
-        slow = lambda: reference.kcenter_coreset(features, CORESET_N, 0)  # noqa: E731
+        slow = lambda: reference.kcenter_coreset(features, n, 0)  # noqa: E731
         chosen = run_pedantic(benchmark, slow, rounds=1, warmup_rounds=0)
-    assert chosen.shape == (CORESET_N,) and chosen.unique().numel() == CORESET_N
+    assert chosen.shape == (n,) and chosen.unique().numel() == n
 
 
 GPU_CORESET_M, GPU_CORESET_D, GPU_CORESET_N = 200_000, 128, 20_000  # 10 % of a PatchCore-sized bank
