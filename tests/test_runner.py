@@ -162,7 +162,7 @@ def test_the_knn_peak_table_keeps_the_latest_run_per_kernel_and_filters_by_kerne
     lines = runner.knn_peak_table(rows, {"kernel": "avx2"}).splitlines()
     body = [line for line in lines if line.startswith("| 128") or line.startswith("| 512")]
     assert [line.split(" | ")[0] for line in body] == ["| 128", "| 512"]     # by D, the latest 512 run only
-    assert "| 2.00 s | 4.00 s | 6.00 s | **2.00x** (1.90–2.10) | **3.00x** (2.80–3.20) | 137 | 72% |" in body[1]
+    assert "| 2.00 s | 4.00 s | 6.00 s | **2.00x** (1.90–2.10) | **3.00x** (2.80–3.20) | 137 | 72% | 36% |" in body[1]
     assert "avx512" not in "\n".join(lines) and "from 2 rows" in lines[-1]
 
 
