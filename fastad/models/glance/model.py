@@ -232,6 +232,12 @@ class GlanceNet(AnomalyModel):
         """images [N, C, H, W] in [0, 1], hole [N, 1, H, W] (1 on the patch) -> Z_g [N, Z] (eq. 6)."""
         return self.global_net(self.normalize(images), hole)
 
+    def _masked_copies(self, images: torch.Tensor, holes: torch.Tensor) -> torch.Tensor:
+        """images [B, C, H, W], holes [n, 1, H, W] -> Z_g [B, n, Z] of every image with every hole."""
+        (b, c, h, w), n = images.shape, holes.shape[0]
+        copies = images[:, None].expand(b, n, c, h, w).reshape(b * n, c, h, w)
+        return self.global_features(copies, holes[None].expand(b, n, 1, h, w).reshape(b * n, 1, h, w)).view(b, n, -1)
+
     # --- training ---------------------------------------------------------------------------
 
     def setup(self, train_images: torch.Tensor) -> None:
@@ -348,21 +354,27 @@ class GlanceNet(AnomalyModel):
     @torch.no_grad()
     def patch_scores(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images [B, C, H, W] in [0, 1] -> (s_IAD, s_DAD), each [B, P] over grid(H, W) in raster
-        order (eqs. 11, 12). Global-Net runs per image as the config's `inference` says."""
+        order (eqs. 11, 12). Global-Net runs per image as the config's `inference` says; under
+        torch.compile / torch.export tracing it runs the masked copies of all images at once
+        (the shared path plans its boxes from host values), the same scores up to float rounding."""
         b, c, h, w = images.shape
         grid = self.grid(h, w)
         k, chunk = self.patch_size, self.config["score_batch"]
         corners = (grid.centres(torch.float32) - (k - 1) / 2).round().long()          # [P, 2] top-left
         patches = F.unfold(images, k, stride=grid.stride).transpose(1, 2).reshape(-1, c, k, k)  # [B * P, C, K, K]
         z_local = self.local_features(patches)
-        if self.config["inference"] == "shared":
+        tracing = torch.compiler.is_compiling()
+        if self.config["inference"] == "shared" and not tracing:
             images_per_pass = max(1, SHARED_BOXES_PER_PASS // grid.num_patches)
             z_global = torch.cat([self.global_net.forward_shared(self.normalize(part), corners, k).flatten(0, 1)
                                   for part in images.split(images_per_pass)])
         else:
             holes = hole_masks(corners[:, 0], corners[:, 1], k, (h, w), images.device)  # [P, 1, H, W]
-            z_global = torch.cat([self.global_features(image.expand(len(hole), -1, -1, -1), hole)
-                                  for image in images for hole in holes.split(chunk)])
+            if tracing:   # one graph for any batch: every image with each chunk of holes per pass
+                z_global = torch.cat([self._masked_copies(images, hole) for hole in holes.split(chunk)], 1).flatten(0, 1)
+            else:
+                z_global = torch.cat([self.global_features(image.expand(len(hole), -1, -1, -1), hole)
+                                      for image in images for hole in holes.split(chunk)])
         iad = iad_score(z_local, z_global).view(b, -1)
         dad = 1.0 - self.dad_head(z_local, z_global).view(b, -1)
         return iad, dad
