@@ -1,7 +1,8 @@
 """fastad's PatchCore next to anomalib's own PatchCore on the same pretrained weights and data:
 quality from the raw outputs, fit and scoring wall time, in one run.
 
-    python benchmarks/anomalib_patchcore.py --textures brick [--size 256] [--threads 2] [--out results.json]
+    python benchmarks/anomalib_patchcore.py --textures brick [--size 256] [--threads 2] [--rows FILE]
+    python benchmarks/runner.py render      # the `anomalib-patchcore` tables from the rows
 
 Both sides get the packaged ImageNet efficientnet_lite0 weights (fastad's zoo maps the file onto
 timm's tf_efficientnet_lite0; the same state dict is loaded into anomalib's TimmFeatureExtractor,
@@ -16,25 +17,30 @@ anomalib keeps its own defaults elsewhere (sparse random projection before the c
 num_neighbors = 9 for the image score, sigma 4 blur); fastad runs its defaults with the size
 and taps set. Per texture: fastad's fit, then anomalib's (one round each: anomalib's takes
 minutes), then scoring the test crops, fastad and anomalib alternated over --rounds rounds.
+
+Each texture appends one row (both implementations in it) to benchmarks/rows/anomalib_patchcore.jsonl
+(or --rows), stamped as the runner's rows are (fastad version, git commit, machine, threads, load
+at start and end, date), as it finishes; `runner.py render` turns the rows into the tables.
 """
 from __future__ import annotations
 
 import argparse
-import json
+import importlib.metadata
 import os
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
 from fastad.data import open_dataset
 from fastad.engine.pipeline import load_normal_images
 from fastad.engine.trainer import train
-from fastad.files import atomic_write
 from fastad.metrics import aupro, image_auroc, pixel_auroc
 from fastad.models.components.backbones import read_state_dict
 from fastad.models.components.zoo import BACKBONES, lite_state, packaged_weights
 from fastad.models.patchcore import PatchCore
+from runner import ROOT, TASK_ROWS, anomalib_patchcore_table, append_rows, git_commit, stamp
 
 BACKBONE = "efficientnet_lite0"
 TAPS = ("stride8", "stride16")
@@ -105,13 +111,14 @@ def timed(fn, *args):
     return out, time.perf_counter() - start
 
 
-def compare(texture: str, size: int, ratio: float, rounds: int) -> dict:
-    """One texture: both fits, then scoring alternated over `rounds` -> the result record."""
+def compare(texture: str, size: int, ratio: float, rounds: int, commit: str) -> dict:
+    """One texture: both fits, then scoring alternated over `rounds` -> its stamped row
+    (`commit`: git_commit() when the run started)."""
     images, _ = load_normal_images(f"wide:{texture}", size)
     test_images, masks, labels = test_split(texture, size)
     ours = PatchCore(backbone=BACKBONE, layers=TAPS, image_size=size, coreset_ratio=ratio)
     theirs = anomalib_model(ratio)
-    load = [os.getloadavg()[0]]
+    load_start = os.getloadavg()[0]
     _, fit_ours = timed(lambda: train(ours, images, progress=False))
     _, fit_theirs = timed(fit_anomalib, theirs, images)
     ours.eval()
@@ -121,25 +128,15 @@ def compare(texture: str, size: int, ratio: float, rounds: int) -> dict:
         times["fastad"].append(t)
         out_theirs, t = timed(score_anomalib, theirs, test_images)
         times["anomalib"].append(t)
-    load.append(os.getloadavg()[0])
-    return {"texture": texture, "size": size, "coreset_ratio": ratio, "train_images": len(images),
+    return {"task": "anomalib-patchcore", "data": f"wide:{texture}", "texture": texture, "size": size,
+            "backbone": BACKBONE, "taps": list(TAPS), "coreset_ratio": ratio, "rounds": rounds,
+            "anomalib_version": importlib.metadata.version("anomalib"), "train_images": len(images),
             "test_images": len(test_images), "bank": [ours.memory_bank.bank.shape[0], theirs.memory_bank.shape[0]],
             "fastad": {**quality(*out_ours, masks, labels), "fit_s": round(fit_ours, 2),
                        "score_s": round(statistics.median(times["fastad"]), 3)},
             "anomalib": {**quality(*out_theirs, masks, labels), "fit_s": round(fit_theirs, 2),
                          "score_s": round(statistics.median(times["anomalib"]), 3)},
-            "threads": torch.get_num_threads(), "load": [round(x, 2) for x in load]}
-
-
-def markdown(records: list[dict]) -> str:
-    lines = ["| texture | implementation | pixel AUROC | AUPRO@0.3 | image AUROC | fit s | score s (test crops) |",
-             "|---|---|---|---|---|---|---|"]
-    for r in records:
-        for who in ("fastad", "anomalib"):
-            q = r[who]
-            lines.append(f"| {r['texture']} | {who} | {q['pixel_auroc']:.3f} | {q['aupro']:.3f} | "
-                         f"{q['image_auroc']:.3f} | {q['fit_s']:.1f} | {q['score_s']:.2f} |")
-    return "\n".join(lines)
+            "stamp": stamp(load_start, commit)}
 
 
 def main(argv=None) -> None:
@@ -149,17 +146,18 @@ def main(argv=None) -> None:
     parser.add_argument("--coreset-ratio", type=float, default=0.1)
     parser.add_argument("--rounds", type=int, default=3, help="scoring rounds per implementation (median kept)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--out", default=None, help="write the records as JSON here")
+    parser.add_argument("--rows", default=None, help="the rows file (JSON lines) to append to; default: "
+                        f"{TASK_ROWS['anomalib-patchcore'].relative_to(ROOT)}")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        raise SystemExit(f"--rounds must be at least 1, got {args.rounds}")
     torch.set_num_threads(args.threads)
-    records = []
+    rows_file, commit, rows = Path(args.rows or TASK_ROWS["anomalib-patchcore"]), git_commit(), []
     for texture in args.textures:
-        records.append(compare(texture, args.size, args.coreset_ratio, args.rounds))
-        print(json.dumps(records[-1]), flush=True)
-    print(markdown(records))
-    if args.out:
-        with atomic_write(args.out, "w") as f:
-            json.dump(records, f, indent=1)
+        rows.append(compare(texture, args.size, args.coreset_ratio, args.rounds, commit))
+        append_rows(rows_file, rows[-1:])
+        print(f"wide:{texture}: row appended to {rows_file}", flush=True)
+    print(anomalib_patchcore_table(rows, {}))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ benchmarks/rows/bench.jsonl: group, contender, parameters, median, rounds and it
 Every row is stamped with the fastad version, git commit, CPU model and vector extensions, torch
 threads and the load average at start and end. `render` rewrites each generated table in the
 Markdown files that hold one, between `<!-- table: KIND KEY=GLOB ... -->` and `<!-- end table -->`
-(KIND: quality, image-score, families, patchcore-fit or bench; see each *_table function for its keys): numbers
+(KIND: quality, image-score, families, patchcore-fit, anomalib-patchcore or bench; see each *_table
+function for its keys; anomalib-patchcore rows come from benchmarks/anomalib_patchcore.py): numbers
 in README.md, benchmarks/RESULTS.md and the model READMEs come from here, never typed.
 """
 from __future__ import annotations
@@ -69,7 +70,8 @@ ROWS_DIR = ROOT / "benchmarks" / "rows"
 ROWS = ROWS_DIR / "quality.jsonl"
 #: the rows file of each task (render reads them all)
 TASK_ROWS = {"quality": ROWS, "image-score": ROWS_DIR / "image_score.jsonl", "bench": ROWS_DIR / "bench.jsonl",
-             "patchcore-fit": ROWS_DIR / "patchcore_fit.jsonl"}
+             "patchcore-fit": ROWS_DIR / "patchcore_fit.jsonl",
+             "anomalib-patchcore": ROWS_DIR / "anomalib_patchcore.jsonl"}   # written by anomalib_patchcore.py
 BASELINE = "rawpixel"
 SPLITS = ("val", "test")
 #: the contender every other contender of a bench group is compared with
@@ -671,12 +673,44 @@ def deploy_throughput_table(rows: list[dict], filters: dict) -> str:
     versions = ", ".join(f"{name} {version}" for name, version in sorted(first["versions"].items()))
     return "\n".join(lines + ["", f"{first['model']} ({first['backbone']}, {first['image_size']} px, bank "
                                   f"{first['bank'][0]:,} x {first['bank'][1]}), {versions}. {stamp_line(shown)}"]) + "\n"
+#: (row key, column label) of the metrics an anomalib-patchcore line shows, in order
+ANOMALIB_CELLS = (("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO@0.3"), ("image_auroc", "image AUROC"))
+#: the implementations of an anomalib-patchcore row, the one the ratios divide by first
+ANOMALIB_SIDES = ("fastad", "anomalib")
+
+
+def anomalib_patchcore_table(rows: list[dict], filters: dict) -> str:
+    """Markdown: fastad's PatchCore next to anomalib's on the same weights and crops, the latest
+    row of each data x size x coreset ratio (KEY=GLOB filters on data, texture, size): per
+    implementation its bank rows, pixel AUROC / AUPRO / image AUROC from the raw outputs, fit and
+    scoring seconds (wall) and their ratios anomalib / fastad (above 1x: fastad faster)."""
+    rows = [r for r in rows if r.get("task") == "anomalib-patchcore" and matches(r, filters, ("data", "texture", "size"))]
+    if not rows:
+        return "(no rows yet: run `python benchmarks/anomalib_patchcore.py` with these settings)\n"
+    latest = {(r["data"], r["size"], r["coreset_ratio"]): r for r in rows}
+    lines = ["| texture | size | bank | implementation | " + " | ".join(label for _, label in ANOMALIB_CELLS)
+             + " | fit s | score s | fit anomalib / fastad | score anomalib / fastad | load |",
+             "|---|---:|---:|---|" + "---:|" * (len(ANOMALIB_CELLS) + 4) + "---|"]
+    for row in latest.values():
+        peer = row[ANOMALIB_SIDES[0]]
+        for i, side in enumerate(ANOMALIB_SIDES):
+            result = row[side]
+            name = side if side == "fastad" else f"{side} {row.get('anomalib_version', '')}".strip()
+            cells = " | ".join("n/a" if result.get(k) is None else f"{result[k]:.3f}" for k, _ in ANOMALIB_CELLS)
+            ratios = " | ".join(f"{result[k] / peer[k]:.2f}x" if peer[k] else "n/a" for k in ("fit_s", "score_s"))
+            lines.append(f"| {column(row['data']) if i == 0 else ''} | {row['size']} | {row['bank'][i]:,} | {name} | "
+                         f"{cells} | {result['fit_s']:.1f} | {result['score_s']:.2f} | {ratios} | "
+                         f"{row['stamp']['load'][0]:.1f}–{row['stamp']['load'][1]:.1f} |")
+    shown = list(latest.values())
+    return "\n".join(lines + ["", f"Fit: one round each, fastad's first; score s: the median of "
+                              f"{', '.join(str(n) for n in sorted({r['rounds'] for r in shown}))} rounds over the "
+                              f"test crops, the implementations alternated. {stamp_line(shown)}"]) + "\n"
 
 
 #: the generated-table kinds: marker KIND -> table function (rows, filters) -> Markdown
 TABLES = {"quality": quality_table, "image-score": image_score_table, "families": families_table,
-          "bench": bench_table, "patchcore-fit": patchcore_fit_table, "knn-peak": knn_peak_table,
-          "deploy-throughput": deploy_throughput_table}
+          "bench": bench_table, "patchcore-fit": patchcore_fit_table, "anomalib-patchcore": anomalib_patchcore_table,
+          "knn-peak": knn_peak_table, "deploy-throughput": deploy_throughput_table}
 
 
 def render_text(text: str, rows: list[dict]) -> str:

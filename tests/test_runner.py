@@ -180,3 +180,26 @@ def test_the_deploy_table_gives_the_ratio_to_anomalibs_default_openvino_path():
     assert lines[2] == "| fastad Scorer fp32, OpenVINO network | 50.0 | 2.50x | 10.0 | 12.0 | 1.0e-06 |"
     assert lines[3] == "| anomalib OpenVINOInferencer (bf16, default) | 20.0 | 1.00x | 10.0 | 12.0 | - |"
     assert "| fastad Scorer fp32, OpenVINO network | 0.200 | 0.300 | 0.010 |" in lines
+def anomalib_row(data, size, fit, score, date="2026-12-01"):
+    side = {"pixel_auroc": 0.9, "aupro": 0.8, "image_auroc": None, "fit_s": fit[0], "score_s": score[0]}
+    return {"task": "anomalib-patchcore", "data": data, "texture": data.removeprefix("wide:"), "size": size,
+            "coreset_ratio": 0.1, "rounds": 3, "anomalib_version": "2.7.0", "bank": [4096, 4095],
+            "fastad": side, "anomalib": {**side, "image_auroc": 0.75, "fit_s": fit[1], "score_s": score[1]},
+            "stamp": {**STAMP, "date": date}}
+
+
+def test_the_anomalib_patchcore_table_shows_both_sides_of_the_latest_row_and_their_ratios(tmp_path):
+    rows = [anomalib_row("wide:brick", 256, (50.0, 400.0), (10.0, 12.0)),
+            anomalib_row("wide:brick", 256, (40.0, 440.0), (14.0, 15.4), date="2026-12-02"),   # the later run
+            anomalib_row("wide:moon", 256, (1.0, 2.0), (1.0, 2.0)),
+            {"task": "patchcore-fit", "data": "wide:brick", "size": 256}]
+    page = tmp_path / "page.md"
+    page.write_text("<!-- table: anomalib-patchcore data=wide:brick -->\n(no rows yet)\n<!-- end table -->\n")
+    runner.main(["--rows", str(write_rows(tmp_path / "rows.jsonl", rows)), "render", str(page)])
+    lines = page.read_text().splitlines()
+    assert lines[1].startswith("| texture | size | bank | implementation | pixel AUROC | AUPRO@0.3 | image AUROC |")
+    assert lines[3] == "| brick | 256 | 4,096 | fastad | 0.900 | 0.800 | n/a | 40.0 | 14.00 | 1.00x | 1.00x | 1.0–2.0 |"
+    assert lines[4] == "|  | 256 | 4,095 | anomalib 2.7.0 | 0.900 | 0.800 | 0.750 | 440.0 | 15.40 | 11.00x | 1.10x | 1.0–2.0 |"
+    assert not any("moon" in line or "400.0" in line for line in lines)
+    assert "median of 3 rounds" in lines[6] and "from 1 rows" in lines[6] and "2026-12-02." in lines[6]
+    assert runner.anomalib_patchcore_table(rows, {"size": "128"}).startswith("(no rows yet: run `python benchmarks/")
