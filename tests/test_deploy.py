@@ -39,7 +39,7 @@ TINY = {
     "glance": {"feature_dim": 16, "global_widths": [8, 8, 8, 8], "local_batch": 4, "global_batch": 2, "stride": 16,
                "dad_negatives": 1},
     "utad": {"ie_widths": [4, 4, 4, 4], "latent_dim": 8, "ie_hidden": 16, "expert_width": 2, "detail_dim": 4,
-             "detail_width": 2, "mlp_hidden": 8, "n_residual": 1, "batch_size": 2, "calibration_images": 2},
+             "detail_width": 2, "mlp_hidden": 8, "n_residual": 1, "batch_size": 2, "pixel_threshold_images": 2},
 }
 
 

@@ -20,7 +20,7 @@ from fastad.models.utad.model import BACKBONES, DEFAULT_TAPS
 
 SIZE = UTAD.image_size
 TINY = dict(ie_widths=[4, 8, 8, 8], latent_dim=8, ie_hidden=32, expert_width=4, detail_dim=4, detail_width=4,
-            mlp_hidden=8, calibration_images=2, batch_size=2)
+            mlp_hidden=8, pixel_threshold_images=2, batch_size=2)
 
 
 def tiny_utad(**overrides) -> UTAD:
@@ -200,8 +200,8 @@ def test_registered_with_two_stages_and_validated_config(tmp_path):
         assert create_model("utad", backbone="vgg19", **TINY).config["weights"] is None
     with pytest.raises(ValueError, match="batch_size"):
         UTAD(batch_size=1)
-    with pytest.raises(ValueError, match="threshold_quantile"):
-        UTAD(threshold_quantile=1.0)
+    with pytest.raises(ValueError, match="pixel_quantile"):
+        UTAD(pixel_quantile=1.0)
     with pytest.raises(ValueError, match="vgg_weights"):
         UTAD(vgg_weights=str(tmp_path / "none.pth"))
     with pytest.raises(ValueError, match="stage"):
@@ -275,7 +275,7 @@ def test_expert_stage_trains_only_expert_net(brick):
 
 
 def test_prepare_scoring_calibrates_layer_weights_and_threshold(brick):
-    model = tiny_utad(threshold_quantile=0.9, naive_weight=0.5)
+    model = tiny_utad(pixel_quantile=0.9, naive_weight=0.5)
     model.prepare_scoring(brick[0])                                          # the first 2 images
     distances = model.layer_distances(brick[0][:2])
     weighted = distances * model.layer_weights[None, :, :, None, None]
@@ -309,3 +309,11 @@ def test_end_to_end_train_checkpoint_score_metrics(brick, tmp_path):
     for (key, value), saved in zip(model.state_dict().items(), restored.state_dict().values()):
         assert torch.equal(value, saved), key                                # the backbone travels with it
     assert torch.allclose(restored.score(test[:1]).maps, model.score(test[:1]).maps, atol=1e-5)
+
+
+def test_old_config_keys_load_under_their_new_names():
+    config = UTAD.Config.from_dict({"threshold_quantile": 0.95, "calibration_images": 3}, "utad")
+    assert config.pixel_quantile == 0.95 and config.pixel_threshold_images == 3
+    assert "threshold_quantile" not in config.as_dict()
+    with pytest.raises(ValueError, match="'threshold_quantile' is the old name of 'pixel_quantile'"):
+        UTAD.Config.from_dict({"threshold_quantile": 0.95, "pixel_quantile": 0.9}, "utad")

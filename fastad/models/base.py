@@ -50,13 +50,21 @@ class ModelConfig:
     keys with their defaults and check them in __post_init__ (TypeError / ValueError naming the
     key and what was expected). image_score: the image-score rule of every model (checked by
     AnomalyModel, so that a subclass's __post_init__ need not call this one's); a model may
-    redeclare it with another default."""
+    redeclare it with another default. RENAMED: {old key: new key} of keys renamed since
+    checkpoints were first written; from_dict reads an old key as its new one."""
 
+    RENAMED: ClassVar[dict[str, str]] = {}
     image_score: str = "max"
 
     @classmethod
     def from_dict(cls, values: dict, model: str) -> ModelConfig:
-        """The Config of `values` (missing keys take their defaults); TypeError naming an unknown key."""
+        """The Config of `values` (missing keys take their defaults; RENAMED keys read under their
+        new names); TypeError naming an unknown key, ValueError when a key is given under both names."""
+        for old, new in cls.RENAMED.items():
+            if old in values:
+                if new in values:
+                    raise ValueError(f"{model}: {old!r} is the old name of {new!r}; give only {new!r}")
+                values = {new if key == old else key: value for key, value in values.items()}
         known = [f.name for f in fields(cls)]
         unknown = sorted(set(values) - set(known))
         if unknown:

@@ -17,12 +17,13 @@ perceptual network's taps (`layers` of a zoo backbone; conv1_2, conv2_2, conv3_4
 the per-location mean squared feature difference (fastad.models.utad.measure);
 prepare_scoring sets each layer weight to 1 / (its mean over normal training images) and
 `pixel_threshold` (eq. 9; a map value, not the image verdict's threshold) to the
-`threshold_quantile` quantile of the normal training images' map
+`pixel_quantile` quantile of the normal training images' map
 values; the image score is the map's maximum. Why, and what was measured: models/utad/README.md.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -96,12 +97,17 @@ class UTAD(AnomalyModel):
             weights="random").
         naive_weight: weight (>= 0) of the naive-impression term of eq. 8; 0 (the default) drops
             the term and skips its two VGG passes.
-        threshold_quantile: quantile in (0, 1) of normal training map values that becomes `threshold`.
-        calibration_images: how many training images prepare_scoring measures (the first ones).
+        pixel_quantile: quantile in (0, 1) of normal training map values that becomes `pixel_threshold`.
+        pixel_threshold_images: how many training images prepare_scoring measures (the first ones)
+            for the layer weights and `pixel_threshold`.
+        (Configs saved before these names held threshold_quantile and calibration_images; they
+        load as the new keys.)
     """
 
     @dataclass(frozen=True)
     class Config(ModelConfig):
+        RENAMED: ClassVar[dict[str, str]] = {"threshold_quantile": "pixel_quantile",
+                                             "calibration_images": "pixel_threshold_images"}
         ie_size: int = 64
         ie_widths: tuple[int, ...] = (8, 16, 32, 64)
         latent_dim: int = 64
@@ -124,14 +130,14 @@ class UTAD(AnomalyModel):
         vgg_weights: str | None = None
         vgg_seed: int = 0
         naive_weight: float = 0.0
-        threshold_quantile: float = 0.99
-        calibration_images: int = 8
+        pixel_quantile: float = 0.99
+        pixel_threshold_images: int = 8
 
         def __post_init__(self):
             check_int("ie_size", self.ie_size, 16, IMAGE_SIZE)
             object.__setattr__(self, "ie_widths", check_ints("ie_widths", self.ie_widths, 4))
             for key in ("latent_dim", "ie_hidden", "expert_width", "detail_dim", "detail_width", "mlp_hidden",
-                        "calibration_images"):
+                        "pixel_threshold_images"):
                 check_int(key, getattr(self, key), 1)
             check_int("n_residual", self.n_residual, 0)
             check_int("vgg_seed", self.vgg_seed, 0)
@@ -140,8 +146,8 @@ class UTAD(AnomalyModel):
                 check_real(key, getattr(self, key), 0.0)
             for key in ("ie_lr", "expert_lr"):
                 check_real(key, getattr(self, key), 0.0, strict=True)
-            if not 0.0 < check_real("threshold_quantile", self.threshold_quantile) < 1.0:
-                raise ValueError(f"threshold_quantile must be in (0, 1), got {self.threshold_quantile}")
+            if not 0.0 < check_real("pixel_quantile", self.pixel_quantile) < 1.0:
+                raise ValueError(f"pixel_quantile must be in (0, 1), got {self.pixel_quantile}")
             object.__setattr__(self, "vgg_weights", check_optional_path("vgg_weights", self.vgg_weights))
             self._check_backbone()
 
@@ -283,15 +289,15 @@ class UTAD(AnomalyModel):
     @torch.no_grad()
     def prepare_scoring(self, train_images: torch.Tensor) -> None:
         """Sets layer_weights (1 / mean normal distance per term and layer) and pixel_threshold from
-        the first calibration_images training images."""
-        images = train_images[:self.config["calibration_images"]]
+        the first pixel_threshold_images training images."""
+        images = train_images[:self.config["pixel_threshold_images"]]
         was_training = self.training
         self.eval()
         distances = torch.cat([self.layer_distances(chunk) for chunk in images.split(8)])
         self.train(was_training)
         mean = distances.mean((0, 3, 4))
         self.layer_weights.copy_(torch.where(mean > 0, 1.0 / mean.clamp_min(1e-12), torch.zeros_like(mean)))
-        self._set_threshold(self._combine(distances), self.config["threshold_quantile"])
+        self._set_threshold(self._combine(distances), self.config["pixel_quantile"])
 
     def _set_threshold(self, maps: torch.Tensor, quantile: float) -> None:
         values = maps.flatten().float().cpu().sort().values
