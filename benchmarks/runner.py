@@ -76,6 +76,8 @@ BASELINE = "rawpixel"
 SPLITS = ("val", "test")
 #: the contender every other contender of a bench group is compared with
 BENCH_PEER = "fastad"
+#: the contenders a bench group's ratios divide by: fastad itself, or anomalib running on fastad's ops
+BENCH_PEERS = (BENCH_PEER, "anomalib+fastad")
 #: image-score: the training maps' spread under DEGENERATE times the split's own cannot normalise
 #: (a memory bank scoring its own patches gives ~0 there); a model rule replaces max as the choice
 #: only when its val mean beats max's by CHOICE_MARGIN (12 + 12 val images leave a few hundredths of noise)
@@ -383,9 +385,9 @@ def contender_of(bench: dict) -> str:
 
 
 def bench_rows(data: dict, stamped: dict, run: str) -> list[dict]:
-    """pytest-benchmark JSON -> one row per benchmark, with its ratio (median / the BENCH_PEER
+    """pytest-benchmark JSON -> one row per benchmark, with its ratio (median / the BENCH_PEERS
     contender's median in the same group of this run; None without one; above 1: fastad faster)."""
-    peers = {b.get("group"): b["stats"]["median"] for b in data["benchmarks"] if contender_of(b) == BENCH_PEER}
+    peers = {b.get("group"): b["stats"]["median"] for b in data["benchmarks"] if contender_of(b) in BENCH_PEERS}
     rows = []
     for bench in data["benchmarks"]:
         group, median = bench.get("group") or "(no group)", bench["stats"]["median"]
@@ -584,7 +586,7 @@ def bench_table(rows: list[dict], filters: dict) -> str:
     shown = [r for r in rows if r["run"] == latest[r["group"]]]
     lines = [f"| group | contender | median | contender / {BENCH_PEER} | rounds |", "|---|---|---:|---:|---:|"]
     for group in dict.fromkeys(r["group"] for r in shown):
-        members = sorted((r for r in shown if r["group"] == group), key=lambda r: (r["name"] != BENCH_PEER, r["median"]))
+        members = sorted((r for r in shown if r["group"] == group), key=lambda r: (r["name"] not in BENCH_PEERS, r["median"]))
         for i, row in enumerate(members):
             ratio = "n/a" if row["ratio"] is None else f"{row['ratio']:.2f}x"
             lines.append(f"| {f'`{group}`' if i == 0 else ''} | {row['name']} | {format_seconds(row['median'])} | "
