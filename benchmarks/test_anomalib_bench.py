@@ -59,6 +59,7 @@ def _fresh(root):
 @pytest.mark.parametrize("contender", CONTENDERS)
 def test_patchcore_fit(benchmark, contender, brick, tmp_path):
     benchmark.group = "anomalib PatchCore fit (40 x 256 px, coreset 0.1)"
+    benchmark.extra_info["contender"] = contender
     runs = []
 
     def setup():
@@ -92,6 +93,7 @@ def _pick_agreement(bank: torch.Tensor, reference: torch.Tensor) -> tuple[bool, 
 @pytest.mark.parametrize("contender", CONTENDERS)
 def test_patchcore_predict(benchmark, contender, brick):
     benchmark.group = "anomalib PatchCore predict (20 x 256 px)"
+    benchmark.extra_info["contender"] = contender
     if contender not in _fitted:
         pytest.skip("needs the fit benchmark of the same contender in this session")
     model, engine = _fitted[contender]
